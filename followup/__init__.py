@@ -1,0 +1,5 @@
+"""followup: the after-sales follow-up engine."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

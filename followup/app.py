@@ -1,0 +1,522 @@
+"""The core API: plan, dispatch, dry-run. The CLI and the daemon are thin layers over these.
+
+Data flows one way: purchases -> planner (pure) -> ledger (insert-if-absent) -> dispatcher
+(claim with a lease, compose, send, record). The clock is always passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Engine, Row, func, select
+
+from followup import compose, planner, store
+from followup.config import CampaignSettings, Settings
+from followup.errors import DatabaseNotReady, RenderError
+from followup.mailer import CaptureSink, Delivery, Outcome, SmtpMailer
+from followup.models import ClientStatus, TouchStatus
+from followup.render import Templates
+
+log = logging.getLogger("followup")
+
+
+@dataclass
+class Runtime:
+    """Settings, database and templates of one followup installation."""
+
+    settings: Settings
+    engine: Engine
+    templates: Templates
+
+    @classmethod
+    def open(cls, settings: Settings, *, create: bool = False) -> Runtime:
+        url = settings.database_url
+        if not create:
+            path = store._sqlite_path(url)
+            if path is not None and not path.exists():
+                raise DatabaseNotReady(
+                    f"no database at {path}; run `followup db upgrade` (or `followup demo`)"
+                )
+        engine = store.open_engine(url, create_dir=create)
+        templates = Templates(settings.path(settings.templates_dir), settings.sender.default_locale)
+        return cls(settings, engine, templates)
+
+    def campaigns(self) -> list[planner.AfterPurchase]:
+        return [after_purchase(name, c) for name, c in self.settings.campaigns.items() if c.enabled]
+
+
+def after_purchase(name: str, settings: CampaignSettings) -> planner.AfterPurchase:
+    return planner.AfterPurchase(
+        name=name,
+        template=settings.template,
+        delay_days=settings.delay_days,
+        send_time=settings.send_time,
+        lateness=timedelta(hours=settings.lateness_hours),
+    )
+
+
+def log_event(event: str, **fields: object) -> None:
+    """One event name per line plus fields; never a client's address or name."""
+    log.info(event, extra={"event": event, "fields": fields})
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _purchase_facts(
+    conn: Connection, start: datetime, end: datetime, chunk: int = 2000
+) -> Iterator[planner.PurchaseFact]:
+    p, c = store.purchases, store.clients
+    query = (
+        select(p.c.id, p.c.client_id, p.c.purchased_at, p.c.status, c.c.timezone)
+        .join(c, c.c.id == p.c.client_id)
+        .where(p.c.purchased_at >= start, p.c.purchased_at <= end, p.c.status == "paid")
+        .order_by(p.c.purchased_at, p.c.id)
+        .execution_options(yield_per=chunk)
+    )
+    for row in conn.execute(query):
+        yield planner.PurchaseFact(
+            row.id, row.client_id, row.purchased_at, row.timezone, row.status
+        )
+
+
+@dataclass
+class PlanReport:
+    planned: int = 0
+    skipped: int = 0
+    by_campaign: dict[str, int] = field(default_factory=dict)
+
+
+def plan(rt: Runtime, now: datetime, until: datetime | None = None) -> PlanReport:
+    """Insert every touch due up to `until` (default: the configured horizon). Idempotent.
+
+    Occurrences missed while followup was down and past their lateness are recorded as
+    skipped "too late", from the campaign's watermark on; the first plan starts at the
+    lateness limit, so importing years of history does not flood the ledger with skips.
+    """
+    store.check_ready(rt.engine)
+    until = until or now + timedelta(days=rt.settings.schedule.plan_horizon_days)
+    report = PlanReport()
+    for campaign in rt.campaigns():
+        with rt.engine.begin() as conn:
+            watermark = store.get_watermark(conn, campaign.name)
+        since = now - campaign.lateness
+        if watermark is not None:
+            since = min(since, watermark)
+        start, end = planner.purchase_window(campaign, since, until)
+        with store.reader(rt.engine) as conn_r:
+            facts = _purchase_facts(conn_r, start, end)
+            touches = planner.plan_after_purchase(
+                campaign, facts, since=since, until=until, now=now
+            )
+            for batch in store.chunks(touches, store.CHUNK):
+                with rt.engine.begin() as conn:
+                    created = store.insert_touches(conn, batch, now)
+                report.by_campaign[campaign.name] = (
+                    report.by_campaign.get(campaign.name, 0) + created
+                )
+                late = sum(1 for t in batch if t.status is TouchStatus.SKIPPED)
+                report.skipped += min(late, created)
+                report.planned += created - min(late, created)
+        with rt.engine.begin() as conn:
+            if watermark is None or until > watermark:
+                store.set_watermark(conn, campaign.name, until)
+    log_event("plan.done", planned=report.planned, skipped=report.skipped)
+    return report
+
+
+# ----------------------------------------------------------------------------- dispatching
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"
+
+
+def retry_delay(attempt: int, base: float, rng: random.Random) -> timedelta:
+    """Exponential backoff with jitter: base * 2^(attempt-1), times 0.75..1.25, capped at 6 h."""
+    seconds = min(base * 2 ** (attempt - 1), 6 * 3600.0) * rng.uniform(0.75, 1.25)
+    return timedelta(seconds=seconds)
+
+
+@dataclass
+class DispatchReport:
+    sent: int = 0
+    retry: int = 0
+    failed: int = 0
+    skipped: int = 0
+    uncertain: int = 0
+    too_late: int = 0
+    message_ids: list[str] = field(default_factory=list)
+    capture_dir: Path | None = None
+
+
+def _touch_row(conn: Connection, touch_id: int) -> Any:
+    t = store.touches
+    row = conn.execute(
+        select(
+            t.c.id,
+            t.c.client_id,
+            t.c.campaign,
+            t.c.occurrence,
+            t.c.template,
+            t.c.due_at,
+            t.c.purchase_id,
+            t.c.attempts,
+            t.c.not_after,
+        ).where(t.c.id == touch_id)
+    ).one()
+    return row
+
+
+async def dispatch(
+    rt: Runtime,
+    clock: Callable[[], datetime],
+    *,
+    owner: str | None = None,
+    limit: int | None = None,
+    rng: random.Random | None = None,
+) -> DispatchReport:
+    """Send everything due now, once: claim, compose, send, record, until nothing is due."""
+    store.check_ready(rt.engine)
+    settings = rt.settings
+    key = compose.signing_key(settings, sending=True)
+    owner = owner or owner_id()
+    rng = rng or random.Random()
+    report = DispatchReport()
+    lease = timedelta(seconds=settings.database.lease_seconds)
+    with rt.engine.begin() as conn:
+        report.uncertain = store.expire_leases(conn, clock())
+        report.too_late = store.skip_too_late(conn, clock())
+    if settings.delivery.mode == "capture":
+        directory = settings.path(settings.delivery.capture_dir)
+        report.capture_dir = directory
+        async with CaptureSink(directory) as sink:
+            smtp = settings.smtp.model_copy(update={"security": "none", "username": ""})
+            mailer = SmtpMailer(smtp, host="127.0.0.1", port=sink.port)
+            await _dispatch_loop(rt, clock, owner, lease, key, mailer, report, limit, rng)
+    else:
+        mailer = SmtpMailer(settings.smtp, settings.smtp_password)
+        await _dispatch_loop(rt, clock, owner, lease, key, mailer, report, limit, rng)
+    log_event(
+        "dispatch.done",
+        sent=report.sent,
+        retry=report.retry,
+        failed=report.failed,
+        skipped=report.skipped,
+        uncertain=report.uncertain,
+    )
+    return report
+
+
+async def _dispatch_loop(
+    rt: Runtime,
+    clock: Callable[[], datetime],
+    owner: str,
+    lease: timedelta,
+    key: str,
+    mailer: SmtpMailer,
+    report: DispatchReport,
+    limit: int | None,
+    rng: random.Random,
+) -> None:
+    settings = rt.settings
+    done = 0
+    try:
+        while limit is None or done < limit:
+            size = settings.delivery.batch_size
+            if limit is not None:
+                size = min(size, limit - done)
+            with rt.engine.begin() as conn:
+                claimed = store.claim_due(conn, owner, clock(), lease, size)
+            if not claimed:
+                return
+            for touch_id in claimed:
+                await _dispatch_one(rt, touch_id, clock, key, mailer, report, rng)
+                done += 1
+    finally:
+        await mailer.close()
+
+
+async def _dispatch_one(
+    rt: Runtime,
+    touch_id: int,
+    clock: Callable[[], datetime],
+    key: str,
+    mailer: SmtpMailer,
+    report: DispatchReport,
+    rng: random.Random,
+) -> None:
+    settings = rt.settings
+    sending = TouchStatus.SENDING
+    cleared = {"lease_owner": None, "lease_expires_at": None}
+    with rt.engine.begin() as conn:
+        touch = _touch_row(conn, touch_id)
+        facts = compose.load_facts(conn, touch.client_id, touch.purchase_id)
+        try:
+            if facts is None:
+                raise compose.Skip("client no longer exists")
+            compose.check_audience(conn, facts)
+        except compose.Skip as skip:
+            store.transition(
+                conn,
+                touch_id,
+                sending,
+                TouchStatus.SKIPPED,
+                clock(),
+                str(skip),
+                reason=str(skip),
+                **cleared,
+            )
+            report.skipped += 1
+            log_event("touch.skipped", touch=touch_id, campaign=touch.campaign, reason=str(skip))
+            return
+    assert facts is not None
+    try:
+        message = compose.compose(
+            settings,
+            rt.templates,
+            facts,
+            campaign=touch.campaign,
+            template=touch.template,
+            occurrence=touch.occurrence,
+            send_at=max(touch.due_at, clock()),
+            key=key,
+        )
+    except RenderError as exc:
+        with rt.engine.begin() as conn:
+            store.transition(
+                conn,
+                touch_id,
+                sending,
+                TouchStatus.FAILED,
+                clock(),
+                str(exc),
+                reason=f"template error: {exc}",
+                **cleared,
+            )
+        report.failed += 1
+        log_event("touch.failed", touch=touch_id, campaign=touch.campaign, reason="template")
+        return
+    delivery = await mailer.send(settings.sender.envelope_from, message.to, message.mime)
+    _record(rt, touch, message, delivery, clock(), report, rng)
+
+
+def _record(
+    rt: Runtime,
+    touch: Row[Any],
+    message: compose.Composed,
+    delivery: Delivery,
+    now: datetime,
+    report: DispatchReport,
+    rng: random.Random,
+) -> None:
+    settings = rt.settings
+    sending = TouchStatus.SENDING
+    reply = f"{delivery.code} {delivery.reply}".strip() if delivery.code else delivery.reply
+    common = {
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "smtp_reply": reply[:2000],
+        "locale": message.locale,
+        "variant": message.variant,
+        "rep_id": message.rep_id,
+        "message_id": message.message_id,
+    }
+    fields: dict[str, object] = {"touch": touch.id, "campaign": touch.campaign}
+    with rt.engine.begin() as conn:
+        if delivery.outcome is Outcome.SENT:
+            store.transition(
+                conn, touch.id, sending, TouchStatus.SENT, now, reply, reason=None, **common
+            )
+            report.sent += 1
+            report.message_ids.append(message.message_id)
+            log_event("touch.sent", **fields)
+        elif delivery.outcome is Outcome.RETRY:
+            attempt = touch.attempts + 1
+            next_at = now + retry_delay(attempt, settings.delivery.retry_base_seconds, rng)
+            if attempt >= settings.delivery.max_attempts or next_at > touch.not_after:
+                store.transition(
+                    conn,
+                    touch.id,
+                    sending,
+                    TouchStatus.FAILED,
+                    now,
+                    reply,
+                    reason=f"gave up after {attempt} attempt(s): {reply}",
+                    **common,
+                )
+                report.failed += 1
+                log_event("touch.failed", **fields, reason="retries exhausted")
+            else:
+                store.transition(
+                    conn,
+                    touch.id,
+                    sending,
+                    TouchStatus.RETRY,
+                    now,
+                    reply,
+                    reason=reply,
+                    next_attempt_at=next_at,
+                    **common,
+                )
+                report.retry += 1
+                log_event("touch.retry", **fields, code=delivery.code)
+        elif delivery.outcome is Outcome.BOUNCED:
+            store.transition(
+                conn,
+                touch.id,
+                sending,
+                TouchStatus.FAILED,
+                now,
+                reply,
+                reason=f"bounced: {reply}",
+                **common,
+            )
+            store.suppress(conn, message.to, "bounced", now, detail=reply)
+            conn.execute(
+                store.clients.update()
+                .where(store.clients.c.id == touch.client_id)
+                .values(status=ClientStatus.BOUNCED.value, updated_at=now)
+            )
+            report.failed += 1
+            log_event("touch.bounced", **fields, code=delivery.code)
+        else:
+            store.transition(
+                conn,
+                touch.id,
+                sending,
+                TouchStatus.FAILED,
+                now,
+                reply,
+                reason=f"refused: {reply}",
+                **common,
+            )
+            report.failed += 1
+            log_event("touch.failed", **fields, code=delivery.code)
+
+
+# ----------------------------------------------------------------------------- dry-run
+
+
+@dataclass
+class DryRunEntry:
+    client: str
+    to: str
+    campaign: str
+    occasion: str
+    occurrence: date
+    template: str
+    send_at: datetime
+    timezone: str
+    locale: str | None = None
+    variant: str | None = None
+    subject: str | None = None
+    file: str | None = None
+    reason: str | None = None
+    message: compose.Composed | None = None
+
+
+@dataclass
+class DryRun:
+    on: date
+    messages: list[DryRunEntry] = field(default_factory=list)
+    skipped: list[DryRunEntry] = field(default_factory=list)
+
+
+def dry_run(rt: Runtime, on: date) -> DryRun:
+    """Everything that would go out on `on` (each client's local date), composed with the same
+    rules as a real run. Reads the database, writes nothing to it."""
+    store.check_ready(rt.engine)
+    # Every zone's day `on` lies within [on 00:00 at UTC+14, on+1 00:00 at UTC-12].
+    since = datetime.combine(on, time(), UTC) - timedelta(hours=14)
+    until = datetime.combine(on + timedelta(days=1), time(), UTC) + timedelta(hours=12)
+    key = compose.signing_key(rt.settings, sending=False)
+    result = DryRun(on=on)
+    t = store.touches
+    with store.reader(rt.engine) as conn:
+        for campaign in rt.campaigns():
+            start, end = planner.purchase_window(campaign, since, until)
+            facts_stream = list(_purchase_facts(conn, start, end))
+            zones = {f.client_id: f.timezone for f in facts_stream}
+            for new in planner.plan_after_purchase(
+                campaign, facts_stream, since=since, until=until, now=since
+            ):
+                zone = ZoneInfo(zones[new.client_id])
+                if new.due_at.astimezone(zone).date() != on:
+                    continue
+                facts = compose.load_facts(conn, new.client_id, new.purchase_id)
+                assert facts is not None
+                entry = DryRunEntry(
+                    client=facts.client_external_id,
+                    to=facts.email,
+                    campaign=campaign.name,
+                    occasion=campaign.name,
+                    occurrence=new.occurrence,
+                    template=new.template,
+                    send_at=new.due_at,
+                    timezone=facts.timezone,
+                )
+                existing = conn.execute(
+                    select(t.c.status, t.c.updated_at).where(
+                        t.c.client_id == new.client_id,
+                        t.c.campaign == new.campaign,
+                        t.c.occurrence == new.occurrence,
+                    )
+                ).first()
+                try:
+                    if existing is not None and existing.status in (
+                        TouchStatus.SENT.value,
+                        TouchStatus.UNCERTAIN.value,
+                        TouchStatus.FAILED.value,
+                        TouchStatus.SKIPPED.value,
+                    ):
+                        raise compose.Skip(f"already {existing.status}")
+                    compose.check_audience(conn, facts)
+                    message = compose.compose(
+                        rt.settings,
+                        rt.templates,
+                        facts,
+                        campaign=campaign.name,
+                        template=new.template,
+                        occurrence=new.occurrence,
+                        send_at=new.due_at,
+                        key=key,
+                    )
+                except compose.Skip as skip:
+                    entry.reason = str(skip)
+                    result.skipped.append(entry)
+                    continue
+                except RenderError as exc:
+                    entry.reason = f"template error: {exc}"
+                    result.skipped.append(entry)
+                    continue
+                entry.locale, entry.variant = message.locale, message.variant
+                entry.subject, entry.message = message.subject, message
+                result.messages.append(entry)
+    result.messages.sort(key=lambda e: (e.send_at, e.client, e.campaign))
+    result.skipped.sort(key=lambda e: (e.send_at, e.client, e.campaign))
+    return result
+
+
+def status_counts(rt: Runtime, now: datetime) -> dict[str, int]:
+    store.check_ready(rt.engine)
+    t = store.touches
+    with store.reader(rt.engine) as conn:
+        counts = store.touch_counts(conn)
+        due = conn.execute(
+            select(func.count()).where(
+                t.c.status.in_([TouchStatus.PLANNED.value, TouchStatus.RETRY.value]),
+                t.c.next_attempt_at <= now,
+            )
+        ).scalar_one()
+    counts["due now"] = int(due)
+    return counts

@@ -1,0 +1,441 @@
+"""The `followup` command: thin commands over followup.app. Errors go to stderr, exit status 1
+(2 for usage). Every command's --help ends with an example."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from followup import __version__, app, demo, dryrun_output, importer, logs, store
+from followup.config import Settings, default_config_path, load_settings
+from followup.errors import FollowupError
+
+cli = typer.Typer(
+    name="followup",
+    help="followup: the after-sales follow-up engine. Plans, renders and sends thank-you and "
+    "greeting e-mails to every client, at a good local hour, never twice.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+db_cli = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., object])
+
+
+class _State:
+    config: Path | None = None
+    now: datetime | None = None
+    settings: Settings | None = None
+
+
+state = _State()
+
+
+def example(*lines: str) -> str:
+    return "Example:\n\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def settings() -> Settings:
+    if state.settings is None:
+        path = state.config if state.config is not None else default_config_path()
+        state.settings = load_settings(path)
+    return state.settings
+
+
+def now() -> datetime:
+    return state.now if state.now is not None else datetime.now(UTC)
+
+
+def clock() -> Callable[[], datetime]:
+    if state.now is None:
+        return lambda: datetime.now(UTC)
+    start_real, start = datetime.now(UTC), state.now
+    return lambda: start + (datetime.now(UTC) - start_real)
+
+
+def _parse_now(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an ISO 8601 date-time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"followup {__version__}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def main_options(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="FOLLOWUP_CONFIG",
+            help="Configuration file [env FOLLOWUP_CONFIG; default ./config.toml].",
+        ),
+    ] = None,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose", "-v", count=True, help="More logs on stderr (-v: info, -vv: debug)."
+        ),
+    ] = 0,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Logs as JSON lines.")] = False,
+    now_option: Annotated[
+        str | None,
+        typer.Option(
+            "--now",
+            envvar="FOLLOWUP_NOW",
+            hidden=True,
+            help="Pretend the time is this ISO 8601 instant (testing, simulations).",
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    state.config = config
+    state.now = _parse_now(now_option)
+    state.settings = None
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logs.configure(level, log_json)
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+SKELETON = Path(__file__).parent / "skeleton"
+
+
+@cli.command(epilog=example("followup init shop && cd shop && followup demo"))
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the files.")] = Path("."),
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+) -> None:
+    """Create config.toml, templates/ and calendars/ with working examples."""
+    directory.mkdir(parents=True, exist_ok=True)
+    created = []
+    for name in ("config.toml", "templates", "calendars"):
+        source, target = SKELETON / name, directory / name
+        if target.exists() and not force:
+            err.print(f"kept existing {target}")
+            continue
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(source, target)
+        created.append(str(target))
+    for path in created:
+        out.print(f"created {path}")
+    out.print("next: `followup demo` loads a demo shop, `followup run` plans and delivers.")
+
+
+@db_cli.command(
+    "upgrade",
+    epilog=example(
+        "followup db upgrade",
+        "FOLLOWUP_DATABASE_URL=postgresql+psycopg://u@db/followup followup db upgrade",
+    ),
+)
+def db_upgrade() -> None:
+    """Create the database or migrate it to this version's schema (safe to repeat)."""
+    rt = app.Runtime.open(settings(), create=True)
+    before = store.current_revision(rt.engine)
+    store.upgrade(rt.engine)
+    after = store.current_revision(rt.engine)
+    out.print(f"database at revision {after}" + ("" if before == after else f" (was {before})"))
+
+
+@cli.command("demo", epilog=example("followup demo && followup run"))
+def demo_command(
+    clients: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many clients.")] = 240,
+    today: Annotated[str | None, typer.Option(help="Shop's 'today' (YYYY-MM-DD).")] = None,
+) -> None:
+    """Load a demo shop: reps, clients in en and fr, two years of purchases."""
+    rt = app.Runtime.open(settings(), create=True)
+    store.upgrade(rt.engine)
+    day = date.fromisoformat(today) if today else now().date()
+    folder = settings().path("var/demo")
+    paths = demo.write_csvs(folder, day, clients=clients)
+    for kind in (importer.Kind.REPS, importer.Kind.CLIENTS, importer.Kind.PURCHASES):
+        report = _import_with_progress(rt, kind, paths[kind.value], strict=True)
+        out.print(f"{kind.value:>9}: {report.imported} imported from {paths[kind.value]}")
+        if report.errors:
+            for error in report.errors[:5]:
+                err.print(str(error))
+            fail(f"the demo's {kind.value}.csv did not import cleanly")
+    out.print(
+        "demo shop loaded. next: `followup run` plans and delivers what is due now; "
+        "`followup run --dry-run --on DATE` shows any day."
+    )
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def _import_with_progress(
+    rt: app.Runtime, kind: importer.Kind, path: Path, *, strict: bool
+) -> importer.ImportReport:
+    size = path.stat().st_size if path.exists() else 0
+    show = err.is_terminal and size > 256 * 1024
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not show,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task(f"importing {path.name}", total=size)
+        return importer.import_csv(
+            rt.engine,
+            kind,
+            path,
+            now=now(),
+            strict=strict,
+            progress=lambda n: progress.advance(task, n),
+        )
+
+
+@cli.command(
+    "import",
+    epilog=example(
+        "followup import reps reps.csv",
+        "followup import clients clients.csv --strict",
+        "followup import purchases purchases.csv",
+    ),
+)
+def import_command(
+    kind: Annotated[importer.Kind, typer.Argument(help="What the file holds.")],
+    file: Annotated[Path, typer.Argument(help="UTF-8 CSV file with a header row.")],
+    strict: Annotated[bool, typer.Option(help="Write nothing if any row is rejected.")] = False,
+) -> None:
+    """Import reps, clients or purchases from CSV; rows are upserted by their id.
+
+    Every rejected row is reported with file, line, column and reason. Exit status is 1 when
+    any row was rejected (the good rows are stored unless --strict).
+    """
+    rt = app.Runtime.open(settings())
+    store.check_ready(rt.engine)
+    try:
+        report = _import_with_progress(rt, kind, file, strict=strict)
+    except importer.HeaderError as exc:
+        fail(str(exc))
+    for error in report.errors:
+        err.print(str(error), highlight=False, markup=False)
+    if strict and report.errors:
+        fail(f"{report.rejected_rows} row(s) rejected and --strict: nothing was imported")
+    updated = report.imported - report.created
+    out.print(
+        f"{file.name}: {report.imported} imported ({report.created} new, {updated} updated),"
+        f" {report.rejected_rows} rejected"
+    )
+    if report.errors:
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- the main job
+
+
+def _parse_day(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a date (YYYY-MM-DD)", param_hint=option
+        ) from None
+
+
+@cli.command(epilog=example("followup plan", "followup plan --until 2027-01-31"))
+def plan(
+    until: Annotated[
+        str | None,
+        typer.Option(
+            help="Plan touches due up to this date (UTC end "
+            "of day); default: [schedule] plan_horizon_days."
+        ),
+    ] = None,
+) -> None:
+    """Plan touches up to a horizon. Idempotent: planning twice plans nothing new."""
+    rt = app.Runtime.open(settings())
+    horizon = None
+    if until is not None:
+        horizon = datetime.combine(_parse_day(until, "--until") + timedelta(days=1), time(), UTC)
+    report = app.plan(rt, now(), horizon)
+    out.print(f"planned {report.planned} touch(es), {report.skipped} recorded as too late")
+
+
+def _send(rt: app.Runtime) -> app.DispatchReport:
+    return asyncio.run(app.dispatch(rt, clock()))
+
+
+def _print_dispatch(report: app.DispatchReport) -> None:
+    out.print(
+        f"sent {report.sent}, retry later {report.retry}, failed {report.failed}, "
+        f"skipped {report.skipped}, too late {report.too_late}, uncertain {report.uncertain}"
+    )
+
+
+@cli.command(epilog=example("followup send --once"))
+def send(
+    once: Annotated[bool, typer.Option("--once", help="Send what is due now, then exit.")] = False,
+) -> None:
+    """Dispatch what is due now. Without --once, keep dispatching until interrupted."""
+    rt = app.Runtime.open(settings())
+    while True:
+        report = _send(rt)
+        _print_dispatch(report)
+        if once:
+            return
+        try:
+            asyncio.run(asyncio.sleep(settings().schedule.dispatch_interval_seconds))
+        except KeyboardInterrupt:
+            return
+
+
+@cli.command(
+    epilog=example(
+        "followup run",
+        "followup run --dry-run --on 2027-12-24 --out xmas",
+        "followup run --dry-run --on 2027-01-01 --json | jq '.messages[].to'",
+    )
+)
+def run(
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Send nothing, write nothing to the database: show what would go out."
+        ),
+    ] = False,
+    on: Annotated[
+        str | None,
+        typer.Option(
+            help="With --dry-run: the day (YYYY-MM-DD), each client's local date; default today."
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="With --dry-run: folder for the "
+            ".eml files, index.html and manifest.json "
+            "(default dry-run/DATE).",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --dry-run: print the manifest as JSON on stdout.")
+    ] = False,
+) -> None:
+    """The main job: plan, then send what is due now. With --dry-run: what would go out on a day."""
+    rt = app.Runtime.open(settings())
+    if not dry_run:
+        if on or out_dir or as_json:
+            raise typer.BadParameter("--on, --out and --json go with --dry-run")
+        planned = app.plan(rt, now())
+        out.print(f"planned {planned.planned} new touch(es)")
+        report = _send(rt)
+        _print_dispatch(report)
+        if report.capture_dir is not None:
+            _show_capture(report)
+        return
+    day = _parse_day(on, "--on") if on else now().date()
+    result = app.dry_run(rt, day)
+    folder = out_dir or Path("dry-run") / day.isoformat()
+    manifest_path = dryrun_output.write(result, folder)
+    if as_json:
+        sys.stdout.write(json.dumps(dryrun_output.manifest(result), indent=2, ensure_ascii=False))
+        sys.stdout.write("\n")
+        return
+    table = Table(title=f"What would go out on {day} (nothing was sent)")
+    for column in ("local time", "client", "campaign", "locale", "subject"):
+        table.add_column(column)
+    for entry in result.messages[:50]:
+        local = dryrun_output.entry_json(entry)["send_at_local"]
+        table.add_row(local, entry.client, entry.campaign, entry.locale or "", entry.subject or "")
+    out.print(table)
+    if len(result.messages) > 50:
+        out.print(f"... and {len(result.messages) - 50} more")
+    out.print(
+        f"{len(result.messages)} message(s), {len(result.skipped)} skipped; "
+        f"written to {folder}/ (open {folder / 'index.html'}; manifest: {manifest_path})"
+    )
+
+
+def _show_capture(report: app.DispatchReport) -> None:
+    assert report.capture_dir is not None
+    folder = report.capture_dir / "new"
+    files = sorted(folder.glob("*"), key=lambda p: p.stat().st_mtime) if folder.exists() else []
+    out.print(
+        f"delivery mode is capture: nothing left this machine. {len(files)} message(s) "
+        f"are in the maildir {report.capture_dir} (one file each in {folder}/; "
+        f"`mutt -f {report.capture_dir}` reads it)."
+    )
+    if report.sent and files:
+        import email
+        from email.policy import default
+
+        sample = files[-1]
+        message = email.message_from_bytes(sample.read_bytes(), policy=default)
+        body = message.get_body(preferencelist=("plain",))
+        text = body.get_content() if body is not None else ""
+        out.rule(f"one of them: {sample}")
+        for header in ("From", "To", "Subject", "Date", "Message-ID"):
+            out.print(f"{header}: {message[header]}", highlight=False, markup=False, soft_wrap=True)
+        out.print()
+        out.print(text.strip(), highlight=False, markup=False, soft_wrap=True)
+        out.rule()
+
+
+@cli.command(epilog=example("followup status"))
+def status() -> None:
+    """Touches by status and how many are due now."""
+    rt = app.Runtime.open(settings())
+    counts = app.status_counts(rt, now())
+    table = Table(title="ledger")
+    table.add_column("status")
+    table.add_column("touches", justify="right")
+    for name, count in sorted(counts.items()):
+        table.add_row(name, str(count))
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point: FollowupError -> stderr and exit status 1."""
+    try:
+        cli(standalone_mode=True)
+    except FollowupError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)

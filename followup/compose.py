@@ -1,0 +1,202 @@
+"""From a ledger row and the facts about its client to a message ready to send, or a reason
+not to send it. Used by the dispatcher and, unchanged, by the dry-run: same rules everywhere."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Row, select
+
+from followup import store, tokens
+from followup.config import Settings
+from followup.errors import ConfigError
+from followup.models import ClientStatus
+from followup.planner import message_id
+from followup.render import Envelope, Templates, build_mime
+
+_EPHEMERAL_KEY = secrets.token_urlsafe(32)
+UNSUBSCRIBE = "unsubscribe"
+
+
+def signing_key(settings: Settings, *, sending: bool) -> str:
+    """FOLLOWUP_SECRET_KEY. Real delivery refuses to start without it; the capture mode and
+    the dry-run use a throw-away key, so their links work only while this process lives."""
+    if settings.secret_key:
+        return settings.secret_key
+    if sending and settings.delivery.mode == "smtp":
+        raise ConfigError(
+            "FOLLOWUP_SECRET_KEY is not set: it signs the unsubscribe link in every message "
+            "(set it to a long random string, e.g. `python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'`)"
+        )
+    return _EPHEMERAL_KEY
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What composing one touch needs to know, read in one query."""
+
+    client_id: int
+    client_external_id: str
+    email: str
+    first_name: str
+    last_name: str
+    locale: str
+    timezone: str
+    country: str
+    tier: str
+    tags: str
+    status: str
+    rep_id: int | None
+    rep_name: str | None
+    rep_email: str | None
+    rep_signature: str | None
+    purchase_external_id: str | None
+    product: str | None
+    amount_minor: int | None
+    currency: str | None
+    purchased_at: datetime | None
+
+
+def facts_query() -> Any:
+    c, r, p = store.clients, store.reps, store.purchases
+    return (
+        select(
+            c.c.id.label("client_id"),
+            c.c.external_id.label("client_external_id"),
+            c.c.email,
+            c.c.first_name,
+            c.c.last_name,
+            c.c.locale,
+            c.c.timezone,
+            c.c.country,
+            c.c.tier,
+            c.c.tags,
+            c.c.status,
+            r.c.id.label("rep_id"),
+            r.c.name.label("rep_name"),
+            r.c.email.label("rep_email"),
+            r.c.signature.label("rep_signature"),
+            p.c.external_id.label("purchase_external_id"),
+            p.c.product,
+            p.c.amount_minor,
+            p.c.currency,
+            p.c.purchased_at,
+        )
+        .select_from(c)
+        .outerjoin(r, r.c.id == c.c.rep_id)
+    )
+
+
+def load_facts(conn: Connection, client_id: int, purchase_id: int | None) -> Facts | None:
+    p = store.purchases
+    query = facts_query().outerjoin(p, p.c.id == purchase_id).where(store.clients.c.id == client_id)
+    row: Row[Any] | None = conn.execute(query).first()
+    return None if row is None else Facts(**row._mapping)
+
+
+class Skip(Exception):
+    """The touch must not go out; the message is the reason recorded in the ledger."""
+
+
+def check_audience(conn: Connection, facts: Facts) -> None:
+    """Send-time rules: an opt-out or a bounce stops every later marketing touch."""
+    if facts.status != ClientStatus.ACTIVE.value:
+        raise Skip(f"client is {facts.status}")
+    reason = store.suppressed(conn, facts.email)
+    if reason is not None:
+        raise Skip(f"suppressed ({reason})")
+
+
+@dataclass(frozen=True, slots=True)
+class Composed:
+    subject: str
+    text: str
+    html: str
+    mime: bytes
+    message_id: str
+    locale: str
+    variant: str
+    rep_id: int | None
+    from_email: str
+    to: str
+
+
+def compose(
+    settings: Settings,
+    templates: Templates,
+    facts: Facts,
+    *,
+    campaign: str,
+    template: str,
+    occurrence: date,
+    send_at: datetime,
+    key: str,
+) -> Composed:
+    """Render one touch. Raises RenderError (template file and line) on a broken template."""
+    zone = ZoneInfo(facts.timezone)
+    from_name, from_email = settings.sender.default_from
+    if facts.rep_email:
+        from_name, from_email = facts.rep_name or from_name, facts.rep_email
+    token = tokens.make(key, UNSUBSCRIBE, facts.client_id)
+    unsubscribe_url = f"{settings.http.public_url.rstrip('/')}/unsubscribe/{token}"
+    context: dict[str, Any] = {
+        "client": {
+            "id": facts.client_external_id,
+            "first_name": facts.first_name,
+            "last_name": facts.last_name,
+            "full_name": f"{facts.first_name} {facts.last_name}".strip(),
+            "email": facts.email,
+            "locale": facts.locale,
+            "country": facts.country,
+            "tier": facts.tier,
+            "tags": [t.strip() for t in facts.tags.split(",") if t.strip()],
+        },
+        "rep": {
+            "name": from_name,
+            "first_name": from_name.split(" ")[0],
+            "email": from_email,
+            "signature": facts.rep_signature or from_name,
+        },
+        "business": {"name": settings.sender.business_name, "domain": settings.sender.domain},
+        "occasion": {"campaign": campaign, "date": occurrence},
+        "links": {"unsubscribe": unsubscribe_url},
+        "send_at": send_at.astimezone(zone),
+    }
+    if facts.purchase_external_id is not None and facts.purchased_at is not None:
+        context["purchase"] = {
+            "id": facts.purchase_external_id,
+            "product": facts.product,
+            "amount": facts.amount_minor,
+            "currency": facts.currency,
+            "purchased_at": facts.purchased_at.astimezone(zone),
+            "date": facts.purchased_at.astimezone(zone).date(),
+        }
+    parts = templates.render(template, facts.locale, context)
+    mid = message_id(facts.client_id, campaign, occurrence, settings.sender.domain)
+    envelope = Envelope(
+        from_name=from_name,
+        from_email=from_email,
+        to_name=f"{facts.first_name} {facts.last_name}".strip(),
+        to_email=facts.email,
+        message_id=mid,
+        date=send_at.astimezone(zone),
+        unsubscribe_url=unsubscribe_url,
+        unsubscribe_mailto=settings.sender.unsubscribe_mailto,
+    )
+    return Composed(
+        subject=parts.subject,
+        text=parts.text,
+        html=parts.html,
+        mime=build_mime(parts, envelope),
+        message_id=mid,
+        locale=parts.locale,
+        variant="default",
+        rep_id=facts.rep_id,
+        from_email=from_email,
+        to=facts.email,
+    )

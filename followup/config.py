@@ -1,0 +1,273 @@
+"""config.toml -> typed settings.
+
+Every key can be overridden by an environment variable FOLLOWUP_<SECTION>_<KEY>
+(FOLLOWUP_DATABASE_URL, FOLLOWUP_SMTP_PORT, FOLLOWUP_CAMPAIGNS_THANK_YOU_DELAY_DAYS, ...).
+Secrets are read from the environment only: a secret written in config.toml is refused,
+with a message that says where it belongs. Every error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from followup.errors import ConfigError
+
+#: Keys that must never be written in a file: (section, key) -> environment variable.
+SECRETS: dict[tuple[str, str], str] = {
+    ("smtp", "password"): "FOLLOWUP_SMTP_PASSWORD",
+    ("http", "secret_key"): "FOLLOWUP_SECRET_KEY",
+    ("sender", "secret_key"): "FOLLOWUP_SECRET_KEY",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///var/followup.db"
+    #: Seconds a sending lease lasts; a touch still "sending" after it is uncertain.
+    lease_seconds: int = Field(default=300, ge=10)
+
+
+class DeliverySettings(_Section):
+    #: "capture": an in-process SMTP sink writes every message to capture_dir (a maildir);
+    #: nothing leaves the machine. "smtp": deliver through the [smtp] server.
+    mode: Literal["capture", "smtp"] = "capture"
+    capture_dir: str = "var/outbox"
+    batch_size: int = Field(default=200, ge=1, le=10_000)
+    max_attempts: int = Field(default=8, ge=1)
+    retry_base_seconds: float = Field(default=60.0, gt=0)
+
+
+class SmtpSettings(_Section):
+    host: str = "localhost"
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str = ""
+    timeout: float = Field(default=30.0, gt=0)
+    pool_size: int = Field(default=1, ge=1, le=64)
+    ca_file: str = ""
+    #: 0 means no limit.
+    rate_per_second: float = Field(default=0.0, ge=0)
+
+
+class SenderSettings(_Section):
+    business_name: str = "Our shop"
+    domain: str = "example.com"
+    default_locale: str = "en"
+    #: Used when a client has no rep; default "hello@<domain>" and the business name.
+    from_email: str = ""
+    from_name: str = ""
+    #: Envelope sender (where bounces go); default "bounces@<domain>".
+    return_path: str = ""
+    #: mailto: address for List-Unsubscribe, next to the https one-click link.
+    unsubscribe_mailto: str = ""
+
+    @property
+    def default_from(self) -> tuple[str, str]:
+        return (self.from_name or self.business_name, self.from_email or f"hello@{self.domain}")
+
+    @property
+    def envelope_from(self) -> str:
+        return self.return_path or f"bounces@{self.domain}"
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8025, ge=1, le=65535)
+    #: Base URL that clients reach, used in unsubscribe links.
+    public_url: str = "http://127.0.0.1:8025"
+
+
+class ScheduleSettings(_Section):
+    plan_interval_seconds: int = Field(default=300, ge=1)
+    dispatch_interval_seconds: int = Field(default=5, ge=1)
+    #: How far ahead `followup plan` creates touches.
+    plan_horizon_days: int = Field(default=2, ge=0, le=366)
+
+
+class CampaignSettings(_Section):
+    enabled: bool = True
+    template: str
+    #: After-purchase campaigns: days after each paid purchase.
+    delay_days: int = Field(default=2, ge=0, le=3660)
+    #: Local wall-clock time in the client's zone.
+    send_time: time = time(10, 0)
+    #: How late a missed touch may still go out, in hours after its due time.
+    lateness_hours: int = Field(default=72, ge=0)
+
+    @field_validator("send_time", mode="before")
+    @classmethod
+    def _parse_time(cls, value: Any) -> Any:
+        if isinstance(value, str) and re.fullmatch(r"\d{1,2}:\d{2}", value):
+            hours, minutes = value.split(":")
+            return time(int(hours), int(minutes))
+        return value
+
+
+def _default_campaigns() -> dict[str, CampaignSettings]:
+    return {"thank_you": CampaignSettings(template="thank_you")}
+
+
+class Settings(_Section):
+    database: DatabaseSettings = DatabaseSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    smtp: SmtpSettings = SmtpSettings()
+    sender: SenderSettings = SenderSettings()
+    http: HttpSettings = HttpSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    campaigns: dict[str, CampaignSettings] = Field(default_factory=_default_campaigns)
+    templates_dir: str = "templates"
+    calendars_dir: str = "calendars"
+
+    #: Directory that relative paths are resolved against (the config file's folder).
+    base_dir: Path = Path()
+    #: Secrets, from the environment only.
+    smtp_password: str = ""
+    secret_key: str = ""
+
+    def path(self, value: str) -> Path:
+        candidate = Path(value).expanduser()
+        return candidate if candidate.is_absolute() else self.base_dir / candidate
+
+    @property
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite path made absolute."""
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            rest = url[len(prefix) :]
+            if rest and rest != ":memory:":
+                return prefix + str(self.path(rest))
+        return url
+
+
+_TOP_LEVEL_KEYS = {"templates_dir", "calendars_dir"}
+_SECTIONS: dict[str, type[_Section]] = {
+    "database": DatabaseSettings,
+    "delivery": DeliverySettings,
+    "smtp": SmtpSettings,
+    "sender": SenderSettings,
+    "http": HttpSettings,
+    "schedule": ScheduleSettings,
+}
+
+
+def _env_name(*parts: str) -> str:
+    return "FOLLOWUP_" + "_".join(p.upper().replace("-", "_") for p in parts)
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str], origin: dict[str, str]) -> None:
+    """Overlay FOLLOWUP_<SECTION>_<KEY> variables on the parsed file, recording the origin."""
+    for section, model in _SECTIONS.items():
+        for key in model.model_fields:
+            name = _env_name(section, key)
+            if name in env:
+                raw.setdefault(section, {})
+                if not isinstance(raw[section], dict):
+                    continue
+                raw[section][key] = env[name]
+                origin[f"{section}.{key}"] = name
+    for key in _TOP_LEVEL_KEYS:
+        name = _env_name(key)
+        if name in env:
+            raw[key] = env[name]
+            origin[key] = name
+    campaigns = raw.get("campaigns")
+    if isinstance(campaigns, dict):
+        for campaign, values in campaigns.items():
+            if not isinstance(values, dict):
+                continue
+            for key in CampaignSettings.model_fields:
+                name = _env_name("campaigns", campaign, key)
+                if name in env:
+                    values[key] = env[name]
+                    origin[f"campaigns.{campaign}.{key}"] = name
+
+
+def _describe(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if len(parts) >= 2:
+        return f"[{'.'.join(parts[:-1])}] {parts[-1]}"
+    return parts[0] if parts else "(top level)"
+
+
+def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read a config file (or only defaults when path is None) and the environment."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    base_dir = Path.cwd()
+    if path is not None:
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{path}: no such configuration file (run `followup init` to create one, "
+                "or pass --config)"
+            ) from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        base_dir = path.resolve().parent
+    for (section, key), variable in SECRETS.items():
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raise ConfigError(
+                f"{source}: [{section}] {key} is a secret and is not read from a file; "
+                f"remove it and set the environment variable {variable} instead"
+            )
+    if "campaigns" in raw and isinstance(raw["campaigns"], dict):
+        defaults = {name: c.model_dump() for name, c in _default_campaigns().items()}
+        merged: dict[str, Any] = {}
+        for name, values in raw["campaigns"].items():
+            merged[name] = (
+                {**defaults.get(name, {}), **values} if isinstance(values, dict) else values
+            )
+        raw["campaigns"] = merged
+    origin: dict[str, str] = {}
+    _apply_env(raw, env, origin)
+    for forbidden in ("base_dir", "smtp_password", "secret_key"):
+        if forbidden in raw:
+            raise ConfigError(f"{source}: unknown key {forbidden!r}")
+    try:
+        settings = Settings.model_validate(
+            {
+                **raw,
+                "base_dir": base_dir,
+                "smtp_password": env.get("FOLLOWUP_SMTP_PASSWORD", ""),
+                "secret_key": env.get("FOLLOWUP_SECRET_KEY", ""),
+            }
+        )
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            dotted = ".".join(str(p) for p in loc)
+            where = _describe(loc)
+            if dotted in origin:
+                where += f" (from {origin[dotted]})"
+            if error["type"] == "extra_forbidden":
+                message = "unknown key"
+            else:
+                message = error["msg"]
+                if "input" in error and not isinstance(error["input"], dict):
+                    message += f", got {error['input']!r}"
+            lines.append(f"{source}: {where}: {message}")
+        raise ConfigError("\n".join(lines)) from None
+    return settings
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("FOLLOWUP_CONFIG", "config.toml"))

@@ -1,0 +1,269 @@
+"""A demo shop: reps, clients and two years of purchases, generated deterministically.
+
+The data is written as the same CSV files a business would import, and imported through the
+importer, so the demo exercises the real path. Dates are relative to `today`, so that some
+thank-you messages are always due. Every address is at example.com/.org/.net (RFC 2606):
+nothing here can reach a real person.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+REPS = [
+    ("rep-joe", "Joe Girard", "joe.girard@example.com", "Joe Girard\nYour salesman, for life"),
+    ("rep-amelie", "Amélie Durand", "amelie.durand@example.com", "Amélie Durand\nConseillère"),
+    ("rep-sam", "Sam Okafor", "sam.okafor@example.com", "Sam Okafor\nSales & after-sales"),
+    ("rep-lea", "Léa Martin", "lea.martin@example.com", "Léa Martin\nService clients"),
+]
+
+
+@dataclass(frozen=True)
+class Market:
+    locale: str
+    country: str
+    zones: tuple[str, ...]
+    currency: str
+    first: tuple[str, ...]
+    last: tuple[str, ...]
+    reps: tuple[str, ...]
+
+
+_EN_FIRST = (
+    "James",
+    "Mary",
+    "Robert",
+    "Patricia",
+    "John",
+    "Jennifer",
+    "Michael",
+    "Linda",
+    "David",
+    "Susan",
+    "Sarah",
+    "Kevin",
+    "Emily",
+    "Daniel",
+    "Grace",
+    "Liam",
+    "Olivia",
+)
+_EN_LAST = (
+    "Smith",
+    "Johnson",
+    "Brown",
+    "Taylor",
+    "Wilson",
+    "Davies",
+    "Murphy",
+    "O'Brien",
+    "Walsh",
+    "Clarke",
+    "Evans",
+    "Walker",
+    "Kelly",
+    "Byrne",
+    "Hughes",
+)
+_FR_FIRST = (
+    "Camille",
+    "Louis",
+    "Chloé",
+    "Hugo",
+    "Manon",
+    "Jules",
+    "Inès",
+    "Lucas",
+    "Élodie",
+    "Gabriel",
+    "Zoé",
+    "Théo",
+    "Margaux",
+    "Benoît",
+    "Hélène",
+)
+_FR_LAST = (
+    "Martin",
+    "Bernard",
+    "Dubois",
+    "Thomas",
+    "Robert",
+    "Richard",
+    "Petit",
+    "Durand",
+    "Leroy",
+    "Moreau",
+    "Lefèvre",
+    "Girard",
+    "Tremblay",
+    "Gagnon",
+    "Côté",
+)
+
+MARKETS = (
+    Market(
+        "en-US",
+        "US",
+        (
+            "America/New_York",
+            "America/Chicago",
+            "America/Denver",
+            "America/Los_Angeles",
+            "America/Phoenix",
+            "Pacific/Honolulu",
+        ),
+        "USD",
+        _EN_FIRST,
+        _EN_LAST,
+        ("rep-joe", "rep-sam"),
+    ),
+    Market("en-GB", "GB", ("Europe/London",), "GBP", _EN_FIRST, _EN_LAST, ("rep-sam",)),
+    Market("en-IE", "IE", ("Europe/Dublin",), "EUR", _EN_FIRST, _EN_LAST, ("rep-sam",)),
+    Market(
+        "en-AU",
+        "AU",
+        ("Australia/Sydney", "Australia/Perth"),
+        "AUD",
+        _EN_FIRST,
+        _EN_LAST,
+        ("rep-joe",),
+    ),
+    Market("fr", "FR", ("Europe/Paris",), "EUR", _FR_FIRST, _FR_LAST, ("rep-amelie", "rep-lea")),
+    Market(
+        "fr-CA",
+        "CA",
+        ("America/Toronto", "America/Montreal"),
+        "CAD",
+        _FR_FIRST,
+        _FR_LAST,
+        ("rep-lea",),
+    ),
+    Market("fr-BE", "BE", ("Europe/Brussels",), "EUR", _FR_FIRST, _FR_LAST, ("rep-amelie",)),
+)
+
+PRODUCTS = (
+    ("Roadster GT", 3_250_000),
+    ("City hatchback", 1_890_000),
+    ("Family estate", 2_640_000),
+    ("Winter tyres (set of 4)", 64_000),
+    ("Annual service", 24_900),
+    ("Roof box", 42_500),
+    ("Child seat", 18_900),
+    ("Extended warranty", 99_000),
+)
+DOMAINS = ("example.com", "example.org", "example.net")
+
+
+def _ascii(value: str) -> str:
+    table = str.maketrans("éèêëàâîïôöûüçÉÈÊÀÂÎÔÛÇ' ", "eeeeaaiioouucEEEAAIOUC--")
+    return value.translate(table).lower()
+
+
+def write_csvs(
+    directory: Path, today: date, clients: int = 240, seed: int = 1977
+) -> dict[str, Path]:
+    """Write reps.csv, clients.csv and purchases.csv for a demo shop; returns their paths."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {name: directory / f"{name}.csv" for name in ("reps", "clients", "purchases")}
+    with paths["reps"].open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "name", "email", "signature", "active"])
+        for rep in REPS:
+            writer.writerow([*rep, "true"])
+    client_rows = []
+    purchase_rows = []
+    start = today - timedelta(days=730)
+    purchase_number = 0
+    for number in range(1, clients + 1):
+        market = MARKETS[(number - 1) % len(MARKETS)]
+        first, last = rng.choice(market.first), rng.choice(market.last)
+        external_id = f"C{number:04d}"
+        email = f"{_ascii(first)}.{_ascii(last)}.{number}@{DOMAINS[number % 3]}"
+        zone = market.zones[number % len(market.zones)]
+        if number % 50 == 7:
+            birthday = f"{rng.choice([1960, 1972, 1984, 1996, 2000])}-02-29"
+        elif number % 9 == 0:
+            birthday = ""
+        elif number % 13 == 0:
+            birthday = f"--{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+        else:
+            born = date(rng.randint(1950, 2004), rng.randint(1, 12), rng.randint(1, 28))
+            birthday = born.isoformat()
+        tier = "vip" if number % 17 == 0 else ""
+        status = "do-not-contact" if number % 61 == 0 else ""
+        client_rows.append(
+            [
+                external_id,
+                email,
+                first,
+                last,
+                market.locale,
+                zone,
+                market.country,
+                birthday,
+                rng.choice(market.reps),
+                tier,
+                "",
+                status,
+            ]
+        )
+        purchases = rng.randint(1, 5)
+        for index in range(purchases):
+            purchase_number += 1
+            if index == 0 and number % 4 == 0:
+                # Recent buyers: a thank-you is due for them around today.
+                day = today - timedelta(days=rng.randint(0, 4))
+            else:
+                day = start + timedelta(days=rng.randint(0, 725))
+            at = datetime.combine(
+                day, time(rng.randint(9, 18), rng.choice([0, 15, 30, 45])), ZoneInfo(zone)
+            )
+            product, amount = rng.choice(PRODUCTS)
+            status_p = "paid"
+            if purchase_number % 23 == 0:
+                status_p = "unpaid"
+            elif purchase_number % 37 == 0:
+                status_p = "disputed"
+            elif purchase_number % 41 == 0:
+                status_p = "refunded"
+            purchase_rows.append(
+                [
+                    f"P{purchase_number:05d}",
+                    external_id,
+                    at.isoformat(),
+                    product,
+                    f"{amount / 100:.2f}",
+                    market.currency,
+                    status_p,
+                ]
+            )
+    with paths["clients"].open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "id",
+                "email",
+                "first_name",
+                "last_name",
+                "locale",
+                "timezone",
+                "country",
+                "birthday",
+                "rep",
+                "tier",
+                "tags",
+                "status",
+            ]
+        )
+        writer.writerows(client_rows)
+    with paths["purchases"].open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "client", "purchased_at", "product", "amount", "currency", "status"])
+        writer.writerows(purchase_rows)
+    return paths

@@ -1,0 +1,50 @@
+"""Structured logs: one event name per line plus key=value fields (or JSON).
+
+Never log a client's e-mail address or name at INFO: log ids (touch, client id, campaign).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' "=\n'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+class EventFormatter(logging.Formatter):
+    def __init__(self, json_lines: bool = False) -> None:
+        super().__init__()
+        self.json_lines = json_lines
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = getattr(record, "event", None) or record.getMessage()
+        fields: dict[str, Any] = dict(getattr(record, "fields", {}) or {})
+        stamp = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        if self.json_lines:
+            data = {"ts": stamp, "level": record.levelname.lower(), "event": event, **fields}
+            if record.exc_info:
+                data["exc"] = self.formatException(record.exc_info)
+            return json.dumps(data, ensure_ascii=False, default=str)
+        parts = [stamp, record.levelname.lower(), f"event={_quote(event)}"]
+        parts += [f"{key}={_quote(value)}" for key, value in fields.items()]
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure(level: int = logging.WARNING, json_lines: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EventFormatter(json_lines))
+    root = logging.getLogger("followup")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

@@ -1,0 +1,161 @@
+"""The SMTP boundary: an aiosmtplib client, the reply classification, and the capture sink.
+
+The capture sink is an in-process SMTP server (aiosmtpd) on loopback that writes every
+message it receives into a maildir: the demo-safe delivery mode. followup talks real SMTP to it,
+so a captured run exercises the same code as a production run, and no mail leaves the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import mailbox
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+from aiosmtpd.smtp import SMTP as SMTPProtocol
+
+from followup.config import SmtpSettings
+
+
+class Outcome(enum.StrEnum):
+    SENT = "sent"
+    #: 4xx, timeouts, dropped connections: try again later.
+    RETRY = "retry"
+    #: 5xx refusing the recipient: fail the touch and suppress the address.
+    BOUNCED = "bounced"
+    #: any other permanent refusal.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    outcome: Outcome
+    code: int | None
+    reply: str
+
+
+def classify_code(code: int, reply: str, *, recipient: bool) -> Delivery:
+    """RFC 5321 section 4.2.1: 2yz done, 4yz transient, 5yz permanent."""
+    if 200 <= code < 300:
+        return Delivery(Outcome.SENT, code, reply)
+    if 400 <= code < 500:
+        return Delivery(Outcome.RETRY, code, reply)
+    return Delivery(Outcome.BOUNCED if recipient else Outcome.FAILED, code, reply)
+
+
+class SmtpMailer:
+    """One pooled connection, opened on first use and reopened when the server drops it."""
+
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        password: str = "",
+        *,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.password = password
+        self.host = host or settings.host
+        self.port = port or settings.port
+        self._client: aiosmtplib.SMTP | None = None
+
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.settings.ca_file or None)
+        return context
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        security = self.settings.security
+        client = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            timeout=self.settings.timeout,
+            use_tls=security == "tls",
+            start_tls=security == "starttls",
+            tls_context=self._tls_context() if security != "none" else None,
+        )
+        await client.connect()
+        if self.settings.username:
+            await client.login(self.settings.username, self.password)
+        return client
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> Delivery:
+        try:
+            if self._client is None or not self._client.is_connected:
+                self._client = await self._connect()
+            _refused, reply = await self._client.sendmail(sender, [recipient], message)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refusal = exc.recipients[0]
+            return classify_code(refusal.code, refusal.message, recipient=True)
+        except aiosmtplib.SMTPResponseException as exc:
+            if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+                await self.close()
+                return Delivery(Outcome.RETRY, None, f"disconnected: {exc}")
+            await self._reset()
+            return classify_code(exc.code, exc.message, recipient=False)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self.close()
+            if isinstance(exc, aiosmtplib.SMTPConnectError) and isinstance(
+                exc.__cause__, ssl.SSLCertVerificationError
+            ):
+                return Delivery(Outcome.RETRY, None, f"TLS certificate not trusted: {exc}")
+            return Delivery(Outcome.RETRY, None, f"{type(exc).__name__}: {exc}")
+        return Delivery(Outcome.SENT, 250, reply)
+
+    async def _reset(self) -> None:
+        if self._client is not None and self._client.is_connected:
+            try:
+                await self._client.rset()
+            except aiosmtplib.SMTPException:
+                await self.close()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and client.is_connected:
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
+
+
+class _MaildirHandler:
+    def __init__(self, directory: Path) -> None:
+        self.maildir = mailbox.Maildir(directory, create=True)
+        self.received = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        data = envelope.original_content or envelope.content
+        self.maildir.add(data if isinstance(data, bytes) else data.encode())
+        self.received += 1
+        return "250 OK captured"
+
+
+class CaptureSink:
+    """An SMTP server on 127.0.0.1 (a free port) that writes into a maildir."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.handler = _MaildirHandler(directory)
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> CaptureSink:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: SMTPProtocol(
+                self.handler, hostname="followup-capture", ident="followup capture"
+            ),
+            host="127.0.0.1",
+            port=0,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

@@ -1,0 +1,162 @@
+"""The tables. Every datetime is time-zone aware and stored as UTC (sqlmodel's UTCDateTime);
+local time exists only at the edges (planner, templates).
+
+The ledger (`touches`) is unique on (client, campaign, occurrence): the database, not the code,
+keeps an occasion from being planned twice. Every change of a touch's status is kept in
+`touch_events`, so "what happened to client X" always has a full answer.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime
+
+from sqlalchemy import Column, Index, String, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class ClientStatus(enum.StrEnum):
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    DO_NOT_CONTACT = "do-not-contact"
+
+
+class PurchaseStatus(enum.StrEnum):
+    PAID = "paid"
+    UNPAID = "unpaid"
+    REFUNDED = "refunded"
+    DISPUTED = "disputed"
+
+
+class TouchStatus(enum.StrEnum):
+    PLANNED = "planned"
+    SENDING = "sending"
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UNCERTAIN = "uncertain"
+
+
+#: A touch in one of these states will not change again on its own.
+FINAL_STATUSES = frozenset({TouchStatus.SENT, TouchStatus.FAILED, TouchStatus.SKIPPED})
+
+
+class Rep(SQLModel, table=True):
+    __tablename__ = "reps"
+
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(max_length=128, unique=True)
+    name: str = Field(max_length=256)
+    email: str = Field(max_length=320)
+    signature: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    active: bool = True
+    updated_at: datetime
+
+
+class Client(SQLModel, table=True):
+    __tablename__ = "clients"
+
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(max_length=128, unique=True)
+    email: str = Field(max_length=320)
+    first_name: str = Field(max_length=256)
+    last_name: str = Field(max_length=256)
+    locale: str = Field(max_length=35)
+    timezone: str = Field(max_length=64)
+    country: str = Field(max_length=2)
+    #: Month and day always; year when known. 29 February is kept as such.
+    birthday_month: int | None = None
+    birthday_day: int | None = None
+    birthday_year: int | None = None
+    rep_id: int | None = Field(default=None, foreign_key="reps.id", index=True)
+    tier: str = Field(default="", max_length=64)
+    tags: str = Field(default="", max_length=1024)
+    status: str = Field(default=ClientStatus.ACTIVE.value, max_length=32)
+    created_at: datetime
+    updated_at: datetime
+
+
+class Purchase(SQLModel, table=True):
+    __tablename__ = "purchases"
+    __table_args__ = (Index("ix_purchases_purchased_at", "purchased_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    external_id: str = Field(max_length=128, unique=True)
+    client_id: int = Field(foreign_key="clients.id", index=True)
+    purchased_at: datetime
+    product: str = Field(max_length=512)
+    #: Amount in the currency's minor unit (cents), so that no float ever touches money.
+    amount_minor: int
+    currency: str = Field(max_length=3)
+    status: str = Field(default=PurchaseStatus.PAID.value, max_length=16)
+    updated_at: datetime
+
+
+class Touch(SQLModel, table=True):
+    """One message for one client, campaign and occurrence: the ledger row."""
+
+    __tablename__ = "touches"
+    __table_args__ = (
+        UniqueConstraint("client_id", "campaign", "occurrence", name="uq_touches_key"),
+        Index("ix_touches_due", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: int = Field(foreign_key="clients.id")
+    campaign: str = Field(max_length=64)
+    occurrence: date
+    status: str = Field(default=TouchStatus.PLANNED.value, max_length=16)
+    due_at: datetime
+    #: After this instant the touch is too late to go out.
+    not_after: datetime
+    next_attempt_at: datetime
+    template: str = Field(max_length=128)
+    purchase_id: int | None = Field(default=None, foreign_key="purchases.id")
+    locale: str | None = Field(default=None, max_length=35)
+    variant: str | None = Field(default=None, max_length=64)
+    rep_id: int | None = Field(default=None, foreign_key="reps.id")
+    attempts: int = 0
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: datetime | None = None
+    message_id: str | None = Field(default=None, max_length=255)
+    smtp_reply: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime
+    updated_at: datetime
+
+
+class TouchEvent(SQLModel, table=True):
+    """A touch's history: one row per change of status."""
+
+    __tablename__ = "touch_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    touch_id: int = Field(foreign_key="touches.id", index=True)
+    at: datetime
+    from_status: str | None = Field(default=None, max_length=16)
+    to_status: str = Field(max_length=16)
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class Suppression(SQLModel, table=True):
+    """An address that must never be mailed again for marketing."""
+
+    __tablename__ = "suppressions"
+
+    #: Lower-cased address.
+    email: str = Field(sa_column=Column(String(320), primary_key=True))
+    reason: str = Field(max_length=32)
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime
+
+
+class PlannerWatermark(SQLModel, table=True):
+    """Up to which instant each campaign has been planned; after downtime, the occurrences
+    between the watermark and the lateness limit are recorded as skipped "too late"."""
+
+    __tablename__ = "planner_watermarks"
+
+    campaign: str = Field(sa_column=Column(String(64), primary_key=True))
+    planned_until: datetime

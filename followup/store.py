@@ -1,0 +1,429 @@
+"""The database boundary: engine, migrations, bulk upserts, the ledger's state changes.
+
+SQLite (the embedded default, in WAL mode) and PostgreSQL (by URL) behave the same here:
+insert-if-absent on the touch key, claims that take a lease in one statement
+(FOR UPDATE SKIP LOCKED on PostgreSQL), every state change in a transaction with its history row.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlmodel import SQLModel
+
+from followup.errors import DatabaseNotReady
+from followup.models import TouchStatus
+from followup.planner import NewTouch
+
+reps = SQLModel.metadata.tables["reps"]
+clients = SQLModel.metadata.tables["clients"]
+purchases = SQLModel.metadata.tables["purchases"]
+touches = SQLModel.metadata.tables["touches"]
+touch_events = SQLModel.metadata.tables["touch_events"]
+suppressions = SQLModel.metadata.tables["suppressions"]
+watermarks = SQLModel.metadata.tables["planner_watermarks"]
+
+T = TypeVar("T")
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: Rows per INSERT statement in bulk operations (SQLite allows 32766 bound parameters).
+CHUNK = 500
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    if parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def open_engine(url: str, *, create_dir: bool = True) -> Engine:
+    """An engine for `url`. SQLite gets WAL, a busy timeout and serialised write transactions."""
+    path = _sqlite_path(url)
+    if path is not None:
+        if create_dir:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() and create_dir:
+            # Client data is private: the database file is readable by its owner only.
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, stat.S_IRUSR | stat.S_IWUSR)
+            os.close(fd)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            # IMMEDIATE takes the write lock up front, so two writers queue instead of
+            # failing with "database is locked" half-way through a transaction.
+            # Readers (see `reader`) begin deferred: with WAL they never block the writer.
+            if conn.get_execution_options().get("followup_readonly"):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+@contextmanager
+def reader(engine: Engine) -> Iterator[Connection]:
+    """A connection for reading only; it is rolled back at the end, so it never writes."""
+    with engine.connect() as conn:
+        conn.execution_options(followup_readonly=True)
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def is_postgres(conn: Connection | Engine) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def _alembic_config(conn: Connection) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = conn
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply every migration up to `revision` (followup db upgrade)."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    with open_engine("sqlite://").connect() as conn:
+        script = ScriptDirectory.from_config(_alembic_config(conn))
+    head = script.get_current_head()
+    assert head is not None
+    return head
+
+
+def check_ready(engine: Engine) -> None:
+    """Refuse to work on a database that is missing or behind this version's schema."""
+    revision = current_revision(engine)
+    if revision is None:
+        raise DatabaseNotReady(
+            "the database has no followup schema yet; run `followup db upgrade` "
+            "(or `followup demo`, which does it)"
+        )
+    if revision != head_revision():
+        raise DatabaseNotReady(
+            f"the database schema is at revision {revision}, this followup needs "
+            f"{head_revision()}; run `followup db upgrade`"
+        )
+
+
+def metadata_tables() -> Sequence[Table]:
+    return list(SQLModel.metadata.sorted_tables)
+
+
+def table_names(engine: Engine) -> list[str]:
+    return sorted(inspect(engine).get_table_names())
+
+
+# ----------------------------------------------------------------------------- bulk writes
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    if is_postgres(conn):
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def chunks(items: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def upsert(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    key: str,
+    keep: Sequence[str] = (),
+) -> None:
+    """Insert rows; rows whose `key` exists are updated, except the columns in `keep`."""
+    if not rows:
+        return
+    stmt = _insert(conn, table).values(list(rows))
+    columns = [c for c in rows[0] if c != key and c not in keep]
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[key], set_={c: getattr(stmt.excluded, c) for c in columns}
+    )
+    conn.execute(stmt)
+
+
+def id_map(conn: Connection, table: Table, external_ids: Iterable[str]) -> dict[str, int]:
+    """external id -> internal id for the given ids."""
+    wanted = sorted(set(external_ids))
+    found: dict[str, int] = {}
+    for batch in chunks(wanted):
+        result = conn.execute(
+            select(table.c.external_id, table.c.id).where(table.c.external_id.in_(batch))
+        )
+        found.update({row.external_id: row.id for row in result})
+    return found
+
+
+# ----------------------------------------------------------------------------- the ledger
+
+
+def insert_touches(conn: Connection, new: Iterable[NewTouch], now: datetime) -> int:
+    """Insert-if-absent on (client, campaign, occurrence); returns how many were new.
+
+    The database refuses duplicates; the code just tries. Two planners running at once
+    therefore never create the same touch twice.
+    """
+    inserted = 0
+    for batch in chunks(new):
+        rows = [
+            {
+                "client_id": t.client_id,
+                "campaign": t.campaign,
+                "occurrence": t.occurrence,
+                "status": t.status.value,
+                "due_at": t.due_at,
+                "not_after": t.not_after,
+                "next_attempt_at": t.due_at,
+                "template": t.template,
+                "purchase_id": t.purchase_id,
+                "reason": t.reason,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for t in batch
+        ]
+        stmt = (
+            _insert(conn, touches)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["client_id", "campaign", "occurrence"])
+            .returning(touches.c.id, touches.c.status, touches.c.reason)
+        )
+        created = conn.execute(stmt).all()
+        if created:
+            conn.execute(
+                touch_events.insert(),
+                [
+                    {
+                        "touch_id": row.id,
+                        "at": now,
+                        "from_status": None,
+                        "to_status": row.status,
+                        "detail": row.reason,
+                    }
+                    for row in created
+                ],
+            )
+        inserted += len(created)
+    return inserted
+
+
+def transition(
+    conn: Connection,
+    touch_id: int,
+    from_status: TouchStatus,
+    to_status: TouchStatus,
+    now: datetime,
+    detail: str | None = None,
+    **values: Any,
+) -> bool:
+    """Move one touch between states, guarded by its current status; keeps the history row.
+
+    Returns False (and changes nothing) when the touch was no longer in `from_status`.
+    """
+    result = conn.execute(
+        update(touches)
+        .where(touches.c.id == touch_id, touches.c.status == from_status.value)
+        .values(status=to_status.value, updated_at=now, **values)
+    )
+    if result.rowcount != 1:
+        return False
+    conn.execute(
+        touch_events.insert().values(
+            touch_id=touch_id,
+            at=now,
+            from_status=from_status.value,
+            to_status=to_status.value,
+            detail=detail,
+        )
+    )
+    return True
+
+
+def expire_leases(conn: Connection, now: datetime) -> int:
+    """Touches left in "sending" past their lease may have been accepted by the server:
+    they become uncertain and are reported, never resent on their own."""
+    stale = conn.execute(
+        select(touches.c.id, touches.c.lease_owner).where(
+            touches.c.status == TouchStatus.SENDING.value, touches.c.lease_expires_at < now
+        )
+    ).all()
+    for row in stale:
+        transition(
+            conn,
+            row.id,
+            TouchStatus.SENDING,
+            TouchStatus.UNCERTAIN,
+            now,
+            detail=f"lease of {row.lease_owner} expired while sending; the server may have "
+            "accepted the message",
+            reason="uncertain: the sender stopped while sending",
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    return len(stale)
+
+
+def skip_too_late(conn: Connection, now: datetime) -> int:
+    """Due touches past their lateness limit are recorded as skipped, never sent late."""
+    late = conn.execute(
+        select(touches.c.id, touches.c.status).where(
+            touches.c.status.in_([TouchStatus.PLANNED.value, TouchStatus.RETRY.value]),
+            touches.c.not_after < now,
+        )
+    ).all()
+    for row in late:
+        transition(
+            conn,
+            row.id,
+            TouchStatus(row.status),
+            TouchStatus.SKIPPED,
+            now,
+            detail="too late",
+            reason="too late",
+        )
+    return len(late)
+
+
+def claim_due(
+    conn: Connection, owner: str, now: datetime, lease: timedelta, limit: int
+) -> list[int]:
+    """Take a lease on up to `limit` due touches; returns their ids.
+
+    One statement, so that a crash leaves each touch either unclaimed or claimed with a lease.
+    On PostgreSQL, SKIP LOCKED lets several daemons claim disjoint sets without waiting.
+    """
+    due = (
+        select(touches.c.id)
+        .where(
+            touches.c.status.in_([TouchStatus.PLANNED.value, TouchStatus.RETRY.value]),
+            touches.c.next_attempt_at <= now,
+            touches.c.not_after >= now,
+        )
+        .order_by(touches.c.next_attempt_at, touches.c.id)
+        .limit(limit)
+    )
+    if is_postgres(conn):
+        due = due.with_for_update(skip_locked=True)
+    ids = [row.id for row in conn.execute(due)]
+    if not ids:
+        return []
+    rows = conn.execute(select(touches.c.id, touches.c.status).where(touches.c.id.in_(ids))).all()
+    claimed: list[int] = []
+    for row in rows:
+        if transition(
+            conn,
+            row.id,
+            TouchStatus(row.status),
+            TouchStatus.SENDING,
+            now,
+            detail=f"claimed by {owner}",
+            lease_owner=owner,
+            lease_expires_at=now + lease,
+            attempts=touches.c.attempts + 1,
+        ):
+            claimed.append(row.id)
+    return claimed
+
+
+def suppressed(conn: Connection, email: str) -> str | None:
+    row = conn.execute(
+        select(suppressions.c.reason).where(suppressions.c.email == email.lower())
+    ).first()
+    return None if row is None else str(row.reason)
+
+
+def suppress(
+    conn: Connection, email: str, reason: str, now: datetime, detail: str | None = None
+) -> None:
+    stmt = (
+        _insert(conn, suppressions)
+        .values(email=email.lower(), reason=reason, detail=detail, created_at=now)
+        .on_conflict_do_nothing(index_elements=["email"])
+    )
+    conn.execute(stmt)
+
+
+def touch_counts(conn: Connection) -> dict[str, int]:
+    result = conn.execute(select(touches.c.status, func.count()).group_by(touches.c.status))
+    return {str(status): int(count) for status, count in result}
+
+
+def get_watermark(conn: Connection, campaign: str) -> datetime | None:
+    row = conn.execute(
+        select(watermarks.c.planned_until).where(watermarks.c.campaign == campaign)
+    ).first()
+    return None if row is None else cast(datetime, row.planned_until)
+
+
+def set_watermark(conn: Connection, campaign: str, until: datetime) -> None:
+    upsert(conn, watermarks, [{"campaign": campaign, "planned_until": until}], key="campaign")
+
+
+def ping(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
