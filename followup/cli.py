@@ -290,10 +290,10 @@ def plan(
     ] = None,
 ) -> None:
     """Plan touches up to a horizon. Idempotent: planning twice plans nothing new."""
-    rt = app.Runtime.open(settings())
     horizon = None
     if until is not None:
         horizon = datetime.combine(_parse_day(until, "--until") + timedelta(days=1), time(), UTC)
+    rt = app.Runtime.open(settings())
     report = app.plan(rt, now(), horizon)
     out.print(f"planned {report.planned} touch(es), {report.skipped} recorded as too late")
 
@@ -360,10 +360,11 @@ def run(
     ] = False,
 ) -> None:
     """The main job: plan, then send what is due now. With --dry-run: what would go out on a day."""
+    if not dry_run and (on or out_dir or as_json):
+        raise typer.BadParameter("--on, --out and --json go with --dry-run")
+    day = _parse_day(on, "--on") if on else now().date()
     rt = app.Runtime.open(settings())
     if not dry_run:
-        if on or out_dir or as_json:
-            raise typer.BadParameter("--on, --out and --json go with --dry-run")
         planned = app.plan(rt, now())
         out.print(f"planned {planned.planned} new touch(es)")
         report = _send(rt)
@@ -371,7 +372,6 @@ def run(
         if report.capture_dir is not None:
             _show_capture(report)
         return
-    day = _parse_day(on, "--on") if on else now().date()
     result = app.dry_run(rt, day)
     folder = out_dir or Path("dry-run") / day.isoformat()
     manifest_path = dryrun_output.write(result, folder)

@@ -1,0 +1,201 @@
+"""End to end: the installed `followup` executable, run as a user would, in a fresh folder."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.conftest import SmtpServer
+
+pytestmark = pytest.mark.e2e
+
+EXECUTABLE = Path(sys.executable).parent / "followup"
+# A fixed "now" for the whole shop: Monday 23 November 2026, 18:00 UTC.
+NOW = "2026-11-23T18:00:00+00:00"
+COMMANDS = ["init", "demo", "import", "plan", "send", "run", "status", "db upgrade"]
+
+
+def followup(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUP_")}
+    environment.update({"FOLLOWUP_NOW": NOW, "COLUMNS": "200", **(env or {})})
+    result = subprocess.run(
+        [str(EXECUTABLE), *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"followup {' '.join(args)} exited {result.returncode}:\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder after `followup init` and `followup demo`."""
+    folder = tmp_path_factory.mktemp("shop")
+    followup(folder, "init")
+    followup(folder, "demo")
+    return folder
+
+
+def db_rows(folder: Path, query: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(folder / "var" / "followup.db") as conn:
+        return list(conn.execute(query))
+
+
+def test_help_lists_every_command_and_each_has_an_example(tmp_path: Path) -> None:
+    top = followup(tmp_path, "--help").stdout
+    for command in COMMANDS:
+        assert command.split()[0] in top
+        assert "Example" in followup(tmp_path, *command.split(), "--help").stdout, command
+    module = subprocess.run(
+        [sys.executable, "-m", "followup", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "plan" in module.stdout
+
+
+def test_usage_errors_exit_2_and_config_errors_exit_1(tmp_path: Path) -> None:
+    assert followup(tmp_path, "plan", "--until", "nope", check=False).returncode == 2
+    (tmp_path / "config.toml").write_text('[smtp]\nport = "abc"\n')
+    bad = followup(tmp_path, "status", check=False)
+    assert bad.returncode == 1
+    assert "[smtp] port" in bad.stderr
+    missing = followup(tmp_path, "--config", "nowhere.toml", "status", check=False)
+    assert missing.returncode == 1 and "nowhere.toml" in missing.stderr
+    assert "Traceback" not in bad.stderr + missing.stderr
+
+
+def test_the_demo_shop_has_what_it_promises(shop: Path) -> None:
+    assert db_rows(shop, "select count(*) from reps")[0][0] >= 3
+    assert db_rows(shop, "select count(*) from clients")[0][0] >= 200
+    locales = {r[0].split("-")[0] for r in db_rows(shop, "select distinct locale from clients")}
+    assert {"en", "fr"} <= locales
+    assert len(db_rows(shop, "select distinct country from clients")) >= 4
+    assert len(db_rows(shop, "select distinct timezone from clients")) >= 5
+    assert (
+        db_rows(shop, "select count(*) from clients where birthday_month=2 and birthday_day=29")[0][
+            0
+        ]
+        >= 1
+    )
+    statuses = {r[0] for r in db_rows(shop, "select distinct status from purchases")}
+    assert {"paid", "unpaid", "disputed"} <= statuses
+    first, last = db_rows(shop, "select min(purchased_at), max(purchased_at) from purchases")[0]
+    span = datetime.fromisoformat(str(last)) - datetime.fromisoformat(str(first))
+    assert span > timedelta(days=600)
+
+
+def test_dry_run_two_days_after_a_purchase_lists_the_thank_you_at_10_local(
+    shop: Path, tmp_path: Path
+) -> None:
+    # A paid purchase by a client in a zone whose offset is not zero.
+    client, zone, purchased_at = db_rows(
+        shop,
+        "select c.external_id, c.timezone, p.purchased_at from purchases p "
+        "join clients c on c.id = p.client_id where p.status = 'paid' and c.status = 'active' "
+        "and c.timezone = 'America/New_York' order by p.purchased_at desc limit 1",
+    )[0]
+    local_day = (
+        datetime.fromisoformat(str(purchased_at))
+        .replace(tzinfo=ZoneInfo("UTC"))
+        .astimezone(ZoneInfo(str(zone)))
+        .date()
+    )
+    on = local_day + timedelta(days=2)
+    before = hashlib.sha256((shop / "var" / "followup.db").read_bytes()).hexdigest()
+    result = followup(
+        shop, "run", "--dry-run", "--on", on.isoformat(), "--out", str(tmp_path / "out"), "--json"
+    )
+    manifest = json.loads(result.stdout)
+    assert manifest == json.loads((tmp_path / "out" / "manifest.json").read_text())
+    entry = next(m for m in manifest["messages"] if m["client"] == client)
+    local = datetime.fromisoformat(entry["send_at_local"])
+    expected = datetime(on.year, on.month, on.day, 10, 0, tzinfo=ZoneInfo(str(zone)))
+    assert local == expected and local.utcoffset() == expected.utcoffset()
+    assert (local.hour, local.minute) == (10, 0)
+    assert entry["campaign"] == "thank_you" and entry["template"] == "thank_you"
+    for key in ("to", "occasion", "occurrence", "locale", "variant", "send_at_utc", "subject"):
+        assert entry[key], key
+    assert (tmp_path / "out" / entry["file"]).is_file()
+    assert (tmp_path / "out" / "index.html").is_file()
+    assert hashlib.sha256((shop / "var" / "followup.db").read_bytes()).hexdigest() == before
+
+
+def test_plan_twice_then_send_once_delivers_each_thank_you_once(
+    shop: Path, smtp_server: SmtpServer
+) -> None:
+    env = {
+        "FOLLOWUP_DELIVERY_MODE": "smtp",
+        "FOLLOWUP_SMTP_HOST": smtp_server.host,
+        "FOLLOWUP_SMTP_PORT": str(smtp_server.port),
+        "FOLLOWUP_SMTP_SECURITY": "none",
+        "FOLLOWUP_SECRET_KEY": "e2e-secret",
+    }
+    first = followup(shop, "plan", env=env)
+    second = followup(shop, "plan", env=env)
+    assert "planned 0 touch" in second.stdout
+    assert "planned 0 touch" not in first.stdout
+    followup(shop, "send", "--once", env=env)
+    followup(shop, "send", "--once", env=env)
+    sent = db_rows(shop, "select message_id from touches where status = 'sent'")
+    assert sent, "the demo shop has thank-yous due now"
+    received = smtp_server.handler.message_ids()
+    assert sorted(received) == sorted(str(r[0]) for r in sent)
+    assert len(set(received)) == len(received)
+    status = followup(shop, "status").stdout
+    assert "sent" in status
+
+
+def test_import_rejects_bad_rows_with_line_and_reason(shop: Path, tmp_path: Path) -> None:
+    path = tmp_path / "clients.csv"
+    rows = [
+        [
+            "id",
+            "email",
+            "first_name",
+            "last_name",
+            "locale",
+            "timezone",
+            "country",
+            "birthday",
+            "shoe_size",
+        ],
+        ["N1", "good.one@example.com", "Good", "One", "en-US", "America/Denver", "US", "", "42"],
+        ["N2", "not-an-address", "Bad", "Mail", "en-US", "America/Denver", "US", "", ""],
+        ["N3", "zone@example.com", "Bad", "Zone", "fr", "Europe/Atlantis", "FR", "", ""],
+        ["N4", "feb@example.com", "Bad", "Date", "fr", "Europe/Paris", "FR", "1990-02-30", ""],
+        ["N5", "good.two@example.com", "Good", "Two", "fr", "Europe/Paris", "FR", "2000-02-29", ""],
+    ]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+    count = "select count(*) from clients where external_id like 'N%'"
+    strict = followup(shop, "import", "clients", str(path), "--strict", check=False)
+    assert strict.returncode == 1
+    assert db_rows(shop, count)[0][0] == 0
+    result = followup(shop, "import", "clients", str(path), check=False)
+    assert result.returncode == 1
+    assert "clients.csv:1: shoe_size: unknown column" in result.stderr
+    assert "clients.csv:3: email:" in result.stderr
+    assert "clients.csv:4: timezone:" in result.stderr
+    assert "clients.csv:5: birthday:" in result.stderr
+    assert "2 imported" in result.stdout
+    assert sorted(
+        r[0] for r in db_rows(shop, "select external_id from clients where external_id like 'N%'")
+    ) == ["N1", "N5"]

@@ -1,0 +1,235 @@
+"""Plan and send against a real SMTP server (aiosmtpd), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import random
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.policy import default
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from followup import app, importer, store
+from followup.config import Settings
+from followup.models import TouchStatus
+from tests.conftest import ROOT, SmtpServer, make_settings
+
+# Friday 8 January 2027, 12:00 UTC: purchases of Wednesday the 6th are due today at 10:00 local.
+NOW = datetime(2027, 1, 8, 16, 0, tzinfo=UTC)
+
+REPS = "id,name,email,signature\nr1,Joe Girard,joe@example.com,Joe\n"
+CLIENTS = (
+    "id,email,first_name,last_name,locale,timezone,country,rep\n"
+    "c1,ann@example.com,Ann,Lee,en-US,America/New_York,US,r1\n"
+    "c2,bea@example.org,Béatrice,Roy,fr,Europe/Paris,FR,r1\n"
+    "c3,cal@example.net,Cal,Ng,en-GB,Europe/London,GB,r1\n"
+    "c4,dan@example.com,Dan,Ode,en-US,America/Chicago,US,\n"
+)
+PURCHASES = (
+    "id,client,purchased_at,product,amount,currency,status\n"
+    "p1,c1,2027-01-06T11:00:00,Roadster,32500.00,USD,paid\n"
+    "p2,c2,2027-01-06T15:30:00,Citadine,18900.00,EUR,paid\n"
+    "p3,c3,2027-01-06T09:00:00,Estate,26400.00,GBP,paid\n"
+    "p4,c4,2027-01-06T10:00:00,Tyres,640.00,USD,unpaid\n"
+    "p5,c1,2027-01-06T17:00:00,Roof box,425.00,USD,paid\n"
+)
+
+
+def seed(rt: app.Runtime, tmp_path: Path, purchases: str = PURCHASES) -> None:
+    for kind, content in (("reps", REPS), ("clients", CLIENTS), ("purchases", purchases)):
+        path = tmp_path / f"{kind}.csv"
+        path.write_text(content, encoding="utf-8")
+        report = importer.import_csv(rt.engine, importer.Kind(kind), path, now=NOW, strict=True)
+        assert report.errors == []
+
+
+OpenRuntime = Callable[[Settings], app.Runtime]
+
+
+@pytest.fixture
+def smtp_runtime(
+    tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
+) -> app.Runtime:
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        delivery={"mode": "smtp", "retry_base_seconds": 60, "max_attempts": 3},
+        smtp={"host": smtp_server.host, "port": smtp_server.port, "security": "none"},
+    )
+    rt = open_runtime(settings)
+    seed(rt, tmp_path)
+    return rt
+
+
+def at(instant: datetime) -> Callable[[], datetime]:
+    return lambda: instant
+
+
+def send(rt: app.Runtime, now: datetime) -> app.DispatchReport:
+    return asyncio.run(app.dispatch(rt, at(now), rng=random.Random(1)))
+
+
+def ledger(rt: app.Runtime) -> dict[str, tuple[str, str | None, str | None]]:
+    t, c = store.touches, store.clients
+    with rt.engine.connect() as conn:
+        rows = conn.execute(
+            select(c.c.external_id, t.c.status, t.c.message_id, t.c.reason).join(
+                c, c.c.id == t.c.client_id
+            )
+        ).all()
+    return {row.external_id: (row.status, row.message_id, row.reason) for row in rows}
+
+
+def test_plan_twice_then_send_delivers_each_thank_you_exactly_once(
+    smtp_runtime: app.Runtime, smtp_server: SmtpServer
+) -> None:
+    first = app.plan(smtp_runtime, NOW)
+    second = app.plan(smtp_runtime, NOW)
+    # c1 bought twice on the 6th: one thank-you. c4's purchase is unpaid: none.
+    assert first.planned == 3
+    assert second.planned == 0
+    report = send(smtp_runtime, NOW)
+    assert report.sent == 3
+    again = send(smtp_runtime, NOW + timedelta(hours=1))
+    assert again.sent == 0
+
+    received = smtp_server.handler.received
+    assert sorted(r.rcpt_tos[0] for r in received) == [
+        "ann@example.com",
+        "bea@example.org",
+        "cal@example.net",
+    ]
+    rows = ledger(smtp_runtime)
+    assert {k: v[0] for k, v in rows.items()} == {"c1": "sent", "c2": "sent", "c3": "sent"}
+    assert sorted(smtp_server.handler.message_ids()) == sorted(str(v[1]) for v in rows.values())
+
+    french = next(r for r in received if r.rcpt_tos == ["bea@example.org"])
+    message = email.message_from_bytes(french.data, policy=default)
+    assert message["Subject"] == "Merci, Béatrice !"
+    assert message["From"] == "Joe Girard <joe@example.com>"
+    assert message["Reply-To"] == "Joe Girard <joe@example.com>"
+    assert french.mail_from == "bounces@example.com"
+
+
+def test_a_touch_is_not_sent_before_its_local_hour(
+    smtp_runtime: app.Runtime, smtp_server: SmtpServer
+) -> None:
+    # 14:00 UTC: 09:00 in New York (not yet due), 15:00 in Paris and 14:00 in London (due).
+    early = datetime(2027, 1, 8, 14, 0, tzinfo=UTC)
+    app.plan(smtp_runtime, early)
+    assert send(smtp_runtime, early).sent == 2
+    assert send(smtp_runtime, datetime(2027, 1, 8, 15, 0, tzinfo=UTC)).sent == 1
+    assert len(smtp_server.handler.received) == 3
+
+
+def test_temporary_failures_are_retried_and_a_550_suppresses(
+    smtp_runtime: app.Runtime, smtp_server: SmtpServer
+) -> None:
+    handler = smtp_server.handler
+    handler.replies["ann@example.com"] = ["451 4.3.0 try again later"]
+    handler.replies["bea@example.org"] = ["550 5.1.1 no such user"]
+    handler.drop_once.add("cal@example.net")
+    app.plan(smtp_runtime, NOW)
+    first = send(smtp_runtime, NOW)
+    assert (first.sent, first.retry, first.failed) == (0, 2, 1)
+    rows = ledger(smtp_runtime)
+    assert rows["c2"][0] == "failed" and "550" in str(rows["c2"][2])
+    with smtp_runtime.engine.connect() as conn:
+        assert store.suppressed(conn, "bea@example.org") == "bounced"
+    # Not yet time for the retry: nothing goes out.
+    assert send(smtp_runtime, NOW + timedelta(seconds=10)).sent == 0
+    later = send(smtp_runtime, NOW + timedelta(hours=1))
+    assert later.sent == 2
+    assert sorted(r.rcpt_tos[0] for r in handler.received) == ["ann@example.com", "cal@example.net"]
+    assert len(set(handler.message_ids())) == len(handler.received)
+
+
+def test_retries_give_up_after_max_attempts(
+    smtp_runtime: app.Runtime, smtp_server: SmtpServer
+) -> None:
+    smtp_server.handler.replies["ann@example.com"] = ["421 4.7.0 busy"] * 5
+    app.plan(smtp_runtime, NOW)
+    moment = NOW
+    for _ in range(4):
+        send(smtp_runtime, moment)
+        moment += timedelta(hours=2)
+    status, _, reason = ledger(smtp_runtime)["c1"]
+    assert status == "failed"
+    assert "3 attempt" in str(reason)
+
+
+def test_unsubscribed_after_planning_is_skipped_at_send_time(
+    smtp_runtime: app.Runtime, smtp_server: SmtpServer
+) -> None:
+    app.plan(smtp_runtime, NOW)
+    with smtp_runtime.engine.begin() as conn:
+        store.suppress(conn, "ann@example.com", "unsubscribed", NOW)
+        conn.execute(
+            store.clients.update()
+            .where(store.clients.c.external_id == "c3")
+            .values(status="do-not-contact")
+        )
+    report = send(smtp_runtime, NOW)
+    assert (report.sent, report.skipped) == (1, 2)
+    rows = ledger(smtp_runtime)
+    assert rows["c1"][0] == "skipped" and rows["c1"][2] == "suppressed (unsubscribed)"
+    assert rows["c3"][2] == "client is do-not-contact"
+    assert [r.rcpt_tos for r in smtp_server.handler.received] == [["bea@example.org"]]
+
+
+def test_a_broken_template_fails_only_its_touches(
+    tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
+) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    (templates / "thank_you" / "fr" / "text.txt").write_text("Bonjour {{ client.nickname }}\n")
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        delivery={"mode": "smtp"},
+        smtp={"host": smtp_server.host, "port": smtp_server.port, "security": "none"},
+    ).model_copy(update={"templates_dir": str(templates)})
+    rt = open_runtime(settings)
+    seed(rt, tmp_path)
+    app.plan(rt, NOW)
+    report = send(rt, NOW)
+    assert (report.sent, report.failed) == (2, 1)
+    status, _, reason = ledger(rt)["c2"]
+    assert status == "failed"
+    assert "thank_you/fr/text.txt:1" in str(reason) and "nickname" in str(reason)
+
+
+def test_capture_mode_writes_a_maildir_and_sends_nothing_out(
+    tmp_path: Path, database_url: str, open_runtime: OpenRuntime
+) -> None:
+    settings = make_settings(tmp_path, database_url)
+    assert settings.delivery.mode == "capture"
+    rt = open_runtime(settings)
+    seed(rt, tmp_path)
+    app.plan(rt, NOW)
+    report = send(rt, NOW)
+    assert report.sent == 3
+    files = list((tmp_path / "outbox" / "new").iterdir())
+    assert len(files) == 3
+    subjects = {
+        str(email.message_from_bytes(f.read_bytes(), policy=default)["Subject"]) for f in files
+    }
+    assert subjects == {"Thank you, Ann!", "Merci, Béatrice !", "Thank you, Cal!"}
+
+
+def test_downtime_past_lateness_is_recorded_as_too_late(
+    smtp_runtime: app.Runtime, smtp_server: SmtpServer
+) -> None:
+    # Planned once on the 5th with a horizon of two days, then down until the 12th.
+    app.plan(smtp_runtime, datetime(2027, 1, 5, 12, 0, tzinfo=UTC))
+    back = datetime(2027, 1, 12, 12, 0, tzinfo=UTC)
+    report = app.plan(smtp_runtime, back)
+    assert report.skipped == 3
+    assert send(smtp_runtime, back).sent == 0
+    assert {v[0] for v in ledger(smtp_runtime).values()} == {TouchStatus.SKIPPED.value}
+    assert {v[2] for v in ledger(smtp_runtime).values()} == {"too late"}

@@ -1,0 +1,199 @@
+"""The database boundary, on SQLite and on PostgreSQL: migrations, insert-if-absent, leases."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import SQLModel
+
+from followup import app, store
+from followup.errors import DatabaseNotReady
+from followup.models import TouchStatus
+from followup.planner import NewTouch
+
+NOW = datetime(2027, 1, 10, 12, 0, tzinfo=UTC)
+
+
+def _client(rt: app.Runtime, external_id: str = "C1", email: str = "ann@example.com") -> int:
+    with rt.engine.begin() as conn:
+        store.upsert(
+            conn,
+            store.clients,
+            [
+                {
+                    "external_id": external_id,
+                    "email": email,
+                    "first_name": "Ann",
+                    "last_name": "Lee",
+                    "locale": "en-US",
+                    "timezone": "America/New_York",
+                    "country": "US",
+                    "status": "active",
+                    "tier": "",
+                    "tags": "",
+                    "created_at": NOW,
+                    "updated_at": NOW,
+                }
+            ],
+            key="external_id",
+        )
+        return store.id_map(conn, store.clients, [external_id])[external_id]
+
+
+def _touch(client_id: int, occurrence: date = date(2027, 1, 8), due: datetime = NOW) -> NewTouch:
+    return NewTouch(
+        client_id=client_id,
+        campaign="thank_you",
+        occurrence=occurrence,
+        due_at=due,
+        not_after=due + timedelta(days=3),
+        template="thank_you",
+    )
+
+
+def test_migrated_schema_matches_the_models(runtime: app.Runtime) -> None:
+    with runtime.engine.connect() as conn:
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata
+        )
+    assert diff == []
+    assert store.current_revision(runtime.engine) == store.head_revision()
+    assert set(store.table_names(runtime.engine)) >= {
+        "reps",
+        "clients",
+        "purchases",
+        "touches",
+        "touch_events",
+        "suppressions",
+    }
+
+
+def test_upgrade_is_idempotent(runtime: app.Runtime) -> None:
+    store.upgrade(runtime.engine)
+    store.check_ready(runtime.engine)
+
+
+def test_an_empty_database_is_refused_with_the_fix(database_url: str) -> None:
+    engine = store.open_engine(database_url)
+    with pytest.raises(DatabaseNotReady, match="followup db upgrade"):
+        store.check_ready(engine)
+    engine.dispose()
+
+
+def test_insert_touches_is_insert_if_absent(runtime: app.Runtime) -> None:
+    client_id = _client(runtime)
+    with runtime.engine.begin() as conn:
+        assert store.insert_touches(conn, [_touch(client_id)], NOW) == 1
+    with runtime.engine.begin() as conn:
+        assert store.insert_touches(conn, [_touch(client_id), _touch(client_id)], NOW) == 0
+        assert store.insert_touches(conn, [_touch(client_id, date(2027, 1, 9))], NOW) == 1
+    with runtime.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(store.touches)).scalar_one() == 2
+        events = conn.execute(select(store.touch_events.c.to_status)).scalars().all()
+    assert events == ["planned", "planned"]
+
+
+def test_the_database_itself_refuses_a_second_touch_with_the_same_key(
+    runtime: app.Runtime,
+) -> None:
+    client_id = _client(runtime)
+    row = {
+        "client_id": client_id,
+        "campaign": "thank_you",
+        "occurrence": date(2027, 1, 8),
+        "status": "planned",
+        "due_at": NOW,
+        "not_after": NOW,
+        "next_attempt_at": NOW,
+        "template": "thank_you",
+        "attempts": 0,
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    with runtime.engine.begin() as conn:
+        conn.execute(store.touches.insert().values(**row))
+    with pytest.raises(IntegrityError), runtime.engine.begin() as conn:
+        conn.execute(store.touches.insert().values(**row))
+
+
+def test_claim_takes_a_lease_once_and_history_is_kept(runtime: app.Runtime) -> None:
+    client_id = _client(runtime)
+    with runtime.engine.begin() as conn:
+        store.insert_touches(conn, [_touch(client_id, date(2027, 1, d)) for d in range(1, 6)], NOW)
+    lease = timedelta(minutes=5)
+    with runtime.engine.begin() as conn:
+        first = store.claim_due(conn, "a", NOW, lease, 3)
+    with runtime.engine.begin() as conn:
+        second = store.claim_due(conn, "b", NOW, lease, 10)
+    assert len(first) == 3 and len(second) == 2
+    assert not set(first) & set(second)
+    with runtime.engine.begin() as conn:
+        assert store.claim_due(conn, "c", NOW, lease, 10) == []
+        statuses = conn.execute(select(store.touches.c.status, store.touches.c.attempts)).all()
+    assert {tuple(r) for r in statuses} == {("sending", 1)}
+
+
+def test_an_expired_lease_makes_the_touch_uncertain_not_resent(runtime: app.Runtime) -> None:
+    client_id = _client(runtime)
+    with runtime.engine.begin() as conn:
+        store.insert_touches(conn, [_touch(client_id)], NOW)
+        (touch_id,) = store.claim_due(conn, "crashed", NOW, timedelta(minutes=5), 10)
+    later = NOW + timedelta(minutes=6)
+    with runtime.engine.begin() as conn:
+        assert store.expire_leases(conn, later) == 1
+        assert store.claim_due(conn, "next", later, timedelta(minutes=5), 10) == []
+        row = conn.execute(select(store.touches).where(store.touches.c.id == touch_id)).one()
+        history = conn.execute(
+            select(store.touch_events.c.from_status, store.touch_events.c.to_status)
+            .where(store.touch_events.c.touch_id == touch_id)
+            .order_by(store.touch_events.c.id)
+        ).all()
+    assert row.status == TouchStatus.UNCERTAIN.value
+    assert [tuple(h) for h in history] == [
+        (None, "planned"),
+        ("planned", "sending"),
+        ("sending", "uncertain"),
+    ]
+
+
+def test_a_touch_past_its_lateness_is_skipped_too_late(runtime: app.Runtime) -> None:
+    client_id = _client(runtime)
+    with runtime.engine.begin() as conn:
+        store.insert_touches(conn, [_touch(client_id)], NOW)
+    with runtime.engine.begin() as conn:
+        assert store.skip_too_late(conn, NOW + timedelta(days=4)) == 1
+        row = conn.execute(select(store.touches.c.status, store.touches.c.reason)).one()
+    assert tuple(row) == ("skipped", "too late")
+
+
+def test_transition_is_guarded_by_the_current_status(runtime: app.Runtime) -> None:
+    client_id = _client(runtime)
+    with runtime.engine.begin() as conn:
+        store.insert_touches(conn, [_touch(client_id)], NOW)
+        touch_id = conn.execute(select(store.touches.c.id)).scalar_one()
+        assert not store.transition(conn, touch_id, TouchStatus.SENDING, TouchStatus.SENT, NOW)
+        assert store.transition(conn, touch_id, TouchStatus.PLANNED, TouchStatus.SKIPPED, NOW)
+
+
+def test_suppression_is_case_insensitive_and_idempotent(runtime: app.Runtime) -> None:
+    with runtime.engine.begin() as conn:
+        store.suppress(conn, "Ann@Example.com", "unsubscribed", NOW)
+        store.suppress(conn, "ann@example.com", "bounced", NOW)
+        assert store.suppressed(conn, "ANN@example.COM") == "unsubscribed"
+        assert store.suppressed(conn, "bob@example.com") is None
+
+
+def test_sqlite_runs_in_wal_mode_and_the_file_is_private(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "private.db"
+    engine = store.open_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert path.stat().st_mode & 0o077 == 0
+    engine.dispose()
