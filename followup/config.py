@@ -227,14 +227,17 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
                 f"{source}: [{section}] {key} is a secret and is not read from a file; "
                 f"remove it and set the environment variable {variable} instead"
             )
-    if "campaigns" in raw and isinstance(raw["campaigns"], dict):
-        defaults = {name: c.model_dump() for name, c in _default_campaigns().items()}
-        merged: dict[str, Any] = {}
-        for name, values in raw["campaigns"].items():
-            merged[name] = (
-                {**defaults.get(name, {}), **values} if isinstance(values, dict) else values
-            )
-        raw["campaigns"] = merged
+    # The built-in campaigns exist even when the file does not mention them, so that the
+    # environment can override them too; the file's values overlay the defaults.
+    defaults = {name: c.model_dump() for name, c in _default_campaigns().items()}
+    merged: dict[str, Any] = {name: dict(values) for name, values in defaults.items()}
+    file_campaigns = raw.get("campaigns", {})
+    if not isinstance(file_campaigns, dict):
+        raise ConfigError(f"{source}: [campaigns] must be a table of campaigns")
+    for name, values in file_campaigns.items():
+        base = defaults.get(name, {})
+        merged[name] = {**base, **values} if isinstance(values, dict) else values
+    raw["campaigns"] = merged
     origin: dict[str, str] = {}
     _apply_env(raw, env, origin)
     for forbidden in ("base_dir", "smtp_password", "secret_key"):

@@ -12,12 +12,12 @@ import enum
 import functools
 import re
 import zoneinfo
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from babel import Locale, UnknownLocaleError
 from babel.numbers import get_currency_precision, is_currency
@@ -129,8 +129,12 @@ def parse_locale(value: str, column: str = "locale") -> str:
 
 @functools.cache
 def _countries() -> frozenset[str]:
+    # CLDR also names non-countries: ZZ (unknown region) and the pseudo-regions of RFC 5646.
+    pseudo = {"ZZ", "XA", "XB", "QO", "EU", "EZ", "UN"}
     return frozenset(
-        str(code) for code in Locale("en").territories if re.fullmatch(r"[A-Z]{2}", str(code))
+        str(code)
+        for code in Locale("en").territories
+        if re.fullmatch(r"[A-Z]{2}", str(code)) and str(code) not in pseudo
     )
 
 
@@ -144,7 +148,7 @@ def parse_country(value: str, column: str = "country") -> str:
 def parse_birthday(value: str, column: str = "birthday") -> tuple[int | None, int, int]:
     """YYYY-MM-DD, or --MM-DD without a year. Returns (year, month, day)."""
     value = value.strip()
-    match = re.fullmatch(r"(\d{4}|-)-(\d{2})-(\d{2})", value)
+    match = re.fullmatch(r"([0-9]{4}|-)-([0-9]{2})-([0-9]{2})", value)
     if not match:
         raise FieldError(column, f"{value!r} is not YYYY-MM-DD or --MM-DD")
     year = None if match[1] == "-" else int(match[1])
@@ -157,6 +161,16 @@ def parse_birthday(value: str, column: str = "birthday") -> tuple[int | None, in
     if year is not None and not 1850 <= year <= 2100:
         raise FieldError(column, f"{value!r}: year out of range")
     return year, month, day
+
+
+def parse_signature(value: str, column: str = "signature") -> str:
+    """Several lines are allowed; other control characters (NUL, ...) are not."""
+    value = value.replace("\r\n", "\n").strip()
+    if re.search(r"[\x00-\x08\x0b-\x1f\x7f]", value):
+        raise FieldError(column, "contains control characters")
+    if len(value) > 2000:
+        raise FieldError(column, "is longer than 2000 characters")
+    return value
 
 
 def parse_bool(value: str, column: str) -> bool:
@@ -188,6 +202,8 @@ def parse_instant(value: str, zone: str, column: str = "purchased_at") -> dateti
         raise FieldError(column, f"{value!r} is not an ISO 8601 date or date-time") from None
     if naive.tzinfo is None:
         naive = naive.replace(tzinfo=zoneinfo.ZoneInfo(zone))
+    if not 1900 <= naive.year <= 2200:
+        raise FieldError(column, f"{value!r}: year out of range (1900..2200)")
     return naive.astimezone(UTC)
 
 
@@ -200,10 +216,15 @@ def parse_amount(value: str, currency: str, column: str = "amount") -> int:
         raise FieldError(column, f"{text!r} is not a number") from None
     if not amount.is_finite() or amount < 0:
         raise FieldError(column, f"{text!r} is not a non-negative amount")
+    if amount != 0 and amount.adjusted() > 15:
+        raise FieldError(column, f"{text!r} is too large")
     precision = get_currency_precision(currency)
-    minor = amount.scaleb(precision)
-    if minor != minor.to_integral_value():
+    # Exact arithmetic: a wide context, and equality to decide whether anything was dropped.
+    exact = Context(prec=60)
+    quantized = amount.quantize(Decimal(1).scaleb(-precision), context=exact)
+    if quantized != amount:
         raise FieldError(column, f"{text!r} has more than {precision} decimals for {currency}")
+    minor = quantized.scaleb(precision, context=exact)
     if minor > 10**15:
         raise FieldError(column, f"{text!r} is too large")
     return int(minor)
@@ -225,7 +246,7 @@ def rep_record(row: Mapping[str, str]) -> dict[str, Any]:
         "external_id": parse_text(row["id"], "id", 128),
         "name": parse_text(row["name"], "name", 256),
         "email": parse_email(row["email"]),
-        "signature": row.get("signature", "").replace("\r\n", "\n").strip(),
+        "signature": parse_signature(row.get("signature", "")),
         "active": True if not active.strip() else parse_bool(active, "active"),
     }
 
@@ -313,7 +334,7 @@ class HeaderError(ValueError):
 
 def _rows(
     path: Path, progress: Callable[[int], None] | None
-) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+) -> tuple[list[str], Generator[tuple[int, list[str]], None, None], TextIO]:
     handle = path.open(encoding="utf-8-sig", newline="")
 
     def lines() -> Iterator[str]:
@@ -332,7 +353,7 @@ def _rows(
         handle.close()
         raise HeaderError(f"{path.name}: not UTF-8 ({exc.reason})") from None
 
-    def body() -> Iterator[tuple[int, list[str]]]:
+    def body() -> Generator[tuple[int, list[str]], None, None]:
         previous = reader.line_num
         try:
             for cells in reader:
@@ -344,7 +365,7 @@ def _rows(
         finally:
             handle.close()
 
-    return [h.strip() for h in header], body()
+    return [h.strip() for h in header], body(), handle
 
 
 def import_csv(
@@ -360,10 +381,19 @@ def import_csv(
     name = path.name
     report = ImportReport(file=name, kind=kind)
     try:
-        header, rows = _rows(path, progress)
+        header, rows, handle = _rows(path, progress)
     except FileNotFoundError:
         raise HeaderError(f"{path}: no such file") from None
-    known = set(REQUIRED[kind]) | set(OPTIONAL[kind])
+    try:
+        _check_header(name, kind, header)
+    except HeaderError:
+        # The body generator has not started, so its own `finally` would not close the file.
+        handle.close()
+        raise
+    return _import_rows(engine, kind, header, rows, report, now=now, strict=strict)
+
+
+def _check_header(name: str, kind: Kind, header: list[str]) -> None:
     missing = [c for c in REQUIRED[kind] if c not in header]
     if missing:
         raise HeaderError(
@@ -374,6 +404,20 @@ def import_csv(
     duplicated = sorted({h for h in header if header.count(h) > 1})
     if duplicated:
         raise HeaderError(f"{name}:1: column(s) {', '.join(duplicated)} appear more than once")
+
+
+def _import_rows(
+    engine: Engine,
+    kind: Kind,
+    header: list[str],
+    rows: Generator[tuple[int, list[str]], None, None],
+    report: ImportReport,
+    *,
+    now: datetime,
+    strict: bool,
+) -> ImportReport:
+    name = report.file
+    known = set(REQUIRED[kind]) | set(OPTIONAL[kind])
     unknown = [h for h in header if h not in known]
     for column in unknown:
         report.errors.append(

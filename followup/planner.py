@@ -113,10 +113,11 @@ def plan_after_purchase(
 def purchase_window(
     campaign: AfterPurchase, since: datetime, until: datetime
 ) -> tuple[datetime, datetime]:
-    """The purchase instants that can yield a due time in [since, until], with a day's margin
-    either side for time zones (UTC-12 .. UTC+14) and the send time."""
+    """The purchase instants that can yield a due time in [since, until]: margins for the
+    local date (UTC-12 .. UTC+14), the send time, and clock changes between purchase and due
+    (up to a whole skipped day, as in Samoa at the end of 2011)."""
     delay = timedelta(days=campaign.delay_days)
-    return since - delay - timedelta(days=2), until - delay + timedelta(days=1)
+    return since - delay - timedelta(days=2), until - delay + timedelta(days=2)
 
 
 def message_id(client_id: int, campaign: str, occurrence: date, domain: str) -> str:

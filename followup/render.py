@@ -121,7 +121,10 @@ class Templates:
 
     def render(self, message: str, locale: str, context: Mapping[str, Any]) -> RenderedParts:
         tag = self.resolve_locale(message, locale)
-        values = {**context, "locale": locale}
+        # Format dates and money in the client's locale only when the words around them are in
+        # its language: a de client served the English fallback gets an all-English message.
+        same_language = tag.split("-")[0].lower() == locale.split("-")[0].lower()
+        values = {**context, "locale": locale if same_language else tag}
         rendered: dict[str, str] = {}
         for part in PARTS:
             name = f"{message}/{tag}/{part}"
@@ -135,6 +138,11 @@ class Templates:
                 raise RenderError(f"{self.root / name}: template not found: {exc.name}") from exc
             except TemplateError as exc:
                 raise RenderError(f"{self._locate(exc, name)}: {exc}") from exc
+            except (ValueError, TypeError, LookupError, ArithmeticError) as exc:
+                # A filter given bad data (an unknown locale or currency, a wrong type).
+                raise RenderError(
+                    f"{self._locate(exc, name)}: {type(exc).__name__}: {exc}"
+                ) from exc
         return RenderedParts(
             locale=tag,
             subject=header_safe(rendered["subject.txt"]),
@@ -196,7 +204,8 @@ def build_mime(parts: RenderedParts, envelope: Envelope) -> bytes:
         targets.append(f"<mailto:{envelope.unsubscribe_mailto}?subject=unsubscribe>")
     msg["List-Unsubscribe"] = ", ".join(targets)
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    msg["Content-Language"] = parts.locale
     msg.set_content(parts.text, cte="quoted-printable")
     msg.add_alternative(parts.html, subtype="html", cte="quoted-printable")
+    # After the body: set_content() clears every Content-* header.
+    msg["Content-Language"] = parts.locale
     return msg.as_bytes()

@@ -26,4 +26,6 @@ def verify(secret: str, purpose: str, token: str) -> str | None:
     if not subject or not signature:
         return None
     expected = _sign(secret, purpose, subject)
-    return subject if hmac.compare_digest(expected, signature) else None
+    if not signature.isascii():
+        return None
+    return subject if hmac.compare_digest(expected.encode(), signature.encode()) else None

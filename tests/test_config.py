@@ -254,12 +254,6 @@ def test_a_bad_campaign_value_from_the_environment_names_key_and_variable() -> N
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _apply_env only overlays campaign variables on campaigns written in the "
-    "file, so FOLLOWUP_CAMPAIGNS_THANK_YOU_* is silently ignored for the built-in thank_you "
-    "campaign when the file has no [campaigns.thank_you] table (or there is no file)",
-)
 @pytest.mark.parametrize("text", [None, "[smtp]\nport = 25\n"])
 def test_the_default_campaign_is_overridden_from_the_environment(
     tmp_path: Path, text: str | None

@@ -408,14 +408,6 @@ def test_purchase_window_contains_the_purchases_due_in_the_range_without_an_offs
     assert start <= purchased_at <= end
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: purchase_window has no margin after `until` for a UTC offset change between "
-        "purchase and due (spring-forward makes due - purchase up to 1 h shorter), so a late "
-        "evening purchase whose touch is due in the last hour of [since, until] is not read"
-    ),
-)
 @given(
     zone_name=WINDOW_ZONES,
     delay_days=st.integers(0, 400),

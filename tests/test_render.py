@@ -269,14 +269,6 @@ def test_a_locale_without_templates_falls_back_to_the_default(templates: Templat
     assert "Dear Zoé," in parts.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: after falling back to the default locale's templates, the filters and "
-        "<html lang> still use the client's locale, so a German client gets an English text "
-        "with a German date ('on 5. November 2026') and lang=\"de\""
-    ),
-)
 def test_a_fallback_to_the_default_formats_in_the_default_language(
     templates: Templates,
 ) -> None:
@@ -286,15 +278,6 @@ def test_a_fallback_to_the_default_formats_in_the_default_language(
     assert '<html lang="en">' in parts.html
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: a locale babel does not know ('xx') falls back to the default templates, then "
-        "the date filter raises babel's UnknownLocaleError, which is not a RenderError and "
-        "escapes the dispatcher's error handling (the importer does refuse such locales)"
-    ),
-)
 def test_a_locale_unknown_to_babel_falls_back_to_the_default(templates: Templates) -> None:
     assert templates.resolve_locale("thank_you", "xx") == "en"
     try:
@@ -551,13 +534,6 @@ def test_a_french_client_gets_a_french_message(settings: Settings, templates: Te
     assert "le 5 novembre 2026." in text.get_content()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: build_mime sets Content-Language before set_content(), and set_content() "
-        "clears every Content-* header, so the message goes out without Content-Language"
-    ),
-)
 @pytest.mark.parametrize(("locale", "language"), [("en-US", "en"), ("fr-CA", "fr")])
 def test_the_message_says_its_language(
     settings: Settings, templates: Templates, locale: str, language: str
@@ -636,12 +612,5 @@ def test_a_token_made_with_another_secret_never_verifies(
     assert tokens.verify(secret, "unsubscribe", tokens.make(other, "unsubscribe", subject)) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: tokens.verify raises TypeError (hmac.compare_digest on non-ASCII str) for a "
-        "forged token with a non-ASCII signature, instead of returning None"
-    ),
-)
 def test_a_forged_token_with_non_ascii_characters_does_not_verify() -> None:
     assert tokens.verify(SECRET, "unsubscribe", "42.é") is None
