@@ -99,7 +99,7 @@ def main_options(
             "--config",
             "-c",
             envvar="FOLLOWUP_CONFIG",
-            help="Configuration file [env FOLLOWUP_CONFIG; default ./config.toml].",
+            help="Configuration file (default ./config.toml).",
         ),
     ] = None,
     verbose: Annotated[

@@ -1,0 +1,77 @@
+"""The docs cannot drift: the README's commands, the CLI reference and CI agree."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from followup.config import load_settings
+from tests.conftest import ROOT
+from tests.test_cli_e2e import followup
+
+EXECUTABLE = Path(sys.executable).parent / "followup"
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```sh\n(.*?)```", text, re.S)
+    assert block is not None, "the README starts with a sh block"
+    assert text.index(block.group(0)) < 40, "the commands come first"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_the_readme_starts_with_exactly_two_commands() -> None:
+    commands = readme_commands()
+    assert len(commands) == 2
+    assert commands[0].startswith("python3 ")
+    assert commands[1].startswith("python3 ")
+    assert "followup demo" in commands[0] and "followup run" in commands[0]
+    assert "pytest" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command_word_for_word() -> None:
+    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()
+    assert script[-1] == readme_commands()[1]
+
+
+def test_the_readme_demo_shows_a_message_and_where_the_rest_are(tmp_path: Path) -> None:
+    """The first README command, after its install step, in a fresh folder."""
+    followup(tmp_path, "init")
+    followup(tmp_path, "demo")
+    result = followup(tmp_path, "run")
+    assert "nothing left this machine" in result.stdout
+    assert str(tmp_path / "var" / "outbox") in result.stdout
+    assert re.search(r"^Subject: (Thank you|Merci), .+", result.stdout, re.M)
+    assert re.search(r"^From: .+ <.+@example\.com>$", result.stdout, re.M)
+    assert list((tmp_path / "var" / "outbox" / "new").iterdir())
+
+
+def test_every_command_is_in_the_readme() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    listed = subprocess.run(
+        [str(EXECUTABLE), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    commands = re.findall(r"^[│ ]+([a-z][a-z-]+)\s{2,}", listed, re.M)
+    assert {"init", "demo", "import", "plan", "send", "run", "status", "db"} <= set(commands)
+    for command in commands:
+        assert f"`followup {command}" in text, command
+
+
+def test_the_shipped_config_is_valid_and_documents_every_section() -> None:
+    settings = load_settings(ROOT / "config.toml", {})
+    text = (ROOT / "config.toml").read_text(encoding="utf-8")
+    for section in ("database", "delivery", "smtp", "sender", "http", "schedule"):
+        assert f"[{section}]" in text
+        for key in type(getattr(settings, section)).model_fields:
+            assert re.search(rf"^{key} = ", text, re.M), f"[{section}] {key} is not in config.toml"
+    assert settings.delivery.mode == "capture", "the shipped config must be demo-safe"
+
+
+def test_architecture_doc_names_every_module() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for module in sorted((ROOT / "followup").glob("*.py")):
+        if module.name.startswith("_"):
+            continue
+        assert module.name in text, f"docs/architecture.md does not describe {module.name}"
