@@ -239,22 +239,38 @@ async def _dispatch_loop(
                 claimed = store.claim_due(conn, owner, clock(), lease, size)
             if not claimed:
                 return
-            for touch_id in claimed:
-                await _dispatch_one(rt, touch_id, clock, key, mailer, report, rng)
-                done += 1
+            pending = list(claimed)
+            try:
+                while pending:
+                    prepared = _prepare(rt, pending[0], clock, key, report)
+                    # From here on the touch is the mailer's: never released, only recorded
+                    # (or, after a crash, found uncertain when its lease expires).
+                    pending.pop(0)
+                    done += 1
+                    if prepared is not None:
+                        touch, message = prepared
+                        envelope_from = settings.sender.envelope_from
+                        delivery = await mailer.send(envelope_from, message.to, message.mime)
+                        _record(rt, touch, message, delivery, clock(), report, rng)
+            finally:
+                if pending:
+                    # Stopped early (an error, an interrupt): the touches never handed to the
+                    # mailer go back to the queue now instead of turning uncertain later.
+                    with rt.engine.begin() as conn:
+                        store.release(conn, pending, owner, clock())
     finally:
         await mailer.close()
 
 
-async def _dispatch_one(
+def _prepare(
     rt: Runtime,
     touch_id: int,
     clock: Callable[[], datetime],
     key: str,
-    mailer: SmtpMailer,
     report: DispatchReport,
-    rng: random.Random,
-) -> None:
+) -> tuple[Any, compose.Composed] | None:
+    """Checks and renders one claimed touch. Returns what to send, or None when the touch was
+    settled here (skipped, or failed on its template) and nothing is to be sent."""
     settings = rt.settings
     sending = TouchStatus.SENDING
     cleared = {"lease_owner": None, "lease_expires_at": None}
@@ -278,7 +294,7 @@ async def _dispatch_one(
             )
             report.skipped += 1
             log_event("touch.skipped", touch=touch_id, campaign=touch.campaign, reason=str(skip))
-            return
+            return None
     assert facts is not None
     try:
         message = compose.compose(
@@ -291,7 +307,14 @@ async def _dispatch_one(
             send_at=max(touch.due_at, clock()),
             key=key,
         )
-    except RenderError as exc:
+    except Exception as exc:
+        # A broken template (RenderError names its file and line) or a bug while composing:
+        # this touch fails with the reason, the rest of the run goes on.
+        if isinstance(exc, RenderError):
+            reason = f"template error: {exc}"
+        else:
+            log.exception("compose failed", extra={"event": "touch.compose_error"})
+            reason = f"internal error while composing: {type(exc).__name__}: {exc}"
         with rt.engine.begin() as conn:
             store.transition(
                 conn,
@@ -299,15 +322,14 @@ async def _dispatch_one(
                 sending,
                 TouchStatus.FAILED,
                 clock(),
-                str(exc),
-                reason=f"template error: {exc}",
+                reason,
+                reason=reason,
                 **cleared,
             )
         report.failed += 1
-        log_event("touch.failed", touch=touch_id, campaign=touch.campaign, reason="template")
-        return
-    delivery = await mailer.send(settings.sender.envelope_from, message.to, message.mime)
-    _record(rt, touch, message, delivery, clock(), report, rng)
+        log_event("touch.failed", touch=touch_id, campaign=touch.campaign, reason="compose")
+        return None
+    return touch, message
 
 
 def _record(

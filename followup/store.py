@@ -328,6 +328,32 @@ def expire_leases(conn: Connection, now: datetime) -> int:
     return len(stale)
 
 
+def release(conn: Connection, touch_ids: Sequence[int], owner: str, now: datetime) -> int:
+    """Give back claimed touches that were never handed to the mailer: they return to the
+    queue (planned, or retry if tried before) with the attempt taken back."""
+    rows = conn.execute(
+        select(touches.c.id, touches.c.attempts).where(
+            touches.c.id.in_(list(touch_ids)),
+            touches.c.status == TouchStatus.SENDING.value,
+            touches.c.lease_owner == owner,
+        )
+    ).all()
+    for row in rows:
+        back = TouchStatus.PLANNED if row.attempts <= 1 else TouchStatus.RETRY
+        transition(
+            conn,
+            row.id,
+            TouchStatus.SENDING,
+            back,
+            now,
+            detail=f"released unsent by {owner}",
+            lease_owner=None,
+            lease_expires_at=None,
+            attempts=max(row.attempts - 1, 0),
+        )
+    return len(rows)
+
+
 def skip_too_late(conn: Connection, now: datetime) -> int:
     """Due touches past their lateness limit are recorded as skipped, never sent late."""
     late = conn.execute(

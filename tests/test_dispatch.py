@@ -233,3 +233,47 @@ def test_downtime_past_lateness_is_recorded_as_too_late(
     assert send(smtp_runtime, back).sent == 0
     assert {v[0] for v in ledger(smtp_runtime).values()} == {TouchStatus.SKIPPED.value}
     assert {v[2] for v in ledger(smtp_runtime).values()} == {"too late"}
+
+
+def test_touches_never_handed_to_the_mailer_are_released_when_dispatch_stops(
+    smtp_runtime: app.Runtime, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.plan(smtp_runtime, NOW)
+    calls = 0
+    original = app.compose.compose
+
+    def compose_then_interrupt(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app.compose, "compose", compose_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        send(smtp_runtime, NOW)
+    # One sent; the two never handed to the mailer are back in the queue, not "sending".
+    assert sorted(v[0] for v in ledger(smtp_runtime).values()) == ["planned", "planned", "sent"]
+    monkeypatch.setattr(app.compose, "compose", original)
+    assert send(smtp_runtime, NOW).sent == 2
+    assert len(smtp_server.handler.received) == 3
+    assert len(set(smtp_server.handler.message_ids())) == 3
+
+
+def test_a_bug_while_composing_fails_that_touch_and_the_run_goes_on(
+    smtp_runtime: app.Runtime, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.plan(smtp_runtime, NOW)
+    original = app.compose.compose
+
+    def broken_for_french(*args: object, **kwargs: object) -> object:
+        facts = args[2]
+        if getattr(facts, "locale", "") == "fr":
+            raise ZeroDivisionError("division by zero")
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app.compose, "compose", broken_for_french)
+    report = send(smtp_runtime, NOW)
+    assert (report.sent, report.failed) == (2, 1)
+    status, _, reason = ledger(smtp_runtime)["c2"]
+    assert status == "failed" and "ZeroDivisionError" in str(reason)
