@@ -332,6 +332,28 @@ def _prepare(
     return touch, message
 
 
+def _outcome(
+    delivery: Delivery,
+    reply: str,
+    attempt: int,
+    not_after: datetime,
+    now: datetime,
+    settings: Settings,
+    rng: random.Random,
+) -> tuple[TouchStatus, str | None, dict[str, Any]]:
+    """Pure: the ledger's next state for an SMTP outcome (status, reason, extra columns)."""
+    if delivery.outcome is Outcome.SENT:
+        return TouchStatus.SENT, None, {}
+    if delivery.outcome is Outcome.RETRY:
+        next_at = now + retry_delay(attempt, settings.delivery.retry_base_seconds, rng)
+        if attempt >= settings.delivery.max_attempts or next_at > not_after:
+            return TouchStatus.FAILED, f"gave up after {attempt} attempt(s): {reply}", {}
+        return TouchStatus.RETRY, reply, {"next_attempt_at": next_at}
+    if delivery.outcome is Outcome.BOUNCED:
+        return TouchStatus.FAILED, f"bounced: {reply}", {}
+    return TouchStatus.FAILED, f"refused: {reply}", {}
+
+
 def _record(
     rt: Runtime,
     touch: Row[Any],
@@ -341,89 +363,42 @@ def _record(
     report: DispatchReport,
     rng: random.Random,
 ) -> None:
-    settings = rt.settings
-    sending = TouchStatus.SENDING
+    """Write the outcome of one SMTP transaction, with its history row, in one transaction."""
     reply = f"{delivery.code} {delivery.reply}".strip() if delivery.code else delivery.reply
-    common = {
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "smtp_reply": reply[:2000],
-        "locale": message.locale,
-        "variant": message.variant,
-        "rep_id": message.rep_id,
-        "message_id": message.message_id,
-    }
-    fields: dict[str, object] = {"touch": touch.id, "campaign": touch.campaign}
+    status, reason, extra = _outcome(
+        delivery, reply, touch.attempts, touch.not_after, now, rt.settings, rng
+    )
     with rt.engine.begin() as conn:
-        if delivery.outcome is Outcome.SENT:
-            store.transition(
-                conn, touch.id, sending, TouchStatus.SENT, now, reply, reason=None, **common
-            )
-            report.sent += 1
-            report.message_ids.append(message.message_id)
-            log_event("touch.sent", **fields)
-        elif delivery.outcome is Outcome.RETRY:
-            attempt = touch.attempts + 1
-            next_at = now + retry_delay(attempt, settings.delivery.retry_base_seconds, rng)
-            if attempt >= settings.delivery.max_attempts or next_at > touch.not_after:
-                store.transition(
-                    conn,
-                    touch.id,
-                    sending,
-                    TouchStatus.FAILED,
-                    now,
-                    reply,
-                    reason=f"gave up after {attempt} attempt(s): {reply}",
-                    **common,
-                )
-                report.failed += 1
-                log_event("touch.failed", **fields, reason="retries exhausted")
-            else:
-                store.transition(
-                    conn,
-                    touch.id,
-                    sending,
-                    TouchStatus.RETRY,
-                    now,
-                    reply,
-                    reason=reply,
-                    next_attempt_at=next_at,
-                    **common,
-                )
-                report.retry += 1
-                log_event("touch.retry", **fields, code=delivery.code)
-        elif delivery.outcome is Outcome.BOUNCED:
-            store.transition(
-                conn,
-                touch.id,
-                sending,
-                TouchStatus.FAILED,
-                now,
-                reply,
-                reason=f"bounced: {reply}",
-                **common,
-            )
+        store.transition(
+            conn,
+            touch.id,
+            TouchStatus.SENDING,
+            status,
+            now,
+            reply,
+            reason=reason,
+            lease_owner=None,
+            lease_expires_at=None,
+            smtp_reply=reply[:2000],
+            locale=message.locale,
+            variant=message.variant,
+            rep_id=message.rep_id,
+            message_id=message.message_id,
+            **extra,
+        )
+        if delivery.outcome is Outcome.BOUNCED:
             store.suppress(conn, message.to, "bounced", now, detail=reply)
             conn.execute(
                 store.clients.update()
                 .where(store.clients.c.id == touch.client_id)
                 .values(status=ClientStatus.BOUNCED.value, updated_at=now)
             )
-            report.failed += 1
-            log_event("touch.bounced", **fields, code=delivery.code)
-        else:
-            store.transition(
-                conn,
-                touch.id,
-                sending,
-                TouchStatus.FAILED,
-                now,
-                reply,
-                reason=f"refused: {reply}",
-                **common,
-            )
-            report.failed += 1
-            log_event("touch.failed", **fields, code=delivery.code)
+    counter = {TouchStatus.SENT: "sent", TouchStatus.RETRY: "retry"}.get(status, "failed")
+    setattr(report, counter, getattr(report, counter) + 1)
+    if status is TouchStatus.SENT:
+        report.message_ids.append(message.message_id)
+    event = "touch.bounced" if delivery.outcome is Outcome.BOUNCED else f"touch.{status.value}"
+    log_event(event, touch=touch.id, campaign=touch.campaign, code=delivery.code)
 
 
 # ----------------------------------------------------------------------------- dry-run

@@ -161,6 +161,8 @@ def test_retries_give_up_after_max_attempts(
     status, _, reason = ledger(smtp_runtime)["c1"]
     assert status == "failed"
     assert "3 attempt" in str(reason)
+    # Exactly three attempts reached the server (two of the five refusals are left unused).
+    assert len(smtp_server.handler.replies["ann@example.com"]) == 2
 
 
 def test_unsubscribed_after_planning_is_skipped_at_send_time(
