@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, Row, func, select
 from followup import compose, planner, store
 from followup.config import CampaignSettings, Settings
 from followup.errors import DatabaseNotReady, RenderError
-from followup.mailer import CaptureSink, Delivery, Outcome, SmtpMailer
+from followup.mailer import CaptureSink, Delivery, Outcome, SmtpMailer, SmtpSetupError
 from followup.models import ClientStatus, TouchStatus
 from followup.render import Templates
 
@@ -250,7 +250,12 @@ async def _dispatch_loop(
                     if prepared is not None:
                         touch, message = prepared
                         envelope_from = settings.sender.envelope_from
-                        delivery = await mailer.send(envelope_from, message.to, message.mime)
+                        try:
+                            delivery = await mailer.send(envelope_from, message.to, message.mime)
+                        except SmtpSetupError:
+                            # Nothing was sent: this touch goes back to the queue with the rest.
+                            pending.insert(0, touch.id)
+                            raise
                         _record(rt, touch, message, delivery, clock(), report, rng)
             finally:
                 if pending:

@@ -19,6 +19,13 @@ import aiosmtplib
 from aiosmtpd.smtp import SMTP as SMTPProtocol
 
 from followup.config import SmtpSettings
+from followup.errors import FollowupError
+
+
+class SmtpSetupError(FollowupError):
+    """The server cannot be used at all (untrusted certificate, login refused): retrying
+    each message would not help, so the run stops and says what to fix. Raised before any
+    message data is sent."""
 
 
 class Outcome(enum.StrEnum):
@@ -78,9 +85,35 @@ class SmtpMailer:
             start_tls=security == "starttls",
             tls_context=self._tls_context() if security != "none" else None,
         )
-        await client.connect()
+        where = f"{self.host}:{self.port}"
+        try:
+            await client.connect()
+        except aiosmtplib.SMTPConnectError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                raise SmtpSetupError(
+                    f"SMTP server {where}: its TLS certificate is not trusted "
+                    f"({cause.verify_message}); give the CA that signed it in [smtp] ca_file"
+                ) from exc
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            raise SmtpSetupError(
+                f"SMTP server {where}: its TLS certificate is not trusted "
+                f"({exc.verify_message}); give the CA that signed it in [smtp] ca_file"
+            ) from exc
         if self.settings.username:
-            await client.login(self.settings.username, self.password)
+            try:
+                await client.login(self.settings.username, self.password)
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                client.close()
+                raise SmtpSetupError(
+                    f"SMTP server {where} refused the login of [smtp] username "
+                    f"{self.settings.username!r}: {exc.code} {exc.message} "
+                    "(the password comes from FOLLOWUP_SMTP_PASSWORD)"
+                ) from exc
+            except aiosmtplib.SMTPException as exc:
+                client.close()
+                raise SmtpSetupError(f"SMTP server {where}: cannot log in: {exc}") from exc
         return client
 
     async def send(self, sender: str, recipient: str, message: bytes) -> Delivery:
@@ -99,10 +132,6 @@ class SmtpMailer:
             return classify_code(exc.code, exc.message, recipient=False)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close()
-            if isinstance(exc, aiosmtplib.SMTPConnectError) and isinstance(
-                exc.__cause__, ssl.SSLCertVerificationError
-            ):
-                return Delivery(Outcome.RETRY, None, f"TLS certificate not trusted: {exc}")
             return Delivery(Outcome.RETRY, None, f"{type(exc).__name__}: {exc}")
         return Delivery(Outcome.SENT, 250, reply)
 
