@@ -155,6 +155,7 @@ class DispatchReport:
     skipped: int = 0
     uncertain: int = 0
     too_late: int = 0
+    requeued: int = 0
     message_ids: list[str] = field(default_factory=list)
     capture_dir: Path | None = None
 
@@ -184,8 +185,12 @@ async def dispatch(
     owner: str | None = None,
     limit: int | None = None,
     rng: random.Random | None = None,
+    resend_uncertain: bool = False,
 ) -> DispatchReport:
-    """Send everything due now, once: claim, compose, send, record, until nothing is due."""
+    """Send everything due now, once: claim, compose, send, record, until nothing is due.
+
+    With `resend_uncertain`, touches whose fate was unknown after a crash are sent again
+    first: the operator's decision, never the default."""
     store.check_ready(rt.engine)
     settings = rt.settings
     key = compose.signing_key(settings, sending=True)
@@ -195,6 +200,8 @@ async def dispatch(
     lease = timedelta(seconds=settings.database.lease_seconds)
     with rt.engine.begin() as conn:
         report.uncertain = store.expire_leases(conn, clock())
+        if resend_uncertain:
+            report.requeued = store.requeue_uncertain(conn, clock(), owner)
         report.too_late = store.skip_too_late(conn, clock())
     if settings.delivery.mode == "capture":
         directory = settings.path(settings.delivery.capture_dir)

@@ -298,8 +298,8 @@ def plan(
     out.print(f"planned {report.planned} touch(es), {report.skipped} recorded as too late")
 
 
-def _send(rt: app.Runtime) -> app.DispatchReport:
-    return asyncio.run(app.dispatch(rt, clock()))
+def _send(rt: app.Runtime, *, resend_uncertain: bool = False) -> app.DispatchReport:
+    return asyncio.run(app.dispatch(rt, clock(), resend_uncertain=resend_uncertain))
 
 
 def _print_dispatch(report: app.DispatchReport) -> None:
@@ -309,14 +309,25 @@ def _print_dispatch(report: app.DispatchReport) -> None:
     )
 
 
-@cli.command(epilog=example("followup send --once"))
+@cli.command(epilog=example("followup send --once", "followup send --once --resend-uncertain"))
 def send(
     once: Annotated[bool, typer.Option("--once", help="Send what is due now, then exit.")] = False,
+    resend_uncertain: Annotated[
+        bool,
+        typer.Option(
+            "--resend-uncertain",
+            help="First send again the touches left uncertain by a crash (the server may "
+            "have accepted them: a client may get the message twice).",
+        ),
+    ] = False,
 ) -> None:
     """Dispatch what is due now. Without --once, keep dispatching until interrupted."""
     rt = app.Runtime.open(settings())
     while True:
-        report = _send(rt)
+        report = _send(rt, resend_uncertain=resend_uncertain)
+        resend_uncertain = False
+        if report.requeued:
+            out.print(f"{report.requeued} uncertain touch(es) sent again")
         _print_dispatch(report)
         if once:
             return

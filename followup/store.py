@@ -354,6 +354,27 @@ def release(conn: Connection, touch_ids: Sequence[int], owner: str, now: datetim
     return len(rows)
 
 
+def requeue_uncertain(conn: Connection, now: datetime, operator: str) -> int:
+    """The operator decided: uncertain touches are sent again (their Message-ID is unchanged,
+    so a receiving system that saw the first copy can recognise the second)."""
+    rows = conn.execute(
+        select(touches.c.id).where(touches.c.status == TouchStatus.UNCERTAIN.value)
+    ).all()
+    for row in rows:
+        transition(
+            conn,
+            row.id,
+            TouchStatus.UNCERTAIN,
+            TouchStatus.RETRY,
+            now,
+            detail=f"resend requested by {operator}",
+            reason=None,
+            next_attempt_at=now,
+            not_after=now + timedelta(days=1),
+        )
+    return len(rows)
+
+
 def skip_too_late(conn: Connection, now: datetime) -> int:
     """Due touches past their lateness limit are recorded as skipped, never sent late."""
     late = conn.execute(
