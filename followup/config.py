@@ -126,6 +126,17 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     campaigns: dict[str, CampaignSettings] = Field(default_factory=_default_campaigns)
+
+    @field_validator("campaigns")
+    @classmethod
+    def _campaign_names(cls, value: dict[str, CampaignSettings]) -> dict[str, CampaignSettings]:
+        for name in value:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
+                raise ValueError(
+                    f"campaign name {name!r} must be 1-64 lower-case letters, digits or _"
+                )
+        return value
+
     templates_dir: str = "templates"
     calendars_dir: str = "calendars"
 

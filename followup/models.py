@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from datetime import date, datetime
 
-from sqlalchemy import Column, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -88,7 +88,7 @@ class Purchase(SQLModel, table=True):
     purchased_at: datetime
     product: str = Field(max_length=512)
     #: Amount in the currency's minor unit (cents), so that no float ever touches money.
-    amount_minor: int
+    amount_minor: int = Field(sa_column=Column(BigInteger, nullable=False))
     currency: str = Field(max_length=3)
     status: str = Field(default=PurchaseStatus.PAID.value, max_length=16)
     updated_at: datetime
@@ -100,6 +100,9 @@ class Touch(SQLModel, table=True):
     __tablename__ = "touches"
     __table_args__ = (
         UniqueConstraint("client_id", "campaign", "occurrence", name="uq_touches_key"),
+        # One after-purchase touch per purchase and campaign, even if the client's zone (and so
+        # the purchase's local date) changes later. NULLs are distinct: other campaigns pass.
+        UniqueConstraint("campaign", "purchase_id", name="uq_touches_purchase"),
         Index("ix_touches_due", "status", "next_attempt_at"),
     )
 

@@ -69,7 +69,7 @@ def open_engine(url: str, *, create_dir: bool = True) -> Engine:
             # Client data is private: the database file is readable by its owner only.
             fd = os.open(path, os.O_CREAT | os.O_WRONLY, stat.S_IRUSR | stat.S_IWUSR)
             os.close(fd)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -93,7 +93,8 @@ def open_engine(url: str, *, create_dir: bool = True) -> Engine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # hide_parameters: a database error must not print client data.
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 @contextmanager
@@ -250,7 +251,9 @@ def insert_touches(conn: Connection, new: Iterable[NewTouch], now: datetime) -> 
         stmt = (
             _insert(conn, touches)
             .values(rows)
-            .on_conflict_do_nothing(index_elements=["client_id", "campaign", "occurrence"])
+            # No conflict target: any unique key (the touch key, or one touch per purchase)
+            # makes the row a duplicate.
+            .on_conflict_do_nothing()
             .returning(touches.c.id, touches.c.status, touches.c.reason)
         )
         created = conn.execute(stmt).all()

@@ -279,3 +279,24 @@ def test_a_bug_while_composing_fails_that_touch_and_the_run_goes_on(
     assert (report.sent, report.failed) == (2, 1)
     status, _, reason = ledger(smtp_runtime)["c2"]
     assert status == "failed" and "ZeroDivisionError" in str(reason)
+
+
+def test_a_corrected_time_zone_does_not_give_a_purchase_a_second_thank_you(
+    smtp_runtime: app.Runtime, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    app.plan(smtp_runtime, NOW)
+    assert send(smtp_runtime, NOW).sent == 3
+    # The clients' zones are corrected: Ann's purchase (16:00 UTC on the 6th) now falls on the
+    # 7th in Kiritimati (UTC+14), Cal's (09:00 UTC on the 6th) on the 5th in Pago Pago (UTC-11).
+    moved = CLIENTS.replace("America/New_York", "Pacific/Kiritimati").replace(
+        "Cal,Ng,en-GB,Europe/London", "Cal,Ng,en-GB,Pacific/Pago_Pago"
+    )
+    path = tmp_path / "moved.csv"
+    path.write_text(moved, encoding="utf-8")
+    assert (
+        importer.import_csv(smtp_runtime.engine, importer.Kind.CLIENTS, path, now=NOW).errors == []
+    )
+    later = NOW + timedelta(hours=20)
+    app.plan(smtp_runtime, later)
+    assert send(smtp_runtime, later).sent == 0
+    assert len(smtp_server.handler.received) == 3

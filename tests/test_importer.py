@@ -911,3 +911,22 @@ def test_any_text_in_the_email_cell_is_stored_or_reported(
 @given(email=valid_emails())
 def test_generated_valid_emails_parse_to_themselves(email: str) -> None:
     assert parse_email(email) == email
+
+
+def test_a_large_amount_in_a_small_currency_unit_is_stored(
+    runtime: app.Runtime, tmp_path: Path
+) -> None:
+    """3.5 billion rupiah is an ordinary car price; it needs a 64-bit column."""
+    import_clients(runtime, tmp_path, client("C1", timezone="Asia/Jakarta"))
+    row = {
+        "id": "P1",
+        "client": "C1",
+        "purchased_at": "2027-01-04",
+        "product": "Car",
+        "amount": "3500000000",
+        "currency": "IDR",
+    }
+    path = write_csv(tmp_path / "purchases.csv", PURCHASE_HEADER, [row])
+    report = import_csv(runtime.engine, Kind.PURCHASES, path, now=NOW)
+    assert report.errors == []
+    assert stored(runtime, store.purchases)["P1"]["amount_minor"] == 350_000_000_000
