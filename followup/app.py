@@ -257,6 +257,14 @@ async def _dispatch_loop(
                     if prepared is not None:
                         touch, message = prepared
                         envelope_from = settings.sender.envelope_from
+                        with rt.engine.begin() as conn:
+                            held = store.hand_off(
+                                conn, touch.id, owner, clock(), lease, message.message_id
+                            )
+                        if not held:
+                            # Our lease ran out and another worker has settled this touch.
+                            log_event("touch.lease_lost", touch=touch.id, campaign=touch.campaign)
+                            continue
                         try:
                             delivery = await mailer.send(envelope_from, message.to, message.mime)
                         except SmtpSetupError:
@@ -363,6 +371,8 @@ def _outcome(
         return TouchStatus.RETRY, reply, {"next_attempt_at": next_at}
     if delivery.outcome is Outcome.BOUNCED:
         return TouchStatus.FAILED, f"bounced: {reply}", {}
+    if delivery.outcome is Outcome.UNCERTAIN:
+        return TouchStatus.UNCERTAIN, f"uncertain: {reply}; the server may have accepted it", {}
     return TouchStatus.FAILED, f"refused: {reply}", {}
 
 

@@ -36,6 +36,8 @@ class Outcome(enum.StrEnum):
     BOUNCED = "bounced"
     #: any other permanent refusal.
     FAILED = "failed"
+    #: the message data was sent but no reply came: the server may have accepted it.
+    UNCERTAIN = "uncertain"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,12 @@ class SmtpMailer:
         where = f"{self.host}:{self.port}"
         try:
             await client.connect()
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            if exc.code >= 500:
+                raise SmtpSetupError(
+                    f"SMTP server {where} refuses service: {exc.code} {exc.message}"
+                ) from exc
+            raise
         except aiosmtplib.SMTPConnectError as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, ssl.SSLCertVerificationError):
@@ -117,23 +125,62 @@ class SmtpMailer:
         return client
 
     async def send(self, sender: str, recipient: str, message: bytes) -> Delivery:
+        """One SMTP transaction, step by step, because what may be retried depends on the step:
+        a failure before the message data is sent is safe to retry; a lost connection or a
+        timeout after it is not (the server may have accepted the message): uncertain."""
         try:
             if self._client is None or not self._client.is_connected:
                 self._client = await self._connect()
-            _refused, reply = await self._client.sendmail(sender, [recipient], message)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refusal = exc.recipients[0]
-            return classify_code(refusal.code, refusal.message, recipient=True)
+            client = self._client
+            await client.mail(sender)
+        except aiosmtplib.SMTPResponseException as exc:
+            if isinstance(exc, aiosmtplib.SMTPServerDisconnected) or exc.code < 500:
+                await self._drop_or_reset(exc)
+                return Delivery(Outcome.RETRY, exc.code if exc.code > 0 else None, exc.message)
+            await self._reset()
+            # RFC 5321 section 4.2.1: a 5yz to MAIL FROM refuses the sender, not this client:
+            # every message would fail the same way, so the run stops.
+            raise SmtpSetupError(
+                f"SMTP server {self.host}:{self.port} refused the sender {sender!r}: "
+                f"{exc.code} {exc.message} (check [sender] return_path and the server's policy)"
+            ) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self.close()
+            return Delivery(Outcome.RETRY, None, f"{type(exc).__name__}: {exc}")
+        try:
+            await client.rcpt(recipient)
         except aiosmtplib.SMTPResponseException as exc:
             if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
                 await self.close()
                 return Delivery(Outcome.RETRY, None, f"disconnected: {exc}")
             await self._reset()
-            return classify_code(exc.code, exc.message, recipient=False)
+            return classify_code(exc.code, exc.message, recipient=True)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close()
             return Delivery(Outcome.RETRY, None, f"{type(exc).__name__}: {exc}")
-        return Delivery(Outcome.SENT, 250, reply)
+        try:
+            response = await client.data(message)
+        except aiosmtplib.SMTPResponseException as exc:
+            if not isinstance(exc, aiosmtplib.SMTPServerDisconnected) and exc.code >= 400:
+                # The server answered: it did not take the message.
+                await self._reset()
+                return classify_code(exc.code, exc.message, recipient=False)
+            await self.close()
+            return Delivery(Outcome.UNCERTAIN, None, f"connection lost during DATA: {exc}")
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self.close()
+            return Delivery(
+                Outcome.UNCERTAIN,
+                None,
+                f"no reply to the message data: {type(exc).__name__}: {exc}",
+            )
+        return Delivery(Outcome.SENT, response.code, response.message)
+
+    async def _drop_or_reset(self, exc: Exception) -> None:
+        if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+            await self.close()
+        else:
+            await self._reset()
 
     async def _reset(self) -> None:
         if self._client is not None and self._client.is_connected:

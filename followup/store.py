@@ -307,14 +307,37 @@ def transition(
     return True
 
 
+def hand_off(
+    conn: Connection, touch_id: int, owner: str, now: datetime, lease: timedelta, message_id: str
+) -> bool:
+    """Just before the SMTP transaction: renew our lease, and mark the touch as handed to the
+    mailer (its Message-ID is set). False if the lease was lost; then nothing may be sent."""
+    result = conn.execute(
+        update(touches)
+        .where(
+            touches.c.id == touch_id,
+            touches.c.status == TouchStatus.SENDING.value,
+            touches.c.lease_owner == owner,
+            touches.c.lease_expires_at >= now,
+        )
+        .values(lease_expires_at=now + lease, message_id=message_id, updated_at=now)
+    )
+    return result.rowcount == 1
+
+
 def expire_leases(conn: Connection, now: datetime) -> int:
-    """Touches left in "sending" past their lease may have been accepted by the server:
-    they become uncertain and are reported, never resent on their own."""
+    """Touches left in "sending" past their lease. Those handed to the mailer (Message-ID set)
+    may have been accepted by the server: they become uncertain and are reported, never resent
+    on their own. Those never handed over go back to the queue. Returns how many are uncertain."""
     stale = conn.execute(
-        select(touches.c.id, touches.c.lease_owner).where(
+        select(touches.c.id, touches.c.lease_owner, touches.c.message_id).where(
             touches.c.status == TouchStatus.SENDING.value, touches.c.lease_expires_at < now
         )
     ).all()
+    unsent = [row for row in stale if row.message_id is None]
+    for row in unsent:
+        release(conn, [row.id], str(row.lease_owner), now)
+    stale = [row for row in stale if row.message_id is not None]
     for row in stale:
         transition(
             conn,
@@ -352,6 +375,7 @@ def release(conn: Connection, touch_ids: Sequence[int], owner: str, now: datetim
             detail=f"released unsent by {owner}",
             lease_owner=None,
             lease_expires_at=None,
+            message_id=None,
             attempts=max(row.attempts - 1, 0),
         )
     return len(rows)
@@ -435,6 +459,8 @@ def claim_due(
             lease_owner=owner,
             lease_expires_at=now + lease,
             attempts=touches.c.attempts + 1,
+            # Set again at hand-off: a claimed touch without one was never given to the mailer.
+            message_id=None,
         ):
             claimed.append(row.id)
     return claimed

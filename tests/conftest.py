@@ -3,6 +3,7 @@ a runtime over the repository's templates, and a real recording SMTP server (aio
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
@@ -120,6 +121,19 @@ class RecordingHandler:
     replies: dict[str, list[str]] = field(default_factory=dict)
     drop_once: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: A reply to every MAIL FROM instead of 250 (e.g. "550 5.7.1 sender refused").
+    mail_reply: str | None = None
+    #: Seconds to wait before answering the end of DATA (the message is kept all the same).
+    data_delay: float = 0.0
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        if self.mail_reply is not None:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self,
@@ -151,6 +165,9 @@ class RecordingHandler:
                     envelope.original_content or envelope.content,
                 )
             )
+        if self.data_delay:
+            # The message is kept (queued) before the slow reply, as a real MTA may do.
+            await asyncio.sleep(self.data_delay)
         return "250 2.0.0 queued"
 
     def message_ids(self) -> list[str]:

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from followup import app, importer, store
 from followup.config import Settings
+from followup.mailer import SmtpSetupError
 from followup.models import TouchStatus
 from tests.conftest import ROOT, SmtpServer, make_settings
 
@@ -299,4 +300,45 @@ def test_a_corrected_time_zone_does_not_give_a_purchase_a_second_thank_you(
     later = NOW + timedelta(hours=20)
     app.plan(smtp_runtime, later)
     assert send(smtp_runtime, later).sent == 0
+    assert len(smtp_server.handler.received) == 3
+
+
+def test_a_sender_refused_with_5xx_stops_the_run_and_fails_nothing(
+    smtp_runtime: app.Runtime, smtp_server: SmtpServer
+) -> None:
+    smtp_server.handler.mail_reply = "550 5.7.1 sender domain not allowed"
+    app.plan(smtp_runtime, NOW)
+    with pytest.raises(SmtpSetupError, match=r"refused the sender 'bounces@example\.com': 550"):
+        send(smtp_runtime, NOW)
+    assert {v[0] for v in ledger(smtp_runtime).values()} == {"planned"}
+    smtp_server.handler.mail_reply = None
+    assert send(smtp_runtime, NOW).sent == 3
+
+
+def test_no_reply_after_the_message_data_is_uncertain_and_not_resent(
+    tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        delivery={"mode": "smtp"},
+        smtp={
+            "host": smtp_server.host,
+            "port": smtp_server.port,
+            "security": "none",
+            "timeout": 0.5,
+        },
+    )
+    rt = open_runtime(settings)
+    seed(rt, tmp_path)
+    app.plan(rt, NOW)
+    smtp_server.handler.data_delay = 1.5
+    report = send(rt, NOW)
+    assert report.sent == 0
+    rows = ledger(rt)
+    assert {v[0] for v in rows.values()} == {"uncertain"}
+    assert all("may have accepted" in str(v[2]) for v in rows.values())
+    smtp_server.handler.data_delay = 0
+    assert send(rt, NOW + timedelta(hours=1)).sent == 0
+    # The server did keep every message: resending would have delivered each one twice.
     assert len(smtp_server.handler.received) == 3

@@ -143,6 +143,7 @@ def test_an_expired_lease_makes_the_touch_uncertain_not_resent(runtime: app.Runt
     with runtime.engine.begin() as conn:
         store.insert_touches(conn, [_touch(client_id)], NOW)
         (touch_id,) = store.claim_due(conn, "crashed", NOW, timedelta(minutes=5), 10)
+        assert store.hand_off(conn, touch_id, "crashed", NOW, timedelta(minutes=5), "<m@x>")
     later = NOW + timedelta(minutes=6)
     with runtime.engine.begin() as conn:
         assert store.expire_leases(conn, later) == 1
@@ -197,3 +198,22 @@ def test_sqlite_runs_in_wal_mode_and_the_file_is_private(tmp_path: object) -> No
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     assert path.stat().st_mode & 0o077 == 0
     engine.dispose()
+
+
+def test_an_expired_lease_on_a_touch_never_handed_over_returns_it_to_the_queue(
+    runtime: app.Runtime,
+) -> None:
+    client_id = _client(runtime)
+    lease = timedelta(minutes=5)
+    with runtime.engine.begin() as conn:
+        store.insert_touches(conn, [_touch(client_id)], NOW)
+        (touch_id,) = store.claim_due(conn, "crashed", NOW, lease, 10)
+    later = NOW + timedelta(minutes=6)
+    with runtime.engine.begin() as conn:
+        assert store.expire_leases(conn, later) == 0
+        assert store.claim_due(conn, "next", later, lease, 10) == [touch_id]
+        # The first worker's lease is gone: it may no longer hand the touch to its mailer.
+        assert not store.hand_off(conn, touch_id, "crashed", later, lease, "<m@x>")
+        assert store.hand_off(conn, touch_id, "next", later, lease, "<m@x>")
+        attempts = conn.execute(select(store.touches.c.attempts)).scalar_one()
+    assert attempts == 1
