@@ -56,6 +56,7 @@ class Facts:
     rep_email: str | None
     rep_signature: str | None
     purchase_external_id: str | None
+    purchase_status: str | None
     product: str | None
     amount_minor: int | None
     currency: str | None
@@ -82,6 +83,7 @@ def facts_query() -> Any:
             r.c.email.label("rep_email"),
             r.c.signature.label("rep_signature"),
             p.c.external_id.label("purchase_external_id"),
+            p.c.status.label("purchase_status"),
             p.c.product,
             p.c.amount_minor,
             p.c.currency,
@@ -110,6 +112,9 @@ def check_audience(conn: Connection, facts: Facts) -> None:
     reason = store.suppressed(conn, facts.email)
     if reason is not None:
         raise Skip(f"suppressed ({reason})")
+    if facts.purchase_status is not None and facts.purchase_status != "paid":
+        # The purchase was refunded or disputed after the touch was planned.
+        raise Skip(f"purchase is {facts.purchase_status}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from followup.errors import RenderError
 
 PARTS = ("subject.txt", "text.txt", "html.html")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# Control characters and every other character that str.splitlines() breaks on.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+# Templates may not pull in files or URLs: the CSS inliner loads no stylesheet.
+_INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
 
 
 def header_safe(value: str) -> str:
@@ -143,11 +146,15 @@ class Templates:
                 raise RenderError(
                     f"{self._locate(exc, name)}: {type(exc).__name__}: {exc}"
                 ) from exc
+        try:
+            html = _INLINER.inline(rendered["html.html"])
+        except (css_inline.InlineError, ValueError) as exc:
+            raise RenderError(f"{self.root / message / tag / 'html.html'}: CSS: {exc}") from exc
         return RenderedParts(
             locale=tag,
             subject=header_safe(rendered["subject.txt"]),
             text=rendered["text.txt"].strip() + "\n",
-            html=css_inline.inline(rendered["html.html"]),
+            html=html,
         )
 
     def _where(self, filename: str) -> str:

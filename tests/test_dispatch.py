@@ -342,3 +342,19 @@ def test_no_reply_after_the_message_data_is_uncertain_and_not_resent(
     assert send(rt, NOW + timedelta(hours=1)).sent == 0
     # The server did keep every message: resending would have delivered each one twice.
     assert len(smtp_server.handler.received) == 3
+
+
+def test_a_purchase_disputed_after_planning_gets_no_thank_you(
+    smtp_runtime: app.Runtime, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    app.plan(smtp_runtime, NOW)
+    path = tmp_path / "disputed.csv"
+    path.write_text(
+        PURCHASES.replace(
+            "p2,c2,2027-01-06T15:30:00,Citadine,18900.00,EUR,paid",
+            "p2,c2,2027-01-06T15:30:00,Citadine,18900.00,EUR,disputed",
+        )
+    )
+    importer.import_csv(smtp_runtime.engine, importer.Kind.PURCHASES, path, now=NOW)
+    assert send(smtp_runtime, NOW).sent == 2
+    assert ledger(smtp_runtime)["c2"][0::2] == ("skipped", "purchase is disputed")

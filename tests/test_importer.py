@@ -930,3 +930,14 @@ def test_a_large_amount_in_a_small_currency_unit_is_stored(
     report = import_csv(runtime.engine, Kind.PURCHASES, path, now=NOW)
     assert report.errors == []
     assert stored(runtime, store.purchases)["P1"]["amount_minor"] == 350_000_000_000
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_a_unicode_line_separator_in_a_name_is_a_row_error(
+    runtime: app.Runtime, tmp_path: Path, separator: str
+) -> None:
+    path = write_csv(
+        tmp_path / "clients.csv", CLIENT_HEADER, [client("C1", first_name=f"An{separator}n")]
+    )
+    report = import_csv(runtime.engine, Kind.CLIENTS, path, now=NOW)
+    assert where(report) == [(2, "first_name")]

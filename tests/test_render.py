@@ -87,6 +87,7 @@ def _facts(**changes: Any) -> compose.Facts:
         "rep_email": "marc@girard.example",
         "rep_signature": "Marc Girard\nGirard Motors",
         "purchase_external_id": "P9",
+        "purchase_status": "paid",
         "product": "roadster",
         "amount_minor": 123456,
         "currency": "EUR",
@@ -614,3 +615,30 @@ def test_a_token_made_with_another_secret_never_verifies(
 
 def test_a_forged_token_with_non_ascii_characters_does_not_verify() -> None:
     assert tokens.verify(SECRET, "unsubscribe", "42.é") is None
+
+
+def test_a_template_cannot_pull_in_a_file_through_a_stylesheet_link(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.css"
+    secret.write_text("p { color: #c0ffee; }")
+    root = tmp_path / "templates"
+    _write(
+        root,
+        "m",
+        "en",
+        subject_txt="Hi",
+        text_txt="Hi",
+        html_html=f'<html><head><link rel="stylesheet" href="{secret}"></head><body><p>x</p></body>'
+        "</html>",
+    )
+    html = Templates(root).render("m", "en", _context()).html
+    assert "c0ffee" not in html
+    assert "<p>x</p>" in html
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_unicode_line_separators_cannot_break_a_header(
+    settings: Settings, templates: Templates, separator: str
+) -> None:
+    message = _parse(_compose(settings, templates, _facts(first_name=f"An{separator}n")).mime)
+    assert "\n" not in str(message["Subject"]) and separator not in str(message["Subject"])
+    assert len(message.get_all("To") or []) == 1
