@@ -514,8 +514,12 @@ def dry_run(rt: Runtime, on: date) -> DryRun:
                     entry.reason = str(skip)
                     result.skipped.append(entry)
                     continue
-                except RenderError as exc:
-                    entry.reason = f"template error: {exc}"
+                except Exception as exc:
+                    # As in a real run: this touch would fail, the others still go out.
+                    if isinstance(exc, RenderError):
+                        entry.reason = f"template error: {exc}"
+                    else:
+                        entry.reason = f"would fail: {type(exc).__name__}: {exc}"
                     result.skipped.append(entry)
                     continue
                 entry.locale, entry.variant = message.locale, message.variant

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from followup import __version__, app, demo, dryrun_output, importer, logs, store
 from followup.config import Settings, default_config_path, load_settings
@@ -185,7 +186,7 @@ def demo_command(
     """Load a demo shop: reps, clients in en and fr, two years of purchases."""
     rt = app.Runtime.open(settings(), create=True)
     store.upgrade(rt.engine)
-    day = date.fromisoformat(today) if today else now().date()
+    day = _parse_day(today, "--today") if today else now().date()
     folder = settings().path("var/demo")
     paths = demo.write_csvs(folder, day, clients=clients)
     for kind in (importer.Kind.REPS, importer.Kind.CLIENTS, importer.Kind.PURCHASES):
@@ -443,10 +444,30 @@ def status() -> None:
     out.print(table)
 
 
+def _short(exc: BaseException) -> str:
+    """One line for an error the user can fix: the exception, then its causes."""
+    parts: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(parts) < 3:
+        text = str(current).splitlines()[0] if str(current) else type(current).__name__
+        if isinstance(current, SQLAlchemyError):
+            text = str(getattr(current, "orig", None) or text).splitlines()[0]
+        if text not in parts:
+            parts.append(text)
+        current = current.__cause__
+    return ": ".join(parts)
+
+
 def main() -> None:
-    """Console-script entry point: FollowupError -> stderr and exit status 1."""
+    """Console-script entry point: errors go to stderr as one line, exit status 1."""
     try:
         cli(standalone_mode=True)
     except FollowupError as exc:
         err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)
+    except SQLAlchemyError as exc:
+        err.print(f"error: database: {_short(exc)}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)
+    except (OSError, UnicodeError) as exc:
+        err.print(f"error: {_short(exc)}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(1)

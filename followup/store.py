@@ -29,9 +29,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlmodel import SQLModel
 
-from followup.errors import DatabaseNotReady
+from followup.errors import ConfigError, DatabaseNotReady
 from followup.models import TouchStatus
 from followup.planner import NewTouch
 
@@ -61,6 +62,13 @@ def _sqlite_path(url: str) -> Path | None:
 
 def open_engine(url: str, *, create_dir: bool = True) -> Engine:
     """An engine for `url`. SQLite gets WAL, a busy timeout and serialised write transactions."""
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"[database] url {url!r} is not a database URL (e.g. sqlite:///var/followup.db or "
+            "postgresql+psycopg://user@host/followup)"
+        ) from None
     path = _sqlite_path(url)
     if path is not None:
         if create_dir:
@@ -93,8 +101,14 @@ def open_engine(url: str, *, create_dir: bool = True) -> Engine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    # hide_parameters: a database error must not print client data.
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    try:
+        # hide_parameters: a database error must not print client data.
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise ConfigError(
+            f"[database] url: no driver for {make_url(url).drivername!r} ({exc}); followup "
+            "supports sqlite:/// and postgresql+psycopg:// (pip install 'followup[postgres]')"
+        ) from None
 
 
 @contextmanager
@@ -132,7 +146,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as conn:
+    with reader(engine) as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
