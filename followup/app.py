@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, Row, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, Row, func, select
 
 from followup import compose, planner, store
 from followup.config import CampaignSettings, Settings
@@ -451,80 +451,152 @@ class DryRun:
     skipped: list[DryRunEntry] = field(default_factory=list)
 
 
-def dry_run(rt: Runtime, on: date) -> DryRun:
-    """Everything that would go out on `on` (each client's local date), composed with the same
-    rules as a real run. Reads the database, writes nothing to it."""
-    store.check_ready(rt.engine)
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A touch the dry-run considers: from the ledger, or one the planner would add."""
+
+    client_id: int
+    campaign: str
+    occurrence: date
+    template: str
+    purchase_id: int | None
+    send_at: datetime
+    status: str
+
+
+def _dry_run_candidates(
+    rt: Runtime, conn: Connection, on: date, now: datetime | None
+) -> list[_Candidate]:
+    """The ledger's touches for `on` (with their planned times, and on the current day those
+    overdue but still within their lateness), then those the planner would add."""
     # Every zone's day `on` lies within [on 00:00 at UTC+14, on+1 00:00 at UTC-12].
     since = datetime.combine(on, time(), UTC) - timedelta(hours=14)
     until = datetime.combine(on + timedelta(days=1), time(), UTC) + timedelta(hours=12)
-    key = compose.signing_key(rt.settings, sending=False)
-    result = DryRun(on=on)
-    t = store.touches
-    with store.reader(rt.engine) as conn:
-        for campaign in rt.campaigns():
-            start, end = planner.purchase_window(campaign, since, until)
-            facts_stream = list(_purchase_facts(conn, start, end))
-            zones = {f.client_id: f.timezone for f in facts_stream}
-            for new in planner.plan_after_purchase(
-                campaign, facts_stream, since=since, until=until, now=since
-            ):
-                zone = ZoneInfo(zones[new.client_id])
-                if new.due_at.astimezone(zone).date() != on:
-                    continue
-                facts = compose.load_facts(conn, new.client_id, new.purchase_id)
-                assert facts is not None
-                entry = DryRunEntry(
-                    client=facts.client_external_id,
-                    to=facts.email,
-                    campaign=campaign.name,
-                    occasion=campaign.name,
-                    occurrence=new.occurrence,
-                    template=new.template,
-                    send_at=new.due_at,
-                    timezone=facts.timezone,
-                )
-                existing = conn.execute(
-                    select(t.c.status, t.c.updated_at).where(
-                        t.c.client_id == new.client_id,
-                        t.c.campaign == new.campaign,
-                        t.c.occurrence == new.occurrence,
+    t, c = store.touches, store.clients
+    found: dict[tuple[int, str, date], _Candidate] = {}
+    catch_up = now is not None and now.date() == on
+    window: ColumnElement[bool] = t.c.next_attempt_at.between(since, until)
+    if catch_up:
+        assert now is not None
+        window = window | (
+            (t.c.next_attempt_at < now)
+            & (t.c.not_after >= now)
+            & t.c.status.in_([TouchStatus.PLANNED.value, TouchStatus.RETRY.value])
+        )
+    rows = conn.execute(
+        select(
+            t.c.client_id,
+            t.c.campaign,
+            t.c.occurrence,
+            t.c.template,
+            t.c.purchase_id,
+            t.c.next_attempt_at,
+            t.c.status,
+            c.c.timezone,
+        )
+        .join(c, c.c.id == t.c.client_id)
+        .where(window)
+    )
+    for row in rows:
+        send_at = row.next_attempt_at
+        waiting = row.status in (TouchStatus.PLANNED.value, TouchStatus.RETRY.value)
+        if catch_up and waiting and now is not None and send_at < now:
+            send_at = now
+        if send_at.astimezone(ZoneInfo(row.timezone)).date() != on:
+            continue
+        key = (row.client_id, row.campaign, row.occurrence)
+        found[key] = _Candidate(
+            row.client_id,
+            row.campaign,
+            row.occurrence,
+            row.template,
+            row.purchase_id,
+            send_at,
+            row.status,
+        )
+    for campaign in rt.campaigns():
+        start, end = planner.purchase_window(campaign, since, until)
+        facts = list(_purchase_facts(conn, start, end))
+        zones = {f.client_id: f.timezone for f in facts}
+        planned = planner.plan_after_purchase(campaign, facts, since=since, until=until, now=since)
+        for new in planned:
+            if new.due_at.astimezone(ZoneInfo(zones[new.client_id])).date() != on:
+                continue
+            key = (new.client_id, new.campaign, new.occurrence)
+            if key in found:
+                continue
+            if (
+                new.purchase_id is not None
+                and conn.execute(
+                    select(t.c.status).where(
+                        t.c.campaign == new.campaign, t.c.purchase_id == new.purchase_id
                     )
                 ).first()
-                try:
-                    if existing is not None and existing.status in (
-                        TouchStatus.SENT.value,
-                        TouchStatus.UNCERTAIN.value,
-                        TouchStatus.FAILED.value,
-                        TouchStatus.SKIPPED.value,
-                    ):
-                        raise compose.Skip(f"already {existing.status}")
-                    compose.check_audience(conn, facts)
-                    message = compose.compose(
-                        rt.settings,
-                        rt.templates,
-                        facts,
-                        campaign=campaign.name,
-                        template=new.template,
-                        occurrence=new.occurrence,
-                        send_at=new.due_at,
-                        key=key,
-                    )
-                except compose.Skip as skip:
-                    entry.reason = str(skip)
-                    result.skipped.append(entry)
-                    continue
-                except Exception as exc:
-                    # As in a real run: this touch would fail, the others still go out.
-                    if isinstance(exc, RenderError):
-                        entry.reason = f"template error: {exc}"
-                    else:
-                        entry.reason = f"would fail: {type(exc).__name__}: {exc}"
-                    result.skipped.append(entry)
-                    continue
-                entry.locale, entry.variant = message.locale, message.variant
-                entry.subject, entry.message = message.subject, message
-                result.messages.append(entry)
+            ):
+                continue  # this purchase already has its touch (planned on another day)
+            found[key] = _Candidate(
+                new.client_id,
+                new.campaign,
+                new.occurrence,
+                new.template,
+                new.purchase_id,
+                new.due_at,
+                TouchStatus.PLANNED.value,
+            )
+    return list(found.values())
+
+
+def dry_run(rt: Runtime, on: date, now: datetime | None = None) -> DryRun:
+    """Everything that would go out on `on` (each client's local date), composed with the same
+    rules as a real run. Reads the database, writes nothing to it."""
+    store.check_ready(rt.engine)
+    key = compose.signing_key(rt.settings, sending=False)
+    result = DryRun(on=on)
+    waiting = (TouchStatus.PLANNED.value, TouchStatus.RETRY.value)
+    with store.reader(rt.engine) as conn:
+        for candidate in _dry_run_candidates(rt, conn, on, now):
+            facts = compose.load_facts(conn, candidate.client_id, candidate.purchase_id)
+            if facts is None:
+                continue
+            entry = DryRunEntry(
+                client=facts.client_external_id,
+                to=facts.email,
+                campaign=candidate.campaign,
+                occasion=candidate.campaign,
+                occurrence=candidate.occurrence,
+                template=candidate.template,
+                send_at=candidate.send_at,
+                timezone=facts.timezone,
+            )
+            try:
+                if candidate.status not in waiting:
+                    raise compose.Skip(f"already {candidate.status}")
+                compose.check_audience(conn, facts)
+                message = compose.compose(
+                    rt.settings,
+                    rt.templates,
+                    facts,
+                    campaign=candidate.campaign,
+                    template=candidate.template,
+                    occurrence=candidate.occurrence,
+                    send_at=candidate.send_at,
+                    key=key,
+                )
+            except compose.Skip as skip:
+                entry.reason = str(skip)
+                result.skipped.append(entry)
+                continue
+            except Exception as exc:
+                # As in a real run: this touch would fail, the others still go out.
+                if isinstance(exc, RenderError):
+                    entry.reason = f"template error: {exc}"
+                else:
+                    entry.reason = f"would fail: {type(exc).__name__}: {exc}"
+                result.skipped.append(entry)
+                continue
+            entry.locale, entry.variant = message.locale, message.variant
+            entry.subject, entry.message = message.subject, message
+            result.messages.append(entry)
     result.messages.sort(key=lambda e: (e.send_at, e.client, e.campaign))
     result.skipped.sort(key=lambda e: (e.send_at, e.client, e.campaign))
     return result

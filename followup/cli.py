@@ -384,7 +384,7 @@ def run(
         if report.capture_dir is not None:
             _show_capture(report)
         return
-    result = app.dry_run(rt, day)
+    result = app.dry_run(rt, day, now())
     folder = out_dir or Path("dry-run") / day.isoformat()
     manifest_path = dryrun_output.write(result, folder)
     if as_json:

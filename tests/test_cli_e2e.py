@@ -199,3 +199,22 @@ def test_import_rejects_bad_rows_with_line_and_reason(shop: Path, tmp_path: Path
     assert sorted(
         r[0] for r in db_rows(shop, "select external_id from clients where external_id like 'N%'")
     ) == ["N1", "N5"]
+
+
+def test_user_errors_are_one_line_without_a_traceback(shop: Path) -> None:
+    cases = [
+        (("status",), {"FOLLOWUP_DATABASE_URL": "nonsense"}, "database"),
+        (
+            ("status",),
+            {"FOLLOWUP_DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x"},
+            "Connection refused",
+        ),
+        (("import", "clients", str(shop)), {}, "Is a directory"),
+        (("import", "clients", "missing.csv"), {}, "missing.csv"),
+    ]
+    for args, env, expected in cases:
+        result = followup(shop, *args, env=env, check=False)
+        assert result.returncode == 1, (args, result.stderr)
+        assert expected in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert followup(shop, "demo", "--today", "soon", check=False).returncode == 2

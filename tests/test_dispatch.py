@@ -7,9 +7,10 @@ import email
 import random
 import shutil
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from email.policy import default
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
@@ -358,3 +359,31 @@ def test_a_purchase_disputed_after_planning_gets_no_thank_you(
     importer.import_csv(smtp_runtime.engine, importer.Kind.PURCHASES, path, now=NOW)
     assert send(smtp_runtime, NOW).sent == 2
     assert ledger(smtp_runtime)["c2"][0::2] == ("skipped", "purchase is disputed")
+
+
+def test_the_dry_run_follows_the_ledger_and_shows_the_catch_up_of_today(
+    smtp_runtime: app.Runtime, smtp_server: SmtpServer
+) -> None:
+    # Planned at 10:00 local, then the send time is changed: the ledger's time still rules.
+    app.plan(smtp_runtime, NOW - timedelta(days=1))
+    later = smtp_runtime.settings.model_copy(
+        update={
+            "campaigns": {
+                "thank_you": smtp_runtime.settings.campaigns["thank_you"].model_copy(
+                    update={"send_time": time(15, 0)}
+                )
+            }
+        }
+    )
+    rt = app.Runtime(later, smtp_runtime.engine, smtp_runtime.templates)
+    on = NOW.date()
+    preview = app.dry_run(rt, on)
+    assert sorted(e.client for e in preview.messages) == ["c1", "c2", "c3"]
+    assert {e.send_at.astimezone(ZoneInfo(e.timezone)).hour for e in preview.messages} == {10}
+    # Late in the day, with nothing sent yet, the overdue touches would go out at once.
+    evening = datetime(2027, 1, 8, 23, 0, tzinfo=UTC)
+    catch_up = app.dry_run(rt, on, evening)
+    assert {e.send_at for e in catch_up.messages} >= {evening}
+    # The dry-run wrote nothing.
+    assert {v[0] for v in ledger(smtp_runtime).values()} == {"planned"}
+    assert smtp_server.handler.received == []
