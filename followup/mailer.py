@@ -56,6 +56,29 @@ def classify_code(code: int, reply: str, *, recipient: bool) -> Delivery:
     return Delivery(Outcome.BOUNCED if recipient else Outcome.FAILED, code, reply)
 
 
+class TokenBucket:
+    """At most `rate` events per second on average, with bursts of up to `burst`.
+
+    Pure: the caller passes the time; `take` answers how long to wait before the event.
+    """
+
+    def __init__(self, rate: float, burst: float = 1.0) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self.tokens = self.burst
+        self.last: float | None = None
+
+    def take(self, now: float) -> float:
+        """Reserve one token at `now`; returns the seconds to wait until it is available."""
+        if self.last is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= 1.0
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
 class SmtpMailer:
     """One pooled connection, opened on first use and reopened when the server drops it."""
 
@@ -72,6 +95,8 @@ class SmtpMailer:
         self.host = host or settings.host
         self.port = port or settings.port
         self._client: aiosmtplib.SMTP | None = None
+        rate = settings.rate_per_second
+        self._bucket = TokenBucket(rate) if rate > 0 else None
 
     def _tls_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.settings.ca_file or None)
@@ -128,6 +153,10 @@ class SmtpMailer:
         """One SMTP transaction, step by step, because what may be retried depends on the step:
         a failure before the message data is sent is safe to retry; a lost connection or a
         timeout after it is not (the server may have accepted the message): uncertain."""
+        if self._bucket is not None:
+            wait = self._bucket.take(asyncio.get_running_loop().time())
+            if wait > 0:
+                await asyncio.sleep(wait)
         try:
             if self._client is None or not self._client.is_connected:
                 self._client = await self._connect()
