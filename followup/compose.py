@@ -16,7 +16,7 @@ from followup.config import Settings
 from followup.errors import ConfigError
 from followup.models import ClientStatus
 from followup.planner import message_id
-from followup.render import Envelope, Templates, build_mime
+from followup.render import DkimSigner, Envelope, Templates, build_mime
 
 _EPHEMERAL_KEY = secrets.token_urlsafe(32)
 UNSUBSCRIBE = "unsubscribe"
@@ -34,6 +34,22 @@ def signing_key(settings: Settings, *, sending: bool) -> str:
             "print(secrets.token_urlsafe(32))'`)"
         )
     return _EPHEMERAL_KEY
+
+
+_SIGNERS: dict[tuple[str, str, str], DkimSigner] = {}
+
+
+def dkim_signer(settings: Settings) -> DkimSigner | None:
+    """The DKIM signer of these settings (the key is read once), or None when DKIM is off."""
+    dkim = settings.dkim
+    if not dkim.enabled:
+        return None
+    if not dkim.domain or not dkim.selector or not dkim.key_file:
+        raise ConfigError("[dkim] enabled needs domain, selector and key_file")
+    key = (dkim.domain, dkim.selector, str(settings.path(dkim.key_file)))
+    if key not in _SIGNERS:
+        _SIGNERS[key] = DkimSigner(dkim.domain, dkim.selector, settings.path(dkim.key_file))
+    return _SIGNERS[key]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,11 +209,15 @@ def compose(
         unsubscribe_url=unsubscribe_url,
         unsubscribe_mailto=settings.sender.unsubscribe_mailto,
     )
+    mime = build_mime(parts, envelope)
+    signer = dkim_signer(settings)
+    if signer is not None:
+        mime = signer.sign(mime)
     return Composed(
         subject=parts.subject,
         text=parts.text,
         html=parts.html,
-        mime=build_mime(parts, envelope),
+        mime=mime,
         message_id=mid,
         locale=parts.locale,
         variant="default",

@@ -81,6 +81,17 @@ class SenderSettings(_Section):
         return self.return_path or f"bounces@{self.domain}"
 
 
+class DkimSettings(_Section):
+    """DKIM signing by followup. Sign at the MTA instead when it relays for other senders too
+    (docs/architecture.md); never both."""
+
+    enabled: bool = False
+    domain: str = ""
+    selector: str = ""
+    #: PEM file of the RSA private key (relative to this file); keep it readable by the owner.
+    key_file: str = ""
+
+
 class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8025, ge=1, le=65535)
@@ -124,6 +135,7 @@ class Settings(_Section):
     smtp: SmtpSettings = SmtpSettings()
     sender: SenderSettings = SenderSettings()
     http: HttpSettings = HttpSettings()
+    dkim: DkimSettings = DkimSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     campaigns: dict[str, CampaignSettings] = Field(default_factory=_default_campaigns)
 
@@ -169,6 +181,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "smtp": SmtpSettings,
     "sender": SenderSettings,
     "http": HttpSettings,
+    "dkim": DkimSettings,
     "schedule": ScheduleSettings,
 }
 

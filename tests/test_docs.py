@@ -62,7 +62,7 @@ def test_every_command_is_in_the_readme() -> None:
 def test_the_shipped_config_is_valid_and_documents_every_section() -> None:
     settings = load_settings(ROOT / "config.toml", {})
     text = (ROOT / "config.toml").read_text(encoding="utf-8")
-    for section in ("database", "delivery", "smtp", "sender", "http", "schedule"):
+    for section in ("database", "delivery", "smtp", "sender", "dkim", "http", "schedule"):
         assert f"[{section}]" in text
         for key in type(getattr(settings, section)).model_fields:
             assert re.search(rf"^{key} = ", text, re.M), f"[{section}] {key} is not in config.toml"
