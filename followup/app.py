@@ -6,10 +6,12 @@ Data flows one way: purchases -> planner (pure) -> ledger (insert-if-absent) -> 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
 import socket
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -156,6 +158,7 @@ class DispatchReport:
     uncertain: int = 0
     too_late: int = 0
     requeued: int = 0
+    rate_limited: bool = False
     message_ids: list[str] = field(default_factory=list)
     capture_dir: Path | None = None
 
@@ -208,11 +211,11 @@ async def dispatch(
         report.capture_dir = directory
         async with CaptureSink(directory) as sink:
             smtp = settings.smtp.model_copy(update={"security": "none", "username": ""})
-            mailer = SmtpMailer(smtp, host="127.0.0.1", port=sink.port)
-            await _dispatch_loop(rt, clock, owner, lease, key, mailer, report, limit, rng)
+            mailers = SmtpMailer.pool(smtp, host="127.0.0.1", port=sink.port)
+            await _dispatch_loop(rt, clock, owner, lease, key, mailers, report, limit, rng)
     else:
-        mailer = SmtpMailer(settings.smtp, settings.smtp_password)
-        await _dispatch_loop(rt, clock, owner, lease, key, mailer, report, limit, rng)
+        mailers = SmtpMailer.pool(settings.smtp, settings.smtp_password)
+        await _dispatch_loop(rt, clock, owner, lease, key, mailers, report, limit, rng)
     log_event(
         "dispatch.done",
         sent=report.sent,
@@ -224,17 +227,39 @@ async def dispatch(
     return report
 
 
+def _allowance(rt: Runtime, now: datetime) -> int | None:
+    """How many more messages the hourly and daily limits allow now (None: no limit).
+    Counted from the ledger, so the limits hold across restarts and several processes."""
+    smtp = rt.settings.smtp
+    limits = [(timedelta(hours=1), smtp.rate_per_hour), (timedelta(days=1), smtp.rate_per_day)]
+    allowed: int | None = None
+    t = store.touches
+    with store.reader(rt.engine) as conn:
+        for window, limit in limits:
+            if limit <= 0:
+                continue
+            sent = conn.execute(
+                select(func.count()).where(
+                    t.c.status == TouchStatus.SENT.value, t.c.updated_at >= now - window
+                )
+            ).scalar_one()
+            left = max(limit - int(sent), 0)
+            allowed = left if allowed is None else min(allowed, left)
+    return allowed
+
+
 async def _dispatch_loop(
     rt: Runtime,
     clock: Callable[[], datetime],
     owner: str,
     lease: timedelta,
     key: str,
-    mailer: SmtpMailer,
+    mailers: list[SmtpMailer],
     report: DispatchReport,
     limit: int | None,
     rng: random.Random,
 ) -> None:
+    """Claim batches and work through each with one worker per pooled connection."""
     settings = rt.settings
     done = 0
     try:
@@ -242,44 +267,87 @@ async def _dispatch_loop(
             size = settings.delivery.batch_size
             if limit is not None:
                 size = min(size, limit - done)
+            allowed = _allowance(rt, clock())
+            if allowed is not None:
+                if allowed <= 0:
+                    report.rate_limited = True
+                    log_event("dispatch.rate_limited")
+                    return
+                size = min(size, allowed)
             with rt.engine.begin() as conn:
                 claimed = store.claim_due(conn, owner, clock(), lease, size)
             if not claimed:
                 return
-            pending = list(claimed)
-            try:
+            pending = deque(claimed)
+            handed: set[int] = set()
+
+            async def worker(
+                mailer: SmtpMailer, pending: deque[int] = pending, handed: set[int] = handed
+            ) -> None:
                 while pending:
-                    prepared = _prepare(rt, pending[0], clock, key, report)
-                    # From here on the touch is the mailer's: never released, only recorded
-                    # (or, after a crash, found uncertain when its lease expires).
-                    pending.pop(0)
-                    done += 1
-                    if prepared is not None:
-                        touch, message = prepared
-                        envelope_from = settings.sender.envelope_from
-                        with rt.engine.begin() as conn:
-                            held = store.hand_off(
-                                conn, touch.id, owner, clock(), lease, message.message_id
-                            )
-                        if not held:
-                            # Our lease ran out and another worker has settled this touch.
-                            log_event("touch.lease_lost", touch=touch.id, campaign=touch.campaign)
-                            continue
-                        try:
-                            delivery = await mailer.send(envelope_from, message.to, message.mime)
-                        except SmtpSetupError:
-                            # Nothing was sent: this touch goes back to the queue with the rest.
-                            pending.insert(0, touch.id)
-                            raise
-                        _record(rt, touch, message, delivery, clock(), report, rng)
+                    touch_id = pending.popleft()
+                    try:
+                        await _deliver_one(
+                            rt, touch_id, clock, owner, lease, key, mailer, report, rng, handed
+                        )
+                    except SmtpSetupError:
+                        # Raised before any message data was sent: safe to give back.
+                        pending.appendleft(touch_id)
+                        raise
+                    except BaseException:
+                        if touch_id not in handed:
+                            pending.appendleft(touch_id)
+                        raise
+
+            try:
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        for mailer in mailers:
+                            group.create_task(worker(mailer))
+                except BaseExceptionGroup as group_error:
+                    # One cause is enough for the operator (e.g. an untrusted certificate).
+                    raise group_error.exceptions[0] from None
+                done += len(claimed)
             finally:
                 if pending:
                     # Stopped early (an error, an interrupt): the touches never handed to the
                     # mailer go back to the queue now instead of turning uncertain later.
                     with rt.engine.begin() as conn:
-                        store.release(conn, pending, owner, clock())
+                        store.release(conn, list(pending), owner, clock())
     finally:
-        await mailer.close()
+        for mailer in mailers:
+            await mailer.close()
+
+
+async def _deliver_one(
+    rt: Runtime,
+    touch_id: int,
+    clock: Callable[[], datetime],
+    owner: str,
+    lease: timedelta,
+    key: str,
+    mailer: SmtpMailer,
+    report: DispatchReport,
+    rng: random.Random,
+    handed: set[int],
+) -> None:
+    """Prepare, hand off, send and record one claimed touch. Adds the touch to `handed` once
+    it belongs to the mailer: before that, an exception leaves it safe to release."""
+    prepared = _prepare(rt, touch_id, clock, key, report)
+    if prepared is None:
+        return
+    touch, message = prepared
+    with rt.engine.begin() as conn:
+        held = store.hand_off(conn, touch.id, owner, clock(), lease, message.message_id)
+    if not held:
+        # Our lease ran out and another worker has settled this touch.
+        log_event("touch.lease_lost", touch=touch.id, campaign=touch.campaign)
+        return
+    handed.add(touch.id)
+    delivery = await mailer.send(rt.settings.sender.envelope_from, message.to, message.mime)
+    # From here on the touch is the mailer's: never released, only recorded (or, after a
+    # crash, found uncertain when its lease expires).
+    _record(rt, touch, message, delivery, clock(), report, rng)
 
 
 def _prepare(

@@ -56,8 +56,11 @@ class SmtpSettings(_Section):
     timeout: float = Field(default=30.0, gt=0)
     pool_size: int = Field(default=1, ge=1, le=64)
     ca_file: str = ""
-    #: 0 means no limit.
+    #: 0 means no limit. Per second: paced by a token bucket; per hour and per day: counted in
+    #: the ledger, so they hold across restarts and several processes.
     rate_per_second: float = Field(default=0.0, ge=0)
+    rate_per_hour: int = Field(default=0, ge=0)
+    rate_per_day: int = Field(default=0, ge=0)
 
 
 class SenderSettings(_Section):

@@ -80,7 +80,7 @@ class TokenBucket:
 
 
 class SmtpMailer:
-    """One pooled connection, opened on first use and reopened when the server drops it."""
+    """One connection of the pool, opened on first use and reopened when the server drops it."""
 
     def __init__(
         self,
@@ -89,14 +89,32 @@ class SmtpMailer:
         *,
         host: str | None = None,
         port: int | None = None,
+        bucket: TokenBucket | None = None,
     ) -> None:
         self.settings = settings
         self.password = password
         self.host = host or settings.host
         self.port = port or settings.port
         self._client: aiosmtplib.SMTP | None = None
+        self._bucket = bucket
+
+    @classmethod
+    def pool(
+        cls,
+        settings: SmtpSettings,
+        password: str = "",
+        *,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> list[SmtpMailer]:
+        """`pool_size` connections to one server, sharing its per-second rate limit; the pool
+        size is also the number of messages in flight at once."""
         rate = settings.rate_per_second
-        self._bucket = TokenBucket(rate) if rate > 0 else None
+        bucket = TokenBucket(rate) if rate > 0 else None
+        return [
+            cls(settings, password, host=host, port=port, bucket=bucket)
+            for _ in range(settings.pool_size)
+        ]
 
     def _tls_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.settings.ca_file or None)

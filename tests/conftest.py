@@ -109,6 +109,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    peer: tuple[str, int] | None = None
 
 
 @dataclass
@@ -163,6 +164,7 @@ class RecordingHandler:
                     envelope.mail_from,
                     list(envelope.rcpt_tos),
                     envelope.original_content or envelope.content,
+                    tuple(session.peer) if session.peer else None,
                 )
             )
         if self.data_delay:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from email.policy import default
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -244,21 +245,21 @@ def test_touches_never_handed_to_the_mailer_are_released_when_dispatch_stops(
 ) -> None:
     app.plan(smtp_runtime, NOW)
     calls = 0
-    original = app.compose.compose
+    original = app.compose.load_facts
 
-    def compose_then_interrupt(*args: object, **kwargs: object) -> object:
+    def load_then_fail(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)  # type: ignore[arg-type]
+            raise ConnectionResetError("the database went away")
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(app.compose, "compose", compose_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(app.compose, "load_facts", load_then_fail)
+    with pytest.raises(ConnectionResetError):
         send(smtp_runtime, NOW)
     # One sent; the two never handed to the mailer are back in the queue, not "sending".
     assert sorted(v[0] for v in ledger(smtp_runtime).values()) == ["planned", "planned", "sent"]
-    monkeypatch.setattr(app.compose, "compose", original)
+    monkeypatch.setattr(app.compose, "load_facts", original)
     assert send(smtp_runtime, NOW).sent == 2
     assert len(smtp_server.handler.received) == 3
     assert len(set(smtp_server.handler.message_ids())) == 3
@@ -387,3 +388,51 @@ def test_the_dry_run_follows_the_ledger_and_shows_the_catch_up_of_today(
     # The dry-run wrote nothing.
     assert {v[0] for v in ledger(smtp_runtime).values()} == {"planned"}
     assert smtp_server.handler.received == []
+
+
+def test_a_pool_of_connections_sends_in_parallel_and_each_message_once(
+    tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        delivery={"mode": "smtp"},
+        smtp={
+            "host": smtp_server.host,
+            "port": smtp_server.port,
+            "security": "none",
+            "pool_size": 3,
+        },
+    )
+    rt = open_runtime(settings)
+    seed(rt, tmp_path)
+    app.plan(rt, NOW)
+    smtp_server.handler.data_delay = 0.2
+    assert send(rt, NOW).sent == 3
+    received = smtp_server.handler.received
+    assert len({r.peer for r in received}) == 3, "three connections were used"
+    assert len(set(smtp_server.handler.message_ids())) == 3
+
+
+def test_an_hourly_limit_defers_the_rest_to_the_next_hour(
+    tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        delivery={"mode": "smtp"},
+        smtp={
+            "host": smtp_server.host,
+            "port": smtp_server.port,
+            "security": "none",
+            "rate_per_hour": 2,
+        },
+    )
+    rt = open_runtime(settings)
+    seed(rt, tmp_path)
+    app.plan(rt, NOW)
+    first = send(rt, NOW)
+    assert (first.sent, first.rate_limited) == (2, True)
+    assert send(rt, NOW + timedelta(minutes=30)).sent == 0
+    assert send(rt, NOW + timedelta(minutes=61)).sent == 1
+    assert sorted(v[0] for v in ledger(rt).values()) == ["sent", "sent", "sent"]
