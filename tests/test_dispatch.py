@@ -69,6 +69,26 @@ def smtp_runtime(
     return rt
 
 
+def smtp_runtime_with(
+    tmp_path: Path,
+    database_url: str,
+    smtp_server: SmtpServer,
+    open_runtime: OpenRuntime,
+    **smtp: object,
+) -> app.Runtime:
+    """A seeded, planned runtime delivering to the recording server, with extra [smtp] keys."""
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        delivery={"mode": "smtp"},
+        smtp={"host": smtp_server.host, "port": smtp_server.port, "security": "none", **smtp},
+    )
+    rt = open_runtime(settings)
+    seed(rt, tmp_path)
+    app.plan(rt, NOW)
+    return rt
+
+
 def at(instant: datetime) -> Callable[[], datetime]:
     return lambda: instant
 
@@ -320,20 +340,7 @@ def test_a_sender_refused_with_5xx_stops_the_run_and_fails_nothing(
 def test_no_reply_after_the_message_data_is_uncertain_and_not_resent(
     tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
 ) -> None:
-    settings = make_settings(
-        tmp_path,
-        database_url,
-        delivery={"mode": "smtp"},
-        smtp={
-            "host": smtp_server.host,
-            "port": smtp_server.port,
-            "security": "none",
-            "timeout": 0.5,
-        },
-    )
-    rt = open_runtime(settings)
-    seed(rt, tmp_path)
-    app.plan(rt, NOW)
+    rt = smtp_runtime_with(tmp_path, database_url, smtp_server, open_runtime, timeout=0.5)
     smtp_server.handler.data_delay = 1.5
     report = send(rt, NOW)
     assert report.sent == 0
@@ -393,20 +400,7 @@ def test_the_dry_run_follows_the_ledger_and_shows_the_catch_up_of_today(
 def test_a_pool_of_connections_sends_in_parallel_and_each_message_once(
     tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
 ) -> None:
-    settings = make_settings(
-        tmp_path,
-        database_url,
-        delivery={"mode": "smtp"},
-        smtp={
-            "host": smtp_server.host,
-            "port": smtp_server.port,
-            "security": "none",
-            "pool_size": 3,
-        },
-    )
-    rt = open_runtime(settings)
-    seed(rt, tmp_path)
-    app.plan(rt, NOW)
+    rt = smtp_runtime_with(tmp_path, database_url, smtp_server, open_runtime, pool_size=3)
     smtp_server.handler.data_delay = 0.2
     assert send(rt, NOW).sent == 3
     received = smtp_server.handler.received
@@ -417,20 +411,7 @@ def test_a_pool_of_connections_sends_in_parallel_and_each_message_once(
 def test_an_hourly_limit_defers_the_rest_to_the_next_hour(
     tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
 ) -> None:
-    settings = make_settings(
-        tmp_path,
-        database_url,
-        delivery={"mode": "smtp"},
-        smtp={
-            "host": smtp_server.host,
-            "port": smtp_server.port,
-            "security": "none",
-            "rate_per_hour": 2,
-        },
-    )
-    rt = open_runtime(settings)
-    seed(rt, tmp_path)
-    app.plan(rt, NOW)
+    rt = smtp_runtime_with(tmp_path, database_url, smtp_server, open_runtime, rate_per_hour=2)
     first = send(rt, NOW)
     assert (first.sent, first.rate_limited) == (2, True)
     assert send(rt, NOW + timedelta(minutes=30)).sent == 0

@@ -390,32 +390,6 @@ def _due(
     before=MARGINS,
     after=MARGINS,
 )
-def test_purchase_window_contains_the_purchases_due_in_the_range_without_an_offset_change(
-    zone_name: str,
-    delay_days: int,
-    send_time: time,
-    purchased_at: datetime,
-    before: timedelta,
-    after: timedelta,
-) -> None:
-    zone = ZoneInfo(zone_name)
-    campaign, due = _due(zone_name, delay_days, send_time, purchased_at)
-    assume(purchased_at.astimezone(zone).utcoffset() == due.astimezone(zone).utcoffset())
-    since, until = due - before, due + after
-
-    start, end = planner.purchase_window(campaign, since, until)
-
-    assert start <= purchased_at <= end
-
-
-@given(
-    zone_name=WINDOW_ZONES,
-    delay_days=st.integers(0, 400),
-    send_time=st.times(),
-    purchased_at=PURCHASES,
-    before=MARGINS,
-    after=MARGINS,
-)
 @example(
     # 23:30 EST on Saturday 2027-03-13; due at 00:00 EDT on 2027-03-15 (04:00 UTC), the
     # clocks having sprung forward in between: only 23.5 h of real time after the purchase.
