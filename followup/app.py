@@ -43,7 +43,7 @@ class Runtime:
     def open(cls, settings: Settings, *, create: bool = False) -> Runtime:
         url = settings.database_url
         if not create:
-            path = store._sqlite_path(url)
+            path = store.sqlite_path(url)
             if path is not None and not path.exists():
                 raise DatabaseNotReady(
                     f"no database at {path}; run `followup db upgrade` (or `followup demo`)"
@@ -120,15 +120,13 @@ def plan(rt: Runtime, now: datetime, until: datetime | None = None) -> PlanRepor
             touches = planner.plan_after_purchase(
                 campaign, facts, since=since, until=until, now=now
             )
+            created: dict[str, int] = {}
             for batch in store.chunks(touches, store.CHUNK):
                 with rt.engine.begin() as conn:
-                    created = store.insert_touches(conn, batch, now)
-                report.by_campaign[campaign.name] = (
-                    report.by_campaign.get(campaign.name, 0) + created
-                )
-                late = sum(1 for t in batch if t.status is TouchStatus.SKIPPED)
-                report.skipped += min(late, created)
-                report.planned += created - min(late, created)
+                    store.insert_touches(conn, batch, now, created)
+            report.planned += created.get(TouchStatus.PLANNED.value, 0)
+            report.skipped += created.get(TouchStatus.SKIPPED.value, 0)
+            report.by_campaign[campaign.name] = sum(created.values())
         with rt.engine.begin() as conn:
             if watermark is None or until > watermark:
                 store.set_watermark(conn, campaign.name, until)

@@ -7,6 +7,7 @@ insert-if-absent on the touch key, claims that take a lease in one statement
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,7 +25,6 @@ from sqlalchemy import (
     func,
     inspect,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -51,7 +51,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 CHUNK = 500
 
 
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database:
         return None
@@ -69,7 +69,7 @@ def open_engine(url: str, *, create_dir: bool = True) -> Engine:
             f"[database] url {url!r} is not a database URL (e.g. sqlite:///var/followup.db or "
             "postgresql+psycopg://user@host/followup)"
         ) from None
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None:
         if create_dir:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,11 +126,16 @@ def is_postgres(conn: Connection | Engine) -> bool:
     return conn.dialect.name == "postgresql"
 
 
-def _alembic_config(conn: Connection) -> Any:
+def _script_config() -> Any:
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def _alembic_config(conn: Connection) -> Any:
+    config = _script_config()
     config.attributes["connection"] = conn
     return config
 
@@ -150,14 +155,14 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+@functools.cache
 def head_revision() -> str:
+    """The newest migration shipped with this version (read once per process)."""
     from alembic.script import ScriptDirectory
 
-    with open_engine("sqlite://").connect() as conn:
-        script = ScriptDirectory.from_config(_alembic_config(conn))
-    head = script.get_current_head()
+    head = ScriptDirectory.from_config(_script_config()).get_current_head()
     assert head is not None
-    return head
+    return str(head)
 
 
 def check_ready(engine: Engine) -> None:
@@ -173,10 +178,6 @@ def check_ready(engine: Engine) -> None:
             f"the database schema is at revision {revision}, this followup needs "
             f"{head_revision()}; run `followup db upgrade`"
         )
-
-
-def metadata_tables() -> Sequence[Table]:
-    return list(SQLModel.metadata.sorted_tables)
 
 
 def table_names(engine: Engine) -> list[str]:
@@ -236,8 +237,14 @@ def id_map(conn: Connection, table: Table, external_ids: Iterable[str]) -> dict[
 # ----------------------------------------------------------------------------- the ledger
 
 
-def insert_touches(conn: Connection, new: Iterable[NewTouch], now: datetime) -> int:
-    """Insert-if-absent on (client, campaign, occurrence); returns how many were new.
+def insert_touches(
+    conn: Connection,
+    new: Iterable[NewTouch],
+    now: datetime,
+    created_by_status: dict[str, int] | None = None,
+) -> int:
+    """Insert-if-absent on (client, campaign, occurrence); returns how many were new, and
+    counts them by status in `created_by_status` when given.
 
     The database refuses duplicates; the code just tries. Two planners running at once
     therefore never create the same touch twice.
@@ -286,6 +293,9 @@ def insert_touches(conn: Connection, new: Iterable[NewTouch], now: datetime) -> 
                 ],
             )
         inserted += len(created)
+        if created_by_status is not None:
+            for row in created:
+                created_by_status[row.status] = created_by_status.get(row.status, 0) + 1
     return inserted
 
 
@@ -512,8 +522,3 @@ def get_watermark(conn: Connection, campaign: str) -> datetime | None:
 
 def set_watermark(conn: Connection, campaign: str, until: datetime) -> None:
     upsert(conn, watermarks, [{"campaign": campaign, "planned_until": until}], key="campaign")
-
-
-def ping(engine: Engine) -> None:
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
