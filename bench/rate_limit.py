@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import os
 import platform
 import socket
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from aiosmtpd.controller import Controller
 
 from followup import app, importer, store
 from followup.config import load_settings
+from followup.demo import write_bulk_shop
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2027, 1, 8, 16, 0, tzinfo=UTC)
@@ -47,31 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder)
-        with (base / "reps.csv").open("w", newline="") as handle:
-            csv.writer(handle).writerows([["id", "name", "email"], ["r", "Joe", "joe@example.com"]])
-        with (base / "clients.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(
-                ["id", "email", "first_name", "last_name", "locale", "timezone", "country", "rep"]
-            )
-            for n in range(args.messages):
-                writer.writerow(
-                    [
-                        f"c{n}",
-                        f"c{n}@example.com",
-                        "Ann",
-                        "Lee",
-                        "en-GB",
-                        "Europe/London",
-                        "GB",
-                        "r",
-                    ]
-                )
-        with (base / "purchases.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["id", "client", "purchased_at", "product", "amount", "currency"])
-            for n in range(args.messages):
-                writer.writerow([f"p{n}", f"c{n}", "2027-01-06", "Car", "1.00", "GBP"])
+        write_bulk_shop(base, args.messages, date(2027, 1, 6))
         stamps = Stamps()
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
+
+from followup.importer import OPTIONAL, REQUIRED, Kind
 
 REPS = [
     ("rep-joe", "Joe Girard", "joe.girard@example.com", "Joe Girard\nYour salesman, for life"),
@@ -159,6 +162,58 @@ PRODUCTS = (
 DOMAINS = ("example.com", "example.org", "example.net")
 
 
+def columns(kind: Kind) -> list[str]:
+    """Every column of a `kind` import file, required ones first."""
+    return [*REQUIRED[kind], *OPTIONAL[kind]]
+
+
+def write_bulk_shop(
+    directory: Path,
+    clients: int,
+    purchased_on: date,
+    *,
+    zones: Sequence[str] = ("Europe/London",),
+    locales: Sequence[str] = ("en-GB",),
+    country: str = "GB",
+) -> dict[str, Path]:
+    """One rep and `clients` clients with one paid purchase each on `purchased_on`, the zones
+    and locales taken in turn: a shop where every client is due the same thank-you."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {kind.value: directory / f"{kind.value}.csv" for kind in Kind}
+    with paths["reps"].open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns(Kind.REPS))
+        writer.writerow(["r1", "Joe Girard", "joe@example.com", "Joe", "true"])
+    with paths["clients"].open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns(Kind.CLIENTS))
+        for n in range(clients):
+            writer.writerow(
+                [
+                    f"c{n}",
+                    f"client{n}@example.com",
+                    f"Client{n}",
+                    "Test",
+                    locales[n % len(locales)],
+                    zones[n % len(zones)],
+                    country,
+                    "",
+                    "r1",
+                    "",
+                    "",
+                    "",
+                ]
+            )
+    with paths["purchases"].open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns(Kind.PURCHASES))
+        for n in range(clients):
+            writer.writerow(
+                [f"p{n}", f"c{n}", purchased_on.isoformat(), "Roadster", "100.00", "EUR", "paid"]
+            )
+    return paths
+
+
 def _ascii(value: str) -> str:
     table = str.maketrans("éèêëàâîïôöûüçÉÈÊÀÂÎÔÛÇ' ", "eeeeaaiioouucEEEAAIOUC--")
     return value.translate(table).lower()
@@ -173,7 +228,7 @@ def write_csvs(
     paths = {name: directory / f"{name}.csv" for name in ("reps", "clients", "purchases")}
     with paths["reps"].open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "name", "email", "signature", "active"])
+        writer.writerow(columns(Kind.REPS))
         for rep in REPS:
             writer.writerow([*rep, "true"])
     client_rows = []
@@ -245,25 +300,10 @@ def write_csvs(
             )
     with paths["clients"].open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(
-            [
-                "id",
-                "email",
-                "first_name",
-                "last_name",
-                "locale",
-                "timezone",
-                "country",
-                "birthday",
-                "rep",
-                "tier",
-                "tags",
-                "status",
-            ]
-        )
+        writer.writerow(columns(Kind.CLIENTS))
         writer.writerows(client_rows)
     with paths["purchases"].open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "client", "purchased_at", "product", "amount", "currency", "status"])
+        writer.writerow(columns(Kind.PURCHASES))
         writer.writerows(purchase_rows)
     return paths

@@ -3,18 +3,18 @@ done. No Message-ID may reach the server twice, and no touch may be left planned
 
 from __future__ import annotations
 
-import csv
 import os
 import random
 import signal
 import sqlite3
 import subprocess
 import time
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from followup.demo import write_bulk_shop
 from tests.conftest import SmtpServer
 from tests.test_cli_e2e import EXECUTABLE, followup
 
@@ -24,34 +24,6 @@ TOUCHES = 1000
 KILLS = 12
 START = datetime.fromisoformat("2027-01-08T16:00:00+00:00")
 ZONES = ("Europe/London", "Europe/Paris", "America/New_York", "Asia/Tokyo")
-
-
-def write_shop(folder: Path) -> None:
-    with (folder / "reps.csv").open("w", newline="") as handle:
-        csv.writer(handle).writerows([["id", "name", "email"], ["r1", "Joe", "joe@example.com"]])
-    with (folder / "clients.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            ["id", "email", "first_name", "last_name", "locale", "timezone", "country", "rep"]
-        )
-        for n in range(TOUCHES):
-            writer.writerow(
-                [
-                    f"c{n}",
-                    f"client{n}@example.com",
-                    f"Client{n}",
-                    "Test",
-                    "fr" if n % 2 else "en-GB",
-                    ZONES[n % len(ZONES)],
-                    "FR",
-                    "r1",
-                ]
-            )
-    with (folder / "purchases.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "client", "purchased_at", "product", "amount", "currency"])
-        for n in range(TOUCHES):
-            writer.writerow([f"p{n}", f"c{n}", "2027-01-06", "Roadster", "100.00", "EUR"])
 
 
 def statuses(folder: Path) -> dict[str, int]:
@@ -64,7 +36,9 @@ def test_sigkill_at_random_moments_never_sends_twice_nor_loses_a_touch(
 ) -> None:
     rng = random.Random(os.environ.get("FOLLOWUP_CRASH_SEED", "5"))
     followup(tmp_path, "init")
-    write_shop(tmp_path)
+    write_bulk_shop(
+        tmp_path, TOUCHES, date(2027, 1, 6), zones=ZONES, locales=("en-GB", "fr"), country="FR"
+    )
     followup(tmp_path, "db", "upgrade")
     for kind in ("reps", "clients", "purchases"):
         followup(tmp_path, "import", kind, str(tmp_path / f"{kind}.csv"), "--strict")
