@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Connection, Engine, Row, func, select
 
-from followup import compose, planner, store
-from followup.config import CampaignSettings, Settings
+from followup import calendars, compose, planner, store
+from followup.config import Settings
 from followup.errors import DatabaseNotReady, RenderError
 from followup.mailer import CaptureSink, Delivery, Outcome, SmtpMailer, SmtpSetupError
 from followup.models import ClientStatus, TouchStatus
@@ -33,14 +33,16 @@ log = logging.getLogger("followup")
 
 @dataclass
 class Runtime:
-    """Settings, database and templates of one followup installation."""
+    """Settings, database, templates and calendar of one followup installation."""
 
     settings: Settings
     engine: Engine
     templates: Templates
+    calendar: calendars.Calendar
 
     @classmethod
     def open(cls, settings: Settings, *, create: bool = False) -> Runtime:
+        calendar = load_calendar(settings)
         url = settings.database_url
         if not create:
             path = store.sqlite_path(url)
@@ -50,19 +52,19 @@ class Runtime:
                 )
         engine = store.open_engine(url, create_dir=create)
         templates = Templates(settings.path(settings.templates_dir), settings.sender.default_locale)
-        return cls(settings, engine, templates)
+        return cls(settings, engine, templates, calendar)
 
-    def campaigns(self) -> list[planner.AfterPurchase]:
-        return [after_purchase(name, c) for name, c in self.settings.campaigns.items() if c.enabled]
+    @property
+    def politeness(self) -> planner.Politeness:
+        p = self.settings.politeness
+        return planner.Politeness(p.max_touches, timedelta(days=p.per_days), p.quiet)
 
 
-def after_purchase(name: str, settings: CampaignSettings) -> planner.AfterPurchase:
-    return planner.AfterPurchase(
-        name=name,
-        template=settings.template,
-        delay_days=settings.delay_days,
-        send_time=settings.send_time,
-        lateness=timedelta(hours=settings.lateness_hours),
+def load_calendar(settings: Settings) -> calendars.Calendar:
+    """calendars/*.toml with the config's [campaigns.NAME] overrides applied."""
+    overrides = {name: c.overrides() for name, c in settings.campaigns.items()}
+    return calendars.load_calendar(
+        settings.path(settings.calendars_dir), datetime.now(UTC).date(), overrides
     )
 
 
@@ -74,61 +76,195 @@ def log_event(event: str, **fields: object) -> None:
 # ----------------------------------------------------------------------------- planning
 
 
-def _purchase_facts(
-    conn: Connection, start: datetime, end: datetime, chunk: int = 2000
-) -> Iterator[planner.PurchaseFact]:
-    p, c = store.purchases, store.clients
-    query = (
-        select(p.c.id, p.c.client_id, p.c.purchased_at, p.c.status, c.c.timezone)
-        .join(c, c.c.id == p.c.client_id)
-        .where(p.c.purchased_at >= start, p.c.purchased_at <= end, p.c.status == "paid")
-        .order_by(p.c.purchased_at, p.c.id)
-        .execution_options(yield_per=chunk)
-    )
-    for row in conn.execute(query):
-        yield planner.PurchaseFact(
-            row.id, row.client_id, row.purchased_at, row.timezone, row.status
-        )
-
-
 @dataclass
 class PlanReport:
     planned: int = 0
     skipped: int = 0
+    clients: int = 0
     by_campaign: dict[str, int] = field(default_factory=dict)
 
 
-def plan(rt: Runtime, now: datetime, until: datetime | None = None) -> PlanReport:
-    """Insert every touch due up to `until` (default: the configured horizon). Idempotent.
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """What one planning pass looks at: occurrences due in [since (per campaign), until]."""
+
+    since: dict[str, datetime]
+    until: datetime
+    now: datetime
+
+
+def _client_chunks(
+    rt: Runtime, window: _Window, chunk: int = 2000
+) -> Iterator[tuple[list[calendars.ClientFacts], dict[int, list[planner.LedgerTouch]]]]:
+    """The clients in id order, `chunk` at a time, each chunk read in its own short read
+    transaction with the purchases and ledger touches the planner needs: memory stays flat
+    with the number of clients."""
+    campaigns = rt.calendar.enabled
+    politeness = rt.politeness
+    earliest = min(window.since.values(), default=window.until)
+    ahead = window.until + politeness.per
+    needs_purchases = any(c.kind == "after_purchase" for c in campaigns)
+    needs_first = any(c.kind == "yearly" and c.client_date == "first_purchase" for c in campaigns)
+    bought_from, bought_until = planner.purchase_window(rt.calendar.max_delay, earliest, ahead)
+    ledger_from = earliest - politeness.per - timedelta(days=1)
+    occurrence_from = (bought_from - timedelta(days=1)).date()
+    c, p, t = store.clients, store.purchases, store.touches
+    last_id = 0
+    while True:
+        with store.reader(rt.engine) as conn:
+            rows = conn.execute(
+                select(
+                    c.c.id,
+                    c.c.timezone,
+                    c.c.country,
+                    c.c.locale,
+                    c.c.birthday_month,
+                    c.c.birthday_day,
+                    c.c.birthday_year,
+                )
+                .where(c.c.id > last_id)
+                .order_by(c.c.id)
+                .limit(chunk)
+            ).all()
+            if not rows:
+                return
+            lo, hi = rows[0].id, rows[-1].id
+            last_id = hi
+            bought: dict[int, list[calendars.PurchaseFact]] = {}
+            if needs_purchases:
+                for bought_row in conn.execute(
+                    select(p.c.id, p.c.client_id, p.c.purchased_at, p.c.status, p.c.product).where(
+                        p.c.client_id.between(lo, hi),
+                        p.c.purchased_at.between(bought_from, bought_until),
+                        p.c.status == "paid",
+                    )
+                ):
+                    bought.setdefault(bought_row.client_id, []).append(
+                        calendars.PurchaseFact(
+                            bought_row.id,
+                            bought_row.purchased_at,
+                            bought_row.status,
+                            bought_row.product,
+                        )
+                    )
+            first: dict[int, datetime] = {}
+            if needs_first:
+                first = {
+                    row.client_id: row.first
+                    for row in conn.execute(
+                        select(p.c.client_id, func.min(p.c.purchased_at).label("first"))
+                        .where(p.c.client_id.between(lo, hi), p.c.status == "paid")
+                        .group_by(p.c.client_id)
+                    )
+                }
+            ledger: dict[int, list[planner.LedgerTouch]] = {}
+            for touch in conn.execute(
+                select(
+                    t.c.client_id,
+                    t.c.campaign,
+                    t.c.occurrence,
+                    t.c.due_at,
+                    t.c.status,
+                    t.c.purchase_id,
+                ).where(
+                    t.c.client_id.between(lo, hi),
+                    (t.c.occurrence >= occurrence_from) | (t.c.due_at >= ledger_from),
+                )
+            ):
+                ledger.setdefault(touch.client_id, []).append(
+                    planner.LedgerTouch(
+                        touch.campaign,
+                        touch.occurrence,
+                        touch.due_at,
+                        touch.status,
+                        touch.purchase_id,
+                    )
+                )
+        facts = []
+        for row in rows:
+            birthday = None
+            if row.birthday_month and row.birthday_day:
+                birthday = (row.birthday_month, row.birthday_day, row.birthday_year)
+            first_day = None
+            if row.id in first:
+                first_day = first[row.id].astimezone(ZoneInfo(row.timezone)).date()
+            facts.append(
+                calendars.ClientFacts(
+                    client_id=row.id,
+                    timezone=row.timezone,
+                    country=row.country,
+                    locale=row.locale,
+                    birthday=birthday,
+                    first_purchase=first_day,
+                    purchases=tuple(bought.get(row.id, ())),
+                )
+            )
+        yield facts, ledger
+
+
+def _planned(
+    rt: Runtime, window: _Window
+) -> Iterator[tuple[list[calendars.ClientFacts], list[planner.NewTouch]]]:
+    """The planner's touches, one list per chunk of clients (with the chunk's clients)."""
+    campaigns = rt.calendar.enabled
+    politeness = rt.politeness
+    capped = {c.name: c.capped for c in rt.calendar.campaigns}
+    for clients, ledger in _client_chunks(rt, window):
+        touches: list[planner.NewTouch] = []
+        for client in clients:
+            touches.extend(
+                planner.plan_client(
+                    campaigns,
+                    client,
+                    ledger.get(client.client_id, ()),
+                    since=window.since,
+                    until=window.until,
+                    now=window.now,
+                    politeness=politeness,
+                    capped=capped,
+                )
+            )
+        yield clients, touches
+
+
+def plan(
+    rt: Runtime,
+    now: datetime,
+    until: datetime | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PlanReport:
+    """Insert every touch due up to `until` (default: the configured horizon). Idempotent, and
+    safe to run from several processes at once: the ledger's unique keys refuse duplicates.
 
     Occurrences missed while followup was down and past their lateness are recorded as
-    skipped "too late", from the campaign's watermark on; the first plan starts at the
+    skipped "too late", from each campaign's watermark on; the first plan starts at the
     lateness limit, so importing years of history does not flood the ledger with skips.
     """
     store.check_ready(rt.engine)
     until = until or now + timedelta(days=rt.settings.schedule.plan_horizon_days)
     report = PlanReport()
-    for campaign in rt.campaigns():
-        with rt.engine.begin() as conn:
-            watermark = store.get_watermark(conn, campaign.name)
-        since = now - campaign.lateness
-        if watermark is not None:
-            since = min(since, watermark)
-        start, end = planner.purchase_window(campaign, since, until)
-        with store.reader(rt.engine) as conn_r:
-            facts = _purchase_facts(conn_r, start, end)
-            touches = planner.plan_after_purchase(
-                campaign, facts, since=since, until=until, now=now
-            )
-            created: dict[str, int] = {}
-            for batch in store.chunks(touches, store.CHUNK):
-                with rt.engine.begin() as conn:
-                    store.insert_touches(conn, batch, now, created)
-            report.planned += created.get(TouchStatus.PLANNED.value, 0)
-            report.skipped += created.get(TouchStatus.SKIPPED.value, 0)
-            report.by_campaign[campaign.name] = sum(created.values())
-        with rt.engine.begin() as conn:
-            if watermark is None or until > watermark:
+    campaigns = rt.calendar.enabled
+    with rt.engine.begin() as conn:
+        marks = {c.name: store.get_watermark(conn, c.name) for c in campaigns}
+    since: dict[str, datetime] = {}
+    for campaign in campaigns:
+        start = now - campaign.lateness
+        mark = marks[campaign.name]
+        since[campaign.name] = min(start, mark) if mark is not None else start
+    created: dict[str, int] = {}
+    for clients, touches in _planned(rt, _Window(since, until, now)):
+        if touches:
+            with rt.engine.begin() as conn:
+                store.insert_touches(conn, touches, now, created, report.by_campaign)
+        report.clients += len(clients)
+        if progress is not None:
+            progress(len(clients))
+    report.planned = created.get(TouchStatus.PLANNED.value, 0)
+    report.skipped = created.get(TouchStatus.SKIPPED.value, 0)
+    with rt.engine.begin() as conn:
+        for campaign in campaigns:
+            mark = marks[campaign.name]
+            if mark is None or until > mark:
                 store.set_watermark(conn, campaign.name, until)
     log_event("plan.done", planned=report.planned, skipped=report.skipped)
     return report
@@ -170,6 +306,7 @@ def _touch_row(conn: Connection, touch_id: int) -> Any:
             t.c.campaign,
             t.c.occurrence,
             t.c.template,
+            t.c.occasion,
             t.c.due_at,
             t.c.purchase_id,
             t.c.attempts,
@@ -348,6 +485,41 @@ async def _deliver_one(
     _record(rt, touch, message, delivery, clock(), report, rng)
 
 
+def occasion_context(
+    rt: Runtime,
+    conn: Connection,
+    campaign_name: str,
+    occurrence: date,
+    name: str | None,
+    client_id: int,
+) -> dict[str, Any]:
+    """The template's `occasion`: campaign, kind, name in the client's language (as planned),
+    date, and for yearly occasions the years (age, or years since the first purchase)."""
+    campaign = rt.calendar.get(campaign_name)
+    context: dict[str, Any] = {"campaign": campaign_name, "date": occurrence, "years": None}
+    if campaign is None:
+        context.update(kind="after_purchase", name=name or campaign_name)
+        return context
+    context.update(kind=campaign.kind, name=name or campaign.title)
+    if campaign.kind != "yearly":
+        return context
+    c, p = store.clients, store.purchases
+    year: int | None
+    if campaign.client_date == "birthday":
+        born = conn.execute(select(c.c.birthday_year).where(c.c.id == client_id)).scalar()
+        year = int(born) if born else None
+    else:
+        first = conn.execute(
+            select(func.min(p.c.purchased_at)).where(
+                p.c.client_id == client_id, p.c.status == "paid"
+            )
+        ).scalar()
+        year = first.year if first is not None else None
+    if year is not None and occurrence.year > year:
+        context["years"] = occurrence.year - year
+    return context
+
+
 def _prepare(
     rt: Runtime,
     touch_id: int,
@@ -367,6 +539,9 @@ def _prepare(
             if facts is None:
                 raise compose.Skip("client no longer exists")
             compose.check_audience(conn, facts)
+            occasion = occasion_context(
+                rt, conn, touch.campaign, touch.occurrence, touch.occasion, touch.client_id
+            )
         except compose.Skip as skip:
             store.transition(
                 conn,
@@ -392,6 +567,7 @@ def _prepare(
             occurrence=touch.occurrence,
             send_at=max(touch.due_at, clock()),
             key=key,
+            occasion=occasion,
         )
     except Exception as exc:
         # A broken template (RenderError names its file and line) or a bug while composing:
@@ -528,13 +704,17 @@ class _Candidate:
     purchase_id: int | None
     send_at: datetime
     status: str
+    occasion: str | None = None
+    reason: str | None = None
+    in_ledger: bool = True
 
 
 def _dry_run_candidates(
     rt: Runtime, conn: Connection, on: date, now: datetime | None
 ) -> list[_Candidate]:
     """The ledger's touches for `on` (with their planned times, and on the current day those
-    overdue but still within their lateness), then those the planner would add."""
+    overdue but still within their lateness), then those the planner would add: the same
+    planner as a real run, over the days before `on` that can still reach it."""
     # Every zone's day `on` lies within [on 00:00 at UTC+14, on+1 00:00 at UTC-12].
     since = datetime.combine(on, time(), UTC) - timedelta(hours=14)
     until = datetime.combine(on + timedelta(days=1), time(), UTC) + timedelta(hours=12)
@@ -555,9 +735,11 @@ def _dry_run_candidates(
             t.c.campaign,
             t.c.occurrence,
             t.c.template,
+            t.c.occasion,
             t.c.purchase_id,
             t.c.next_attempt_at,
             t.c.status,
+            t.c.reason,
             c.c.timezone,
         )
         .join(c, c.c.id == t.c.client_id)
@@ -570,8 +752,7 @@ def _dry_run_candidates(
             send_at = now
         if send_at.astimezone(ZoneInfo(row.timezone)).date() != on:
             continue
-        key = (row.client_id, row.campaign, row.occurrence)
-        found[key] = _Candidate(
+        found[(row.client_id, row.campaign, row.occurrence)] = _Candidate(
             row.client_id,
             row.campaign,
             row.occurrence,
@@ -579,35 +760,44 @@ def _dry_run_candidates(
             row.purchase_id,
             send_at,
             row.status,
+            row.occasion,
+            row.reason,
         )
-    for campaign in rt.campaigns():
-        start, end = planner.purchase_window(campaign, since, until)
-        facts = list(_purchase_facts(conn, start, end))
-        zones = {f.client_id: f.timezone for f in facts}
-        planned = planner.plan_after_purchase(campaign, facts, since=since, until=until, now=since)
-        for new in planned:
-            if new.due_at.astimezone(ZoneInfo(zones[new.client_id])).date() != on:
+    # The planner starts early enough for a deferred or late occasion to land on `on`.
+    start = since - rt.calendar.max_lateness - rt.politeness.per - timedelta(days=1)
+    plan_now = max(now, start) if now is not None else start
+    campaigns = rt.calendar.enabled
+    plan_window = _Window({c.name: start for c in campaigns}, until, plan_now)
+    for clients, touches in _planned(rt, plan_window):
+        zones = {client.client_id: ZoneInfo(client.timezone) for client in clients}
+        for new in touches:
+            if new.key in found:
                 continue
-            key = (new.client_id, new.campaign, new.occurrence)
-            if key in found:
+            zone = zones[new.client_id]
+            nominal = new.nominal_at or new.due_at
+            planned = new.status is TouchStatus.PLANNED
+            if planned and new.due_at.astimezone(zone).date() == on:
+                status, reason, send_at = TouchStatus.PLANNED.value, new.reason, new.due_at
+            elif nominal.astimezone(zone).date() == on:
+                send_at = nominal
+                status = TouchStatus.SKIPPED.value
+                reason = new.reason
+                if planned:
+                    local = new.due_at.astimezone(zone)
+                    reason = f"deferred to {local.isoformat(timespec='minutes')} ({new.reason})"
+            else:
                 continue
-            if (
-                new.purchase_id is not None
-                and conn.execute(
-                    select(t.c.status).where(
-                        t.c.campaign == new.campaign, t.c.purchase_id == new.purchase_id
-                    )
-                ).first()
-            ):
-                continue  # this purchase already has its touch (planned on another day)
-            found[key] = _Candidate(
+            found[new.key] = _Candidate(
                 new.client_id,
                 new.campaign,
                 new.occurrence,
                 new.template,
                 new.purchase_id,
-                new.due_at,
-                TouchStatus.PLANNED.value,
+                send_at,
+                status,
+                new.occasion,
+                reason,
+                in_ledger=False,
             )
     return list(found.values())
 
@@ -628,7 +818,7 @@ def dry_run(rt: Runtime, on: date, now: datetime | None = None) -> DryRun:
                 client=facts.client_external_id,
                 to=facts.email,
                 campaign=candidate.campaign,
-                occasion=candidate.campaign,
+                occasion=candidate.occasion or candidate.campaign,
                 occurrence=candidate.occurrence,
                 template=candidate.template,
                 send_at=candidate.send_at,
@@ -636,8 +826,19 @@ def dry_run(rt: Runtime, on: date, now: datetime | None = None) -> DryRun:
             )
             try:
                 if candidate.status not in waiting:
-                    raise compose.Skip(f"already {candidate.status}")
+                    if not candidate.in_ledger:
+                        raise compose.Skip(candidate.reason or candidate.status)
+                    detail = f": {candidate.reason}" if candidate.reason else ""
+                    raise compose.Skip(f"already {candidate.status}{detail}")
                 compose.check_audience(conn, facts)
+                occasion = occasion_context(
+                    rt,
+                    conn,
+                    candidate.campaign,
+                    candidate.occurrence,
+                    candidate.occasion,
+                    candidate.client_id,
+                )
                 message = compose.compose(
                     rt.settings,
                     rt.templates,
@@ -647,6 +848,7 @@ def dry_run(rt: Runtime, on: date, now: datetime | None = None) -> DryRun:
                     occurrence=candidate.occurrence,
                     send_at=candidate.send_at,
                     key=key,
+                    occasion=occasion,
                 )
             except compose.Skip as skip:
                 entry.reason = str(skip)
@@ -660,6 +862,7 @@ def dry_run(rt: Runtime, on: date, now: datetime | None = None) -> DryRun:
                     entry.reason = f"would fail: {type(exc).__name__}: {exc}"
                 result.skipped.append(entry)
                 continue
+            entry.reason = candidate.reason
             entry.locale, entry.variant = message.locale, message.variant
             entry.subject, entry.message = message.subject, message
             result.messages.append(entry)

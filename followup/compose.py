@@ -4,6 +4,7 @@ not to send it. Used by the dispatcher and, unchanged, by the dry-run: same rule
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -157,6 +158,7 @@ def compose(
     occurrence: date,
     send_at: datetime,
     key: str,
+    occasion: Mapping[str, Any] | None = None,
 ) -> Composed:
     """Render one touch. Raises RenderError (template file and line) on a broken template."""
     zone = ZoneInfo(facts.timezone)
@@ -184,7 +186,14 @@ def compose(
             "signature": facts.rep_signature or from_name,
         },
         "business": {"name": settings.sender.business_name, "domain": settings.sender.domain},
-        "occasion": {"campaign": campaign, "date": occurrence},
+        "occasion": {
+            "campaign": campaign,
+            "kind": "after_purchase",
+            "name": campaign.replace("_", " ").capitalize(),
+            "date": occurrence,
+            "years": None,
+            **(occasion or {}),
+        },
         "links": {"unsubscribe": unsubscribe_url},
         "send_at": send_at.astimezone(zone),
     }

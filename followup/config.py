@@ -1,7 +1,7 @@
 """config.toml -> typed settings.
 
 Every key can be overridden by an environment variable FOLLOWUP_<SECTION>_<KEY>
-(FOLLOWUP_DATABASE_URL, FOLLOWUP_SMTP_PORT, FOLLOWUP_CAMPAIGNS_THANK_YOU_DELAY_DAYS, ...).
+(FOLLOWUP_DATABASE_URL, FOLLOWUP_SMTP_PORT, FOLLOWUP_CAMPAIGNS_THANK_YOU_LATENESS_HOURS, ...).
 Secrets are read from the environment only: a secret written in config.toml is refused,
 with a message that says where it belongs. Every error names the file and the key.
 """
@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from followup.calendars import Window, parse_delay, parse_weekdays, parse_window
 from followup.errors import ConfigError
 
 #: Keys that must never be written in a file: (section, key) -> environment variable.
@@ -109,15 +110,42 @@ class ScheduleSettings(_Section):
     plan_horizon_days: int = Field(default=2, ge=0, le=366)
 
 
+class PolitenessSettings(_Section):
+    """The frequency cap and quiet hours, for every client (local time)."""
+
+    #: At most this many capped touches per client in any rolling `per_days` days.
+    max_touches: int = Field(default=1, ge=1, le=100)
+    per_days: int = Field(default=3, ge=0, le=366)
+    #: No message goes out in these local hours ("" for none).
+    quiet_hours: str = "21:00-08:00"
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _parse_quiet(cls, value: str) -> str:
+        if value.strip():
+            parse_window(value)
+        return value.strip()
+
+    @property
+    def quiet(self) -> Window | None:
+        return parse_window(self.quiet_hours) if self.quiet_hours else None
+
+
 class CampaignSettings(_Section):
-    enabled: bool = True
-    template: str
-    #: After-purchase campaigns: days after each paid purchase.
-    delay_days: int = Field(default=2, ge=0, le=3660)
+    """Operator overrides of one occasion of calendars/ ([campaigns.NAME] in config.toml)."""
+
+    enabled: bool | None = None
+    template: str | None = None
+    priority: int | None = None
     #: Local wall-clock time in the client's zone.
-    send_time: time = time(10, 0)
+    send_time: time | None = None
     #: How late a missed touch may still go out, in hours after its due time.
-    lateness_hours: int = Field(default=72, ge=0)
+    lateness_hours: int | None = Field(default=None, ge=0)
+    capped: bool | None = None
+    #: After-purchase occasions: the delay ("2 days", "6 months").
+    after: str | None = None
+    window: str | None = None
+    weekdays: str | None = None
 
     @field_validator("send_time", mode="before")
     @classmethod
@@ -127,9 +155,29 @@ class CampaignSettings(_Section):
             return time(int(hours), int(minutes))
         return value
 
+    @field_validator("after")
+    @classmethod
+    def _parse_after(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_delay(value)
+        return value
 
-def _default_campaigns() -> dict[str, CampaignSettings]:
-    return {"thank_you": CampaignSettings(template="thank_you")}
+    @field_validator("window")
+    @classmethod
+    def _parse_window(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_window(value)
+        return value
+
+    @field_validator("weekdays")
+    @classmethod
+    def _parse_weekdays(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_weekdays(value)
+        return value
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class Settings(_Section):
@@ -140,7 +188,9 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     dkim: DkimSettings = DkimSettings()
     schedule: ScheduleSettings = ScheduleSettings()
-    campaigns: dict[str, CampaignSettings] = Field(default_factory=_default_campaigns)
+    politeness: PolitenessSettings = PolitenessSettings()
+    #: Overrides of calendars/ occasions by name.
+    campaigns: dict[str, CampaignSettings] = Field(default_factory=dict)
 
     @field_validator("campaigns")
     @classmethod
@@ -186,6 +236,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "http": HttpSettings,
     "dkim": DkimSettings,
     "schedule": ScheduleSettings,
+    "politeness": PolitenessSettings,
 }
 
 
@@ -209,16 +260,23 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str], origin: dict[str, st
         if name in env:
             raw[key] = env[name]
             origin[key] = name
-    campaigns = raw.get("campaigns")
-    if isinstance(campaigns, dict):
-        for campaign, values in campaigns.items():
-            if not isinstance(values, dict):
-                continue
-            for key in CampaignSettings.model_fields:
-                name = _env_name("campaigns", campaign, key)
-                if name in env:
-                    values[key] = env[name]
-                    origin[f"campaigns.{campaign}.{key}"] = name
+    # FOLLOWUP_CAMPAIGNS_<NAME>_<KEY>: the occasion's name is what lies between.
+    keys = sorted(CampaignSettings.model_fields, key=len, reverse=True)
+    for variable, value in env.items():
+        if not variable.startswith("FOLLOWUP_CAMPAIGNS_"):
+            continue
+        rest = variable.removeprefix("FOLLOWUP_CAMPAIGNS_")
+        for key in keys:
+            suffix = "_" + key.upper()
+            if rest.endswith(suffix) and len(rest) > len(suffix):
+                campaign = rest[: -len(suffix)].lower()
+                campaigns = raw.setdefault("campaigns", {})
+                if isinstance(campaigns, dict):
+                    values = campaigns.setdefault(campaign, {})
+                    if isinstance(values, dict):
+                        values[key] = value
+                        origin[f"campaigns.{campaign}.{key}"] = variable
+                break
 
 
 def _describe(loc: tuple[int | str, ...]) -> str:
@@ -254,17 +312,8 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
                 f"{source}: [{section}] {key} is a secret and is not read from a file; "
                 f"remove it and set the environment variable {variable} instead"
             )
-    # The built-in campaigns exist even when the file does not mention them, so that the
-    # environment can override them too; the file's values overlay the defaults.
-    defaults = {name: c.model_dump() for name, c in _default_campaigns().items()}
-    merged: dict[str, Any] = {name: dict(values) for name, values in defaults.items()}
-    file_campaigns = raw.get("campaigns", {})
-    if not isinstance(file_campaigns, dict):
+    if "campaigns" in raw and not isinstance(raw["campaigns"], dict):
         raise ConfigError(f"{source}: [campaigns] must be a table of campaigns")
-    for name, values in file_campaigns.items():
-        base = defaults.get(name, {})
-        merged[name] = {**base, **values} if isinstance(values, dict) else values
-    raw["campaigns"] = merged
     origin: dict[str, str] = {}
     _apply_env(raw, env, origin)
     for forbidden in ("base_dir", "smtp_password", "secret_key"):

@@ -116,6 +116,8 @@ class Touch(SQLModel, table=True):
     not_after: datetime
     next_attempt_at: datetime
     template: str = Field(max_length=128)
+    #: The occasion's name as planned, in the client's language ("Jour de l'an").
+    occasion: str | None = Field(default=None, max_length=256)
     purchase_id: int | None = Field(default=None, foreign_key="purchases.id")
     locale: str | None = Field(default=None, max_length=35)
     variant: str | None = Field(default=None, max_length=64)

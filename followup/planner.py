@@ -1,21 +1,43 @@
 """The planner: pure functions from facts and `now` to touches. No I/O, no clock.
 
+For one client it takes the campaigns of the calendar, the client's facts (zone, country,
+language, birthday, purchases) and the ledger's touches around the window, and returns the
+touches to insert: planned at a local send time, deferred past a collision, or skipped with a
+reason ("too late", "capped: ...").
+
 Local time is computed with zoneinfo: a send time that does not exist on a DST day (the clocks
 jump over it) moves forward by the length of the gap; an ambiguous one (the clocks repeat it)
 takes the first of the two instants.
+
+Politeness: at most `max_touches` capped touches per client in any rolling `per` window.
+Candidates are placed by priority (highest first), then due time; a candidate that would break
+the cap moves to the campaign's send time on a later day while that is within its lateness,
+else it is skipped with the reason naming the touch it collided with.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from bisect import insort
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from followup.calendars import Campaign, ClientFacts, Occurrence, Window, occurrences
 from followup.models import TouchStatus
 
 TOO_LATE = "too late"
+#: Ledger statuses that count toward the frequency cap (the message went or may go out).
+COUNTING = frozenset(
+    {
+        TouchStatus.PLANNED.value,
+        TouchStatus.SENDING.value,
+        TouchStatus.SENT.value,
+        TouchStatus.RETRY.value,
+        TouchStatus.UNCERTAIN.value,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +53,36 @@ class NewTouch:
     purchase_id: int | None = None
     status: TouchStatus = TouchStatus.PLANNED
     reason: str | None = None
+    occasion: str | None = None
+    #: The time the occasion asked for, before any deferral.
+    nominal_at: datetime | None = None
+
+    @property
+    def key(self) -> tuple[int, str, date]:
+        return (self.client_id, self.campaign, self.occurrence)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTouch:
+    """A touch already in the ledger, as the planner sees it."""
+
+    campaign: str
+    occurrence: date
+    at: datetime
+    status: str
+    purchase_id: int | None = None
+
+
+QUIET = Window(time(21), time(8))
+
+
+@dataclass(frozen=True, slots=True)
+class Politeness:
+    """At most `max_touches` capped touches per client in any `per`; nothing in quiet hours."""
+
+    max_touches: int = 1
+    per: timedelta = timedelta(days=3)
+    quiet: Window | None = QUIET
 
 
 def local_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
@@ -46,78 +98,213 @@ def local_date(instant: datetime, zone: ZoneInfo) -> date:
     return instant.astimezone(zone).date()
 
 
+def allowed(campaign: Campaign, instant: datetime, zone: ZoneInfo, quiet: Window | None) -> bool:
+    """Whether `campaign` may send at `instant`: weekday, window and quiet hours, all local."""
+    local = instant.astimezone(zone)
+    at = local.time().replace(tzinfo=None)
+    if local.weekday() not in campaign.weekdays or not campaign.window.contains(at):
+        return False
+    return quiet is None or not quiet.contains(at)
+
+
+def next_allowed(
+    campaign: Campaign,
+    instant: datetime,
+    zone: ZoneInfo,
+    quiet: Window | None,
+    limit: datetime,
+) -> datetime | None:
+    """The first instant >= `instant` and <= `limit` at which `campaign` may send: `instant`
+    itself if allowed, else the send time of a later allowed day. None if there is none."""
+    if instant > limit:
+        return None
+    if allowed(campaign, instant, zone, quiet):
+        return instant
+    day = local_date(instant, zone)
+    for offset in range(0, 15):
+        slot = local_instant(day + timedelta(days=offset), campaign.send_time, zone)
+        if slot > limit:
+            return None
+        if slot >= instant and allowed(campaign, slot, zone, quiet):
+            return slot
+    return None
+
+
+def nominal_due(campaign: Campaign, occurrence: Occurrence, zone: ZoneInfo) -> datetime:
+    """When the occasion asks to be greeted: its day at the send time, local."""
+    return local_instant(occurrence.day, campaign.send_time, zone)
+
+
+def _cap_allows(times: Sequence[datetime], at: datetime, politeness: Politeness) -> bool:
+    """Whether one more capped touch at `at` keeps every rolling window within the cap."""
+    per, limit = politeness.per, politeness.max_touches
+    near = [t for t in times if abs(t - at) < per]
+    if len(near) < limit:
+        return True
+    points = sorted([*near, at])
+    for i, start in enumerate(points):
+        if start > at:
+            break
+        if at - start >= per:
+            continue
+        if sum(1 for t in points[i:] if t - start < per) > limit:
+            return False
+    return True
+
+
+def _blocker(
+    times: Sequence[tuple[datetime, str]], at: datetime, per: timedelta
+) -> tuple[datetime, str] | None:
+    near = [(abs(t - at), t, name) for t, name in times if abs(t - at) < per]
+    if not near:
+        return None
+    _, t, name = min(near)
+    return t, name
+
+
 @dataclass(frozen=True, slots=True)
-class AfterPurchase:
-    """A campaign that follows each paid purchase by `delay_days` (the thank-you)."""
-
-    name: str
-    template: str
-    delay_days: int
-    send_time: time
-    lateness: timedelta
+class _Candidate:
+    campaign: Campaign
+    occurrence: Occurrence
+    nominal: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class PurchaseFact:
-    purchase_id: int
-    client_id: int
-    purchased_at: datetime
-    timezone: str
-    status: str
-
-
-def after_purchase_due(campaign: AfterPurchase, fact: PurchaseFact) -> tuple[date, datetime]:
-    """(occurrence, due instant) of `campaign` for one purchase.
-
-    The occurrence is the purchase's local date: two purchases on one day get one thank-you.
-    """
-    zone = ZoneInfo(fact.timezone)
-    occurrence = local_date(fact.purchased_at, zone)
-    due = local_instant(occurrence + timedelta(days=campaign.delay_days), campaign.send_time, zone)
-    return occurrence, due
-
-
-def plan_after_purchase(
-    campaign: AfterPurchase,
-    facts: Iterable[PurchaseFact],
+def plan_client(
+    campaigns: Iterable[Campaign],
+    client: ClientFacts,
+    ledger: Iterable[LedgerTouch],
     *,
-    since: datetime,
+    since: datetime | dict[str, datetime],
     until: datetime,
     now: datetime,
-) -> Iterator[NewTouch]:
-    """Touches of `campaign` due in [since, until]. Those already past their lateness at `now`
-    are recorded as skipped "too late", never planned."""
-    seen: set[tuple[int, date]] = set()
-    for fact in facts:
-        if fact.status != "paid":
-            continue
-        occurrence, due = after_purchase_due(campaign, fact)
-        if not since <= due <= until or (fact.client_id, occurrence) in seen:
-            continue
-        seen.add((fact.client_id, occurrence))
-        not_after = due + campaign.lateness
-        late = not_after < now
-        yield NewTouch(
-            client_id=fact.client_id,
+    politeness: Politeness,
+    capped: dict[str, bool] | None = None,
+) -> list[NewTouch]:
+    """The touches to add for one client: occasions due in [since, until] (`since` may differ
+    by campaign), arbitrated against the ledger and each other.
+
+    Occasions due up to `politeness.per` after `until` take part in the arbitration (so a
+    higher-priority touch just past the horizon is not overtaken), but are only returned once
+    a later call's horizon reaches them. A key already in the ledger is never returned.
+    """
+    zone = ZoneInfo(client.timezone)
+    campaigns = list(campaigns)
+    is_capped = {c.name: c.capped for c in campaigns}
+    if capped:
+        is_capped.update(capped)
+    ahead = until + politeness.per
+    starts = since if isinstance(since, dict) else {c.name: since for c in campaigns}
+    earliest = min(starts.values(), default=until)
+    first = local_date(earliest, zone) - timedelta(days=1)
+    last = local_date(ahead, zone) + timedelta(days=1)
+
+    ledger = list(ledger)
+    known = {(t.campaign, t.occurrence) for t in ledger}
+    known_purchases = {(t.campaign, t.purchase_id) for t in ledger if t.purchase_id is not None}
+    taken: list[tuple[datetime, str]] = sorted(
+        (t.at, t.campaign)
+        for t in ledger
+        if t.status in COUNTING and is_capped.get(t.campaign, True)
+    )
+
+    candidates: list[_Candidate] = []
+    for campaign in campaigns:
+        start = starts.get(campaign.name, earliest)
+        for occurrence in occurrences(campaign, client, first, last):
+            if (campaign.name, occurrence.occurrence) in known:
+                continue
+            if (
+                occurrence.purchase_id is not None
+                and (campaign.name, occurrence.purchase_id) in known_purchases
+            ):
+                continue
+            nominal = nominal_due(campaign, occurrence, zone)
+            if start <= nominal <= ahead:
+                candidates.append(_Candidate(campaign, occurrence, nominal))
+    candidates.sort(key=lambda c: (-c.campaign.priority, c.nominal, c.campaign.name))
+
+    result: list[NewTouch] = []
+    for candidate in candidates:
+        touch = _place(candidate, client, zone, taken, now, politeness)
+        if touch.status is TouchStatus.PLANNED and candidate.campaign.capped:
+            insort(taken, (touch.due_at, candidate.campaign.name))
+        visible = touch.due_at if touch.status is TouchStatus.PLANNED else candidate.nominal
+        if visible <= until:
+            result.append(touch)
+    result.sort(key=lambda t: (t.due_at, t.campaign))
+    return result
+
+
+def _place(
+    candidate: _Candidate,
+    client: ClientFacts,
+    zone: ZoneInfo,
+    taken: list[tuple[datetime, str]],
+    now: datetime,
+    politeness: Politeness,
+) -> NewTouch:
+    campaign, occurrence, nominal = candidate.campaign, candidate.occurrence, candidate.nominal
+    not_after = nominal + campaign.lateness
+
+    def touch(due: datetime, status: TouchStatus, reason: str | None) -> NewTouch:
+        return NewTouch(
+            client_id=client.client_id,
             campaign=campaign.name,
-            occurrence=occurrence,
+            occurrence=occurrence.occurrence,
             due_at=due,
             not_after=not_after,
             template=campaign.template,
-            purchase_id=fact.purchase_id,
-            status=TouchStatus.SKIPPED if late else TouchStatus.PLANNED,
-            reason=TOO_LATE if late else None,
+            purchase_id=occurrence.purchase_id,
+            status=status,
+            reason=reason,
+            occasion=occurrence.name,
+            nominal_at=nominal,
         )
+
+    if not_after < now:
+        return touch(nominal, TouchStatus.SKIPPED, TOO_LATE)
+    at = next_allowed(campaign, max(nominal, now), zone, politeness.quiet, not_after)
+    if at is None:
+        return touch(nominal, TouchStatus.SKIPPED, f"{TOO_LATE}: no allowed send time")
+    if not campaign.capped:
+        return touch(at, TouchStatus.PLANNED, None)
+    times = [t for t, _ in taken]
+    first_block: tuple[datetime, str] | None = None
+    day = local_date(at, zone)
+    while True:
+        if _cap_allows(times, at, politeness):
+            break
+        if first_block is None:
+            first_block = _blocker(taken, at, politeness.per)
+        day += timedelta(days=1)
+        start = local_instant(day, campaign.send_time, zone)
+        slot = next_allowed(campaign, start, zone, politeness.quiet, not_after)
+        if slot is None:
+            assert first_block is not None
+            when, name = first_block
+            return touch(
+                nominal,
+                TouchStatus.SKIPPED,
+                f"capped: {name} on {local_date(when, zone).isoformat()}",
+            )
+        at, day = slot, local_date(slot, zone)
+    if first_block is not None:
+        when, name = first_block
+        reason = (
+            f"deferred from {local_date(nominal, zone).isoformat()}: "
+            f"{name} on {local_date(when, zone).isoformat()}"
+        )
+        return touch(at, TouchStatus.PLANNED, reason)
+    return touch(at, TouchStatus.PLANNED, None)
 
 
 def purchase_window(
-    campaign: AfterPurchase, since: datetime, until: datetime
+    longest_delay: timedelta, since: datetime, until: datetime
 ) -> tuple[datetime, datetime]:
-    """The purchase instants that can yield a due time in [since, until]: margins for the
-    local date (UTC-12 .. UTC+14), the send time, and clock changes between purchase and due
-    (up to a whole skipped day, as in Samoa at the end of 2011)."""
-    delay = timedelta(days=campaign.delay_days)
-    return since - delay - timedelta(days=2), until - delay + timedelta(days=2)
+    """The purchase instants that can yield an after-purchase touch due in [since, until]:
+    margins for the local date (UTC-12 .. UTC+14), the send time, and clock changes between
+    purchase and due (up to a whole skipped day, as in Samoa at the end of 2011)."""
+    return since - longest_delay - timedelta(days=2), until + timedelta(days=2)
 
 
 def message_id(client_id: int, campaign: str, occurrence: date, domain: str) -> str:

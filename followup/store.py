@@ -242,6 +242,7 @@ def insert_touches(
     new: Iterable[NewTouch],
     now: datetime,
     created_by_status: dict[str, int] | None = None,
+    created_by_campaign: dict[str, int] | None = None,
 ) -> int:
     """Insert-if-absent on (client, campaign, occurrence); returns how many were new, and
     counts them by status in `created_by_status` when given.
@@ -261,6 +262,7 @@ def insert_touches(
                 "not_after": t.not_after,
                 "next_attempt_at": t.due_at,
                 "template": t.template,
+                "occasion": t.occasion,
                 "purchase_id": t.purchase_id,
                 "reason": t.reason,
                 "attempts": 0,
@@ -275,7 +277,7 @@ def insert_touches(
             # No conflict target: any unique key (the touch key, or one touch per purchase)
             # makes the row a duplicate.
             .on_conflict_do_nothing()
-            .returning(touches.c.id, touches.c.status, touches.c.reason)
+            .returning(touches.c.id, touches.c.status, touches.c.reason, touches.c.campaign)
         )
         created = conn.execute(stmt).all()
         if created:
@@ -296,6 +298,9 @@ def insert_touches(
         if created_by_status is not None:
             for row in created:
                 created_by_status[row.status] = created_by_status.get(row.status, 0) + 1
+        if created_by_campaign is not None:
+            for row in created:
+                created_by_campaign[row.campaign] = created_by_campaign.get(row.campaign, 0) + 1
     return inserted
 
 

@@ -53,13 +53,10 @@ def test_defaults_load_from_the_repository_config() -> None:
     assert settings.schedule.plan_horizon_days == 2
     assert (settings.smtp_password, settings.secret_key) == ("", "")
 
-    assert set(settings.campaigns) == {"thank_you"}
-    thank_you = settings.campaigns["thank_you"]
-    assert thank_you.enabled
-    assert thank_you.template == "thank_you"
-    assert thank_you.delay_days == 2
-    assert thank_you.send_time == time(10, 0)
-    assert thank_you.lateness_hours == 72
+    # The occasions live in calendars/; the shipped config overrides none of them.
+    assert settings.campaigns == {}
+    assert (settings.politeness.max_touches, settings.politeness.per_days) == (1, 3)
+    assert settings.politeness.quiet_hours == "21:00-08:00"
 
 
 def test_without_a_file_the_built_in_defaults_apply() -> None:
@@ -67,7 +64,7 @@ def test_without_a_file_the_built_in_defaults_apply() -> None:
 
     assert settings == Settings(base_dir=Path.cwd())
     assert settings.smtp.port == 587
-    assert settings.campaigns["thank_you"].template == "thank_you"
+    assert settings.campaigns == {}
     assert settings.sender.default_from == ("Our shop", "hello@example.com")
 
 
@@ -233,35 +230,26 @@ def test_a_campaign_key_is_overridden_from_the_environment() -> None:
     settings = load_settings(
         REPOSITORY_CONFIG,
         {
-            "FOLLOWUP_CAMPAIGNS_THANK_YOU_DELAY_DAYS": "5",
+            "FOLLOWUP_CAMPAIGNS_THANK_YOU_LATENESS_HOURS": "5",
             "FOLLOWUP_CAMPAIGNS_THANK_YOU_SEND_TIME": "08:30",
-            "FOLLOWUP_CAMPAIGNS_THANK_YOU_ENABLED": "false",
+            "FOLLOWUP_CAMPAIGNS_SATISFACTION_SURVEY_ENABLED": "false",
         },
     )
     thank_you = settings.campaigns["thank_you"]
 
-    assert thank_you.delay_days == 5
+    assert thank_you.lateness_hours == 5
     assert thank_you.send_time == time(8, 30)
-    assert not thank_you.enabled
-    assert thank_you.lateness_hours == 72
+    assert thank_you.overrides() == {"lateness_hours": 5, "send_time": time(8, 30)}
+    assert settings.campaigns["satisfaction_survey"].overrides() == {"enabled": False}
 
 
 def test_a_bad_campaign_value_from_the_environment_names_key_and_variable() -> None:
-    message = config_error(REPOSITORY_CONFIG, {"FOLLOWUP_CAMPAIGNS_THANK_YOU_DELAY_DAYS": "x"})
+    message = config_error(REPOSITORY_CONFIG, {"FOLLOWUP_CAMPAIGNS_THANK_YOU_LATENESS_HOURS": "x"})
 
     assert (
-        "[campaigns.thank_you] delay_days (from FOLLOWUP_CAMPAIGNS_THANK_YOU_DELAY_DAYS)" in message
+        "[campaigns.thank_you] lateness_hours (from FOLLOWUP_CAMPAIGNS_THANK_YOU_LATENESS_HOURS)"
+        in message
     )
-
-
-@pytest.mark.parametrize("text", [None, "[smtp]\nport = 25\n"])
-def test_the_default_campaign_is_overridden_from_the_environment(
-    tmp_path: Path, text: str | None
-) -> None:
-    path = None if text is None else write_config(tmp_path, text)
-    settings = load_settings(path, {"FOLLOWUP_CAMPAIGNS_THANK_YOU_DELAY_DAYS": "5"})
-
-    assert settings.campaigns["thank_you"].delay_days == 5
 
 
 @pytest.mark.parametrize(
@@ -284,25 +272,37 @@ def test_a_bad_send_time_names_the_key(tmp_path: Path, value: str) -> None:
     assert config_error(path).startswith(f"{path}: [campaigns.thank_you] send_time: ")
 
 
-def test_a_partial_campaign_table_keeps_the_defaults(tmp_path: Path) -> None:
-    path = write_config(tmp_path, "[campaigns.thank_you]\ndelay_days = 7\n")
-    thank_you = load_settings(path, {}).campaigns["thank_you"]
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('after = "soon"', "after"),
+        ('window = "8-20"', "window"),
+        ('weekdays = "funday"', "weekdays"),
+        ("lateness_hours = -1", "lateness_hours"),
+        ("delay_days = 7", "delay_days"),
+    ],
+)
+def test_a_bad_override_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    path = write_config(tmp_path, f"[campaigns.thank_you]\n{text}\n")
+    assert config_error(path).startswith(f"{path}: [campaigns.thank_you] {key}: ")
 
-    assert thank_you.delay_days == 7
-    assert (thank_you.template, thank_you.send_time, thank_you.lateness_hours) == (
-        "thank_you",
-        time(10, 0),
-        72,
-    )
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("max_touches = 0", "max_touches"),
+        ("per_days = -1", "per_days"),
+        ('quiet_hours = "late"', "quiet_hours"),
+    ],
+)
+def test_a_bad_politeness_value_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    path = write_config(tmp_path, f"[politeness]\n{text}\n")
+    assert config_error(path).startswith(f"{path}: [politeness] {key}: ")
 
 
-def test_a_new_campaign_needs_a_template(tmp_path: Path) -> None:
-    path = write_config(tmp_path, "[campaigns.winback]\ndelay_days = 90\n")
-    assert config_error(path).startswith(f"{path}: [campaigns.winback] template: ")
-
-    path = write_config(tmp_path, '[campaigns.winback]\ntemplate = "winback"\n')
-    winback = load_settings(path, {}).campaigns["winback"]
-    assert (winback.template, winback.delay_days, winback.send_time) == ("winback", 2, time(10, 0))
+def test_no_quiet_hours(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[politeness]\nquiet_hours = ""\n')
+    assert load_settings(path, {}).politeness.quiet is None
 
 
 # ----------------------------------------------------------------------------- paths

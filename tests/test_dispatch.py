@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import random
 import shutil
@@ -16,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from followup import app, importer, store
+from followup import app, calendars, importer, store
 from followup.config import Settings
 from followup.mailer import SmtpSetupError
 from followup.models import TouchStatus
@@ -374,16 +375,14 @@ def test_the_dry_run_follows_the_ledger_and_shows_the_catch_up_of_today(
 ) -> None:
     # Planned at 10:00 local, then the send time is changed: the ledger's time still rules.
     app.plan(smtp_runtime, NOW - timedelta(days=1))
-    later = smtp_runtime.settings.model_copy(
-        update={
-            "campaigns": {
-                "thank_you": smtp_runtime.settings.campaigns["thank_you"].model_copy(
-                    update={"send_time": time(15, 0)}
-                )
-            }
-        }
+    calendar = smtp_runtime.calendar
+    later = calendars.Calendar(
+        tuple(
+            dataclasses.replace(c, send_time=time(15, 0)) if c.name == "thank_you" else c
+            for c in calendar.campaigns
+        )
     )
-    rt = app.Runtime(later, smtp_runtime.engine, smtp_runtime.templates)
+    rt = app.Runtime(smtp_runtime.settings, smtp_runtime.engine, smtp_runtime.templates, later)
     on = NOW.date()
     preview = app.dry_run(rt, on)
     assert sorted(e.client for e in preview.messages) == ["c1", "c2", "c3"]

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, available_timezones
 
 import pytest
-from hypothesis import assume, example, given
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from followup import planner
+from followup import calendars, planner
+from followup.calendars import Campaign, ClientFacts, PurchaseFact, Window, parse_delay
 from followup.models import PurchaseStatus, TouchStatus
-from followup.planner import AfterPurchase, NewTouch, PurchaseFact
+from followup.planner import LedgerTouch, NewTouch, Politeness
 
 NEW_YORK = ZoneInfo("America/New_York")
 ALL_ZONES = sorted(available_timezones())
@@ -34,41 +36,6 @@ LARGE_JUMP_ZONES = frozenset(
         "Pacific/Kwajalein",
     }
 )
-
-THANK_YOU = AfterPurchase(
-    name="thank_you",
-    template="thank_you",
-    delay_days=2,
-    send_time=time(10, 0),
-    lateness=timedelta(hours=72),
-)
-
-#: A wide window: everything in the tests below is due inside it unless a test narrows it.
-SINCE = datetime(2000, 1, 1, tzinfo=UTC)
-UNTIL = datetime(2100, 1, 1, tzinfo=UTC)
-EARLY = datetime(1999, 1, 1, tzinfo=UTC)
-
-
-def _fact(
-    purchased_at: datetime,
-    *,
-    purchase_id: int = 1,
-    client_id: int = 7,
-    timezone: str = "America/New_York",
-    status: str = "paid",
-) -> PurchaseFact:
-    return PurchaseFact(purchase_id, client_id, purchased_at, timezone, status)
-
-
-def _plan(
-    facts: list[PurchaseFact],
-    *,
-    campaign: AfterPurchase = THANK_YOU,
-    since: datetime = SINCE,
-    until: datetime = UNTIL,
-    now: datetime = EARLY,
-) -> list[NewTouch]:
-    return list(planner.plan_after_purchase(campaign, facts, since=since, until=until, now=now))
 
 
 def _exists(wall: datetime, zone: ZoneInfo) -> bool:
@@ -164,205 +131,418 @@ def test_local_instant_shows_the_requested_wall_time_or_a_little_later(
         assert shift < timedelta(hours=3)
 
 
-# ----------------------------------------------------------------------------- plan_after_purchase
+ALL_HOURS = Window(time(0), time(0))
 
 
-def test_a_paid_purchase_yields_one_touch_delay_days_later_at_the_send_time() -> None:
-    purchased = datetime(2027, 1, 5, 15, 0, tzinfo=NEW_YORK)
-    fact = _fact(purchased.astimezone(UTC), purchase_id=41, client_id=7)
+def _campaign(
+    name: str,
+    kind: str = "rrule",
+    *,
+    rule: str = "",
+    dtstart: str = "2020-01-01",
+    priority: int = 50,
+    capped: bool = True,
+    lateness: timedelta = timedelta(hours=48),
+    send_time: time = time(10, 0),
+    window: Window = ALL_HOURS,
+    weekdays: frozenset[int] = frozenset(range(7)),
+    after: str = "2 days",
+    client_date: str = "birthday",
+) -> Campaign:
+    return Campaign(
+        name=name,
+        kind=kind,  # type: ignore[arg-type]
+        template=name,
+        title=name.replace("_", " "),
+        priority=priority,
+        capped=capped,
+        lateness=lateness,
+        send_time=send_time,
+        window=window,
+        weekdays=weekdays,
+        after=parse_delay(after),
+        client_date=client_date,  # type: ignore[arg-type]
+        rule=calendars._rrule_text(dtstart, rule, []) if rule else "",
+    )
 
-    touches = _plan([fact])
 
-    due = datetime(2027, 1, 7, 10, 0, tzinfo=NEW_YORK).astimezone(UTC)
-    assert touches == [
-        NewTouch(
-            client_id=7,
-            campaign="thank_you",
-            occurrence=date(2027, 1, 5),
-            due_at=due,
-            not_after=due + timedelta(hours=72),
-            template="thank_you",
-            purchase_id=41,
-            status=TouchStatus.PLANNED,
-            reason=None,
-        )
-    ]
-    assert due == datetime(2027, 1, 7, 15, 0, tzinfo=UTC)
+THANK_YOU = _campaign("thank_you", "after_purchase", priority=100, capped=False)
+THANK_YOU = dataclasses.replace(THANK_YOU, lateness=timedelta(hours=72))
+BIRTHDAY = _campaign("birthday", "yearly", priority=90, lateness=timedelta(hours=12))
+HOLIDAY = _campaign("holiday", rule="FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=15", priority=50)
+NO_QUIET = Politeness(max_touches=1, per=timedelta(days=3), quiet=None)
+POLITE = Politeness()
+
+#: A wide window: everything in the tests below is due inside it unless a test narrows it.
+SINCE = datetime(2000, 1, 1, tzinfo=UTC)
+UNTIL = datetime(2100, 1, 1, tzinfo=UTC)
+EARLY = datetime(1999, 1, 1, tzinfo=UTC)
+
+
+def _client(
+    *purchases: PurchaseFact,
+    timezone: str = "America/New_York",
+    birthday: tuple[int, int, int | None] | None = None,
+    client_id: int = 7,
+) -> ClientFacts:
+    return ClientFacts(
+        client_id, timezone, "US", "en-US", birthday=birthday, purchases=tuple(purchases)
+    )
+
+
+def _bought(at: datetime, *, purchase_id: int = 1, status: str = "paid") -> PurchaseFact:
+    return PurchaseFact(purchase_id, at, status)
+
+
+def _plan(
+    client: ClientFacts,
+    *campaigns: Campaign,
+    ledger: tuple[LedgerTouch, ...] = (),
+    since: datetime = SINCE,
+    until: datetime = UNTIL,
+    now: datetime = EARLY,
+    politeness: Politeness = NO_QUIET,
+) -> list[NewTouch]:
+    return planner.plan_client(
+        campaigns or (THANK_YOU,),
+        client,
+        ledger,
+        since=since,
+        until=until,
+        now=now,
+        politeness=politeness,
+    )
+
+
+# ----------------------------------------------------------------------------- after a purchase
+
+
+def test_a_paid_purchase_yields_one_touch_two_days_later_at_the_send_time() -> None:
+    purchased = datetime(2027, 1, 5, 15, 30, tzinfo=UTC)  # 10:30 in New York
+    (touch,) = _plan(_client(_bought(purchased)), until=datetime(2027, 2, 1, tzinfo=UTC))
+    assert touch == NewTouch(
+        client_id=7,
+        campaign="thank_you",
+        occurrence=date(2027, 1, 5),
+        due_at=datetime(2027, 1, 7, 15, 0, tzinfo=UTC),
+        not_after=datetime(2027, 1, 10, 15, 0, tzinfo=UTC),
+        template="thank_you",
+        purchase_id=1,
+        occasion="thank you",
+        nominal_at=datetime(2027, 1, 7, 15, 0, tzinfo=UTC),
+    )
 
 
 def test_the_due_time_is_the_send_time_in_the_clients_zone() -> None:
-    tokyo = ZoneInfo("Asia/Tokyo")
-    purchased = datetime(2027, 6, 1, 12, 0, tzinfo=tokyo)
-    campaign = AfterPurchase("thank_you", "thank_you", 3, time(9, 15), timedelta(hours=1))
-
-    (touch,) = _plan([_fact(purchased, timezone="Asia/Tokyo")], campaign=campaign)
-
-    assert touch.occurrence == date(2027, 6, 1)
-    assert touch.due_at.astimezone(tokyo).replace(tzinfo=None) == datetime(2027, 6, 4, 9, 15)
-    assert touch.not_after == touch.due_at + timedelta(hours=1)
+    purchased = datetime(2027, 6, 1, 3, 0, tzinfo=UTC)  # 12:00 in Tokyo
+    campaign = dataclasses.replace(THANK_YOU, send_time=time(9, 15), after=parse_delay("3 days"))
+    (touch,) = _plan(_client(_bought(purchased), timezone="Asia/Tokyo"), campaign)
+    assert touch.due_at.astimezone(ZoneInfo("Asia/Tokyo")) == datetime(
+        2027, 6, 4, 9, 15, tzinfo=ZoneInfo("Asia/Tokyo")
+    )
 
 
 @pytest.mark.parametrize(
-    "status", [PurchaseStatus.UNPAID, PurchaseStatus.DISPUTED, PurchaseStatus.REFUNDED]
+    "status", [s for s in PurchaseStatus if s is not PurchaseStatus.PAID], ids=str
 )
 def test_a_purchase_that_is_not_paid_yields_nothing(status: PurchaseStatus) -> None:
-    fact = _fact(datetime(2027, 1, 5, 15, 0, tzinfo=UTC), status=status.value)
-    assert _plan([fact]) == []
+    purchased = datetime(2027, 1, 5, 15, 0, tzinfo=UTC)
+    assert _plan(_client(_bought(purchased, status=status.value))) == []
 
 
 def test_two_purchases_on_one_local_day_yield_one_touch() -> None:
-    morning = _fact(datetime(2027, 1, 5, 9, 0, tzinfo=NEW_YORK), purchase_id=1)
-    evening = _fact(datetime(2027, 1, 5, 22, 0, tzinfo=NEW_YORK), purchase_id=2)
-
-    touches = _plan([morning, evening])
-
-    assert len(touches) == 1
-    assert touches[0].occurrence == date(2027, 1, 5)
-    assert touches[0].purchase_id == 1
-
-
-def test_an_unpaid_purchase_does_not_take_the_days_slot_from_a_paid_one() -> None:
-    unpaid = _fact(datetime(2027, 1, 5, 9, 0, tzinfo=NEW_YORK), purchase_id=1, status="unpaid")
-    paid = _fact(datetime(2027, 1, 5, 11, 0, tzinfo=NEW_YORK), purchase_id=2)
-
-    touches = _plan([unpaid, paid])
-
-    assert [t.purchase_id for t in touches] == [2]
-
-
-def test_purchases_on_other_days_or_by_other_clients_yield_their_own_touches() -> None:
-    facts = [
-        _fact(datetime(2027, 1, 5, 9, 0, tzinfo=NEW_YORK), purchase_id=1, client_id=7),
-        _fact(datetime(2027, 1, 5, 9, 0, tzinfo=NEW_YORK), purchase_id=2, client_id=8),
-        _fact(datetime(2027, 1, 6, 9, 0, tzinfo=NEW_YORK), purchase_id=3, client_id=7),
-    ]
-
-    touches = _plan(facts)
-
-    assert [(t.client_id, t.occurrence) for t in touches] == [
-        (7, date(2027, 1, 5)),
-        (8, date(2027, 1, 5)),
-        (7, date(2027, 1, 6)),
-    ]
+    morning = datetime(2027, 1, 5, 14, 0, tzinfo=UTC)
+    client = _client(_bought(morning), _bought(morning + timedelta(hours=6), purchase_id=2))
+    (touch,) = _plan(client)
+    assert touch.purchase_id == 1
 
 
 def test_a_late_evening_purchase_belongs_to_its_local_day_not_the_utc_one() -> None:
-    purchased = datetime(2027, 1, 5, 23, 30, tzinfo=NEW_YORK)
-    assert purchased.astimezone(UTC).date() == date(2027, 1, 6)
-
-    (touch,) = _plan([_fact(purchased.astimezone(UTC))])
-
+    evening = datetime(2027, 1, 6, 3, 0, tzinfo=UTC)  # 22:00 on 5 January in New York
+    (touch,) = _plan(_client(_bought(evening)))
     assert touch.occurrence == date(2027, 1, 5)
-    assert touch.due_at == datetime(2027, 1, 7, 10, 0, tzinfo=NEW_YORK).astimezone(UTC)
 
 
-def test_an_early_morning_purchase_east_of_utc_belongs_to_its_local_day() -> None:
-    tokyo = ZoneInfo("Asia/Tokyo")
-    purchased = datetime(2027, 1, 6, 0, 30, tzinfo=tokyo)
-    assert purchased.astimezone(UTC).date() == date(2027, 1, 5)
+def test_a_key_already_in_the_ledger_is_not_planned_again() -> None:
+    purchased = datetime(2027, 1, 5, 15, 0, tzinfo=UTC)
+    client = _client(_bought(purchased))
+    (first,) = _plan(client)
+    ledger = (LedgerTouch("thank_you", first.occurrence, first.due_at, "sent", 1),)
+    assert _plan(client, ledger=ledger) == []
+    # Nor a touch for the same purchase under another occurrence (the zone changed since).
+    moved = (LedgerTouch("thank_you", date(2027, 1, 6), first.due_at, "sent", 1),)
+    assert _plan(client, ledger=moved) == []
 
-    (touch,) = _plan([_fact(purchased.astimezone(UTC), timezone="Asia/Tokyo")])
 
-    assert touch.occurrence == date(2027, 1, 6)
-
-
-def test_only_touches_due_within_since_until_inclusive_are_yielded() -> None:
-    fact = _fact(datetime(2027, 1, 5, 15, 0, tzinfo=NEW_YORK))
-    due = datetime(2027, 1, 7, 10, 0, tzinfo=NEW_YORK).astimezone(UTC)
-    tick = timedelta(microseconds=1)
-
-    assert len(_plan([fact], since=due, until=due)) == 1
-    assert _plan([fact], since=due + tick, until=UNTIL) == []
-    assert _plan([fact], since=SINCE, until=due - tick) == []
+def test_only_touches_due_within_since_until_inclusive_are_returned() -> None:
+    purchased = datetime(2027, 1, 5, 15, 0, tzinfo=UTC)
+    due = datetime(2027, 1, 7, 15, 0, tzinfo=UTC)
+    client = _client(_bought(purchased))
+    assert len(_plan(client, since=due, until=due)) == 1
+    assert _plan(client, since=due + timedelta(seconds=1)) == []
+    assert _plan(client, until=due - timedelta(seconds=1)) == []
 
 
 def test_a_touch_past_its_lateness_is_skipped_too_late() -> None:
-    fact = _fact(datetime(2027, 1, 5, 15, 0, tzinfo=NEW_YORK))
-    due = datetime(2027, 1, 7, 10, 0, tzinfo=NEW_YORK).astimezone(UTC)
-    not_after = due + THANK_YOU.lateness
-
-    (late,) = _plan([fact], now=not_after + timedelta(microseconds=1))
-    (last_chance,) = _plan([fact], now=not_after)
-
-    assert late.status is TouchStatus.SKIPPED
-    assert late.reason == planner.TOO_LATE
-    assert late.due_at == due
-    assert late.not_after == not_after
-    assert last_chance.status is TouchStatus.PLANNED
-    assert last_chance.reason is None
+    purchased = datetime(2027, 1, 5, 15, 0, tzinfo=UTC)
+    due = datetime(2027, 1, 7, 15, 0, tzinfo=UTC)
+    (late,) = _plan(_client(_bought(purchased)), now=due + timedelta(hours=73))
+    assert (late.status, late.reason, late.due_at) == (TouchStatus.SKIPPED, planner.TOO_LATE, due)
+    (caught_up,) = _plan(_client(_bought(purchased)), now=due + timedelta(hours=5))
+    assert caught_up.status is TouchStatus.PLANNED
+    assert caught_up.due_at == due + timedelta(hours=5)  # at once: it is still 15:00 local
 
 
-ZONES_FOR_FACTS = st.sampled_from(
-    [
-        "UTC",
-        "America/New_York",
-        "Europe/Paris",
-        "Australia/Lord_Howe",
-        "Asia/Kolkata",
-        "Pacific/Kiritimati",
-        "Etc/GMT+12",
-        "Pacific/Apia",
-    ]
-)
-STATUSES = st.sampled_from([s.value for s in PurchaseStatus])
-INSTANTS = st.datetimes(
-    min_value=datetime(2026, 12, 25), max_value=datetime(2027, 1, 10), timezones=st.just(UTC)
-)
+# ----------------------------------------------------------------------------- windows
 
 
-@st.composite
-def purchase_facts(draw: st.DrawFn) -> list[PurchaseFact]:
-    """Purchases by a few clients, each client in one zone, bunched over a fortnight."""
-    zones = draw(st.lists(ZONES_FOR_FACTS, min_size=1, max_size=4))
-    rows = draw(
-        st.lists(
-            st.tuples(st.integers(0, len(zones) - 1), INSTANTS, STATUSES),
-            max_size=30,
-        )
+def test_a_catch_up_in_quiet_hours_waits_for_the_next_send_time() -> None:
+    purchased = datetime(2027, 1, 5, 15, 0, tzinfo=UTC)
+    due = datetime(2027, 1, 7, 15, 0, tzinfo=UTC)  # 10:00 local
+    at_3am = datetime(2027, 1, 8, 8, 0, tzinfo=UTC)  # 03:00 local, the next day
+    (touch,) = _plan(_client(_bought(purchased)), now=at_3am, politeness=POLITE)
+    assert touch.status is TouchStatus.PLANNED
+    assert touch.due_at == datetime(2027, 1, 8, 15, 0, tzinfo=UTC)  # 10:00 local that day
+    assert touch.not_after == due + timedelta(hours=72)
+    # With a lateness that ends before the next send time, it is too late.
+    short = dataclasses.replace(THANK_YOU, lateness=timedelta(hours=20))
+    (skipped,) = _plan(_client(_bought(purchased)), short, now=at_3am, politeness=POLITE)
+    assert skipped.status is TouchStatus.SKIPPED
+    assert skipped.reason is not None
+    assert skipped.reason.startswith(planner.TOO_LATE)
+
+
+def test_a_reminder_due_on_a_weekend_moves_to_monday() -> None:
+    reminder = _campaign(
+        "service_reminder", "after_purchase", after="6 months", weekdays=frozenset(range(5))
     )
-    return [
-        PurchaseFact(n, client + 1, at, zones[client], status)
-        for n, (client, at, status) in enumerate(rows, start=1)
+    purchased = datetime(2026, 7, 3, 15, 0, tzinfo=UTC)  # Friday; 6 months on: a Sunday
+    (touch,) = _plan(_client(_bought(purchased)), reminder)
+    local = touch.due_at.astimezone(NEW_YORK)
+    assert (local.date(), local.time()) == (date(2027, 1, 4), time(10, 0))
+    assert local.weekday() == 0
+    assert touch.occurrence == date(2026, 7, 3)
+
+
+# ----------------------------------------------------------------------------- collisions
+
+
+def test_a_birthday_and_a_holiday_on_one_day_send_one_and_skip_the_other() -> None:
+    client = _client(birthday=(2, 15, 1980))
+    first, second = _plan(
+        client,
+        BIRTHDAY,
+        HOLIDAY,
+        since=datetime(2027, 1, 1, tzinfo=UTC),
+        until=datetime(2027, 3, 1, tzinfo=UTC),
+    )
+    assert (first.campaign, first.status) == ("birthday", TouchStatus.PLANNED)
+    assert first.due_at.astimezone(NEW_YORK) == datetime(2027, 2, 15, 10, 0, tzinfo=NEW_YORK)
+    assert (second.campaign, second.status) == ("holiday", TouchStatus.SKIPPED)
+    assert second.reason == "capped: birthday on 2027-02-15"
+
+
+def test_the_lower_priority_is_deferred_when_its_lateness_allows() -> None:
+    client = _client(birthday=(2, 15, 1980))
+    patient = dataclasses.replace(HOLIDAY, lateness=timedelta(days=5))
+    touches = _plan(
+        client,
+        BIRTHDAY,
+        patient,
+        since=datetime(2027, 1, 1, tzinfo=UTC),
+        until=datetime(2027, 3, 1, tzinfo=UTC),
+    )
+    by_campaign = {t.campaign: t for t in touches}
+    holiday = by_campaign["holiday"]
+    assert holiday.status is TouchStatus.PLANNED
+    # Three days after the birthday: the first day the cap allows.
+    assert holiday.due_at.astimezone(NEW_YORK) == datetime(2027, 2, 18, 10, 0, tzinfo=NEW_YORK)
+    assert holiday.occurrence == date(2027, 2, 15)
+    assert holiday.reason == "deferred from 2027-02-15: birthday on 2027-02-15"
+
+
+def test_a_thank_you_neither_counts_toward_the_cap_nor_waits() -> None:
+    client = _client(_bought(datetime(2027, 2, 13, 15, 0, tzinfo=UTC)), birthday=(2, 15, None))
+    touches = _plan(
+        client,
+        THANK_YOU,
+        BIRTHDAY,
+        since=datetime(2027, 1, 1, tzinfo=UTC),
+        until=datetime(2027, 3, 1, tzinfo=UTC),
+    )
+    assert [(t.campaign, t.status) for t in touches] == [
+        ("birthday", TouchStatus.PLANNED),
+        ("thank_you", TouchStatus.PLANNED),
     ]
+    assert touches[0].due_at == touches[1].due_at
+
+
+FEB_SINCE = datetime(2027, 1, 1, tzinfo=UTC)
+FEB_UNTIL = datetime(2027, 3, 1, tzinfo=UTC)
+
+
+def test_the_ledger_counts_toward_the_cap() -> None:
+    client = _client(birthday=(2, 15, None))
+    sent = LedgerTouch(
+        "newsletter", date(2027, 2, 14), datetime(2027, 2, 14, 15, tzinfo=UTC), "sent"
+    )
+    (birthday,) = _plan(client, BIRTHDAY, ledger=(sent,), since=FEB_SINCE, until=FEB_UNTIL)
+    assert birthday.status is TouchStatus.SKIPPED
+    assert birthday.reason == "capped: newsletter on 2027-02-14"
+    # A skipped or failed touch did not reach the client: it does not count.
+    failed = dataclasses.replace(sent, status="failed")
+    (again,) = _plan(client, BIRTHDAY, ledger=(failed,), since=FEB_SINCE, until=FEB_UNTIL)
+    assert again.status is TouchStatus.PLANNED
+
+
+def test_a_higher_priority_just_past_the_horizon_is_not_overtaken() -> None:
+    # The holiday is due on the 15th, the birthday (higher priority) on the 16th. Planning
+    # with a horizon that ends between them still gives the day to the birthday.
+    client = _client(birthday=(2, 16, None))
+    until = datetime(2027, 2, 15, 23, 0, tzinfo=UTC)
+    (holiday,) = _plan(
+        client, BIRTHDAY, HOLIDAY, since=datetime(2027, 2, 1, tzinfo=UTC), until=until
+    )
+    assert (holiday.campaign, holiday.status) == ("holiday", TouchStatus.SKIPPED)
+    assert holiday.reason == "capped: birthday on 2027-02-16"
+
+
+# ----------------------------------------------------------------------------- properties
+
+INSTANTS = st.datetimes(
+    min_value=datetime(2001, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(UTC)
+)
 
 
 @given(
-    facts=purchase_facts(),
-    delay_days=st.integers(0, 5),
-    send_time=st.times(),
-    since=INSTANTS,
-    length=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=20)),
-    now=INSTANTS,
+    zone_name=st.sampled_from(ALL_ZONES),
+    day=st.dates(min_value=date(1995, 1, 1), max_value=date(2080, 12, 31)),
+    send_time=st.times().map(lambda t: t.replace(second=0, microsecond=0)),
 )
-def test_the_planned_keys_are_unique_and_cover_every_paid_day(
-    facts: list[PurchaseFact],
-    delay_days: int,
-    send_time: time,
-    since: datetime,
-    length: timedelta,
-    now: datetime,
+def test_a_touch_goes_out_at_its_local_send_time_or_just_after_a_dst_gap(
+    zone_name: str, day: date, send_time: time
 ) -> None:
-    campaign = AfterPurchase("thank_you", "thank_you", delay_days, send_time, timedelta(hours=6))
-    until = since + length
+    zone = ZoneInfo(zone_name)
+    campaign = _campaign("greeting", "yearly", send_time=send_time)
+    client = _client(timezone=zone_name, birthday=(day.month, day.day, None))
+    since = datetime.combine(day, time(), UTC) - timedelta(days=2)
+    until = since + timedelta(days=4)
+    touches = [t for t in _plan(client, campaign, since=since, until=until) if t.occurrence == day]
+    assume(touches)
+    (touch,) = touches
+    wall = touch.due_at.astimezone(zone).replace(tzinfo=None)
+    requested = datetime.combine(day, send_time)
+    if wall != requested:
+        assert not _exists(requested, zone)
+        assert timedelta(0) < wall - requested <= timedelta(hours=24)
 
-    touches = _plan(facts, campaign=campaign, since=since, until=until, now=now)
 
-    keys = [(t.client_id, t.campaign, t.occurrence) for t in touches]
-    assert len(keys) == len(set(keys))
-    expected = set()
-    for fact in facts:
-        occurrence, due = planner.after_purchase_due(campaign, fact)
-        if fact.status == "paid" and since <= due <= until:
-            expected.add((fact.client_id, "thank_you", occurrence))
-    assert set(keys) == expected
-    by_id = {f.purchase_id: f for f in facts}
-    for touch in touches:
-        assert touch.purchase_id is not None
-        source = by_id[touch.purchase_id]
-        assert source.status == "paid"
-        assert source.client_id == touch.client_id
-        assert since <= touch.due_at <= until
-        assert (touch.status is TouchStatus.SKIPPED) == (touch.not_after < now)
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[list[Campaign], ClientFacts, list[LedgerTouch], Politeness]:
+    """A client, several capped and uncapped occasions with random rules and priorities, a
+    ledger that respects the cap, and a cap."""
+    politeness = Politeness(
+        max_touches=draw(st.integers(1, 3)),
+        per=timedelta(days=draw(st.integers(1, 7))),
+        quiet=None,
+    )
+    campaigns = []
+    for n in range(draw(st.integers(1, 5))):
+        interval = draw(st.integers(1, 20))
+        campaigns.append(
+            _campaign(
+                f"c{n}",
+                rule=f"FREQ=DAILY;INTERVAL={interval}",
+                dtstart=f"2027-01-{draw(st.integers(1, 28)):02d}",
+                priority=draw(st.integers(0, 3)),
+                capped=draw(st.booleans()),
+                lateness=timedelta(hours=draw(st.integers(0, 200))),
+                send_time=time(draw(st.integers(0, 23)), draw(st.sampled_from([0, 30]))),
+            )
+        )
+    ledger: list[LedgerTouch] = []
+    for n in range(draw(st.integers(0, 4))):
+        at = datetime(2027, 1, 1, tzinfo=UTC) + timedelta(hours=draw(st.integers(0, 24 * 60)))
+        trial = [*(t.at for t in ledger), at]
+        if all(
+            sum(1 for u in trial if abs(u - t) < politeness.per) <= politeness.max_touches
+            for t in trial
+        ):
+            ledger.append(LedgerTouch(f"old{n}", at.date(), at, "sent"))
+    zone = draw(st.sampled_from(["America/New_York", "Europe/Paris", "Pacific/Apia", "UTC"]))
+    return campaigns, _client(timezone=zone), ledger, politeness
+
+
+def _over_cap(times: list[datetime], politeness: Politeness) -> bool:
+    times = sorted(times)
+    return any(
+        sum(1 for u in times[i:] if u - t < politeness.per) > politeness.max_touches
+        for i, t in enumerate(times)
+    )
+
+
+@settings(deadline=None)
+@given(scenario=scenarios(), now_hours=st.integers(0, 24 * 40), horizon=st.integers(1, 20))
+def test_the_cap_is_never_exceeded_and_no_key_is_planned_twice(
+    scenario: tuple[list[Campaign], ClientFacts, list[LedgerTouch], Politeness],
+    now_hours: int,
+    horizon: int,
+) -> None:
+    campaigns, client, ledger, politeness = scenario
+    capped = {c.name for c in campaigns if c.capped}
+    start = datetime(2027, 1, 1, tzinfo=UTC)
+    now = start + timedelta(hours=now_hours)
+    # Plan repeatedly as the daemon does, a day at a time, the ledger growing each pass.
+    ledger = list(ledger)
+    keys: list[tuple[str, date]] = []
+    for day in range(0, 30, max(1, horizon // 4)):
+        at = now + timedelta(days=day)
+        new = planner.plan_client(
+            campaigns,
+            client,
+            ledger,
+            since={c.name: at - c.lateness for c in campaigns},
+            until=at + timedelta(days=horizon),
+            now=at,
+            politeness=politeness,
+        )
+        for touch in new:
+            keys.append((touch.campaign, touch.occurrence))
+            ledger.append(
+                LedgerTouch(touch.campaign, touch.occurrence, touch.due_at, touch.status.value)
+            )
+            if touch.status is TouchStatus.PLANNED:
+                assert touch.due_at <= touch.not_after
+                assert touch.due_at >= at or touch.due_at >= touch.nominal_at  # never earlier
+    assert len(keys) == len(set(keys)), "a key was planned twice"
+    counted = [
+        t.at
+        for t in ledger
+        if t.status in planner.COUNTING and (t.campaign in capped or t.campaign.startswith("old"))
+    ]
+    assert not _over_cap(counted, politeness)
+
+
+@settings(deadline=None)
+@given(scenario=scenarios(), now_hours=st.integers(0, 24 * 40))
+def test_two_planners_on_the_same_ledger_plan_the_same_touches(
+    scenario: tuple[list[Campaign], ClientFacts, list[LedgerTouch], Politeness], now_hours: int
+) -> None:
+    campaigns, client, ledger, politeness = scenario
+    now = datetime(2027, 1, 1, tzinfo=UTC) + timedelta(hours=now_hours)
+
+    def run() -> list[NewTouch]:
+        return planner.plan_client(
+            campaigns,
+            client,
+            ledger,
+            since=now - timedelta(days=10),
+            until=now + timedelta(days=5),
+            now=now,
+            politeness=politeness,
+        )
+
+    assert run() == run()
 
 
 # ----------------------------------------------------------------------------- purchase_window
@@ -374,17 +554,9 @@ PURCHASES = st.datetimes(
 MARGINS = st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=5))
 
 
-def _due(
-    zone_name: str, delay_days: int, send_time: time, purchased_at: datetime
-) -> tuple[AfterPurchase, datetime]:
-    campaign = AfterPurchase("thank_you", "thank_you", delay_days, send_time, timedelta(0))
-    _, due = planner.after_purchase_due(campaign, _fact(purchased_at, timezone=zone_name))
-    return campaign, due
-
-
 @given(
     zone_name=WINDOW_ZONES,
-    delay_days=st.integers(0, 400),
+    delay=st.sampled_from(["0 days", "2 days", "14 days", "1 month", "6 months", "1 year"]),
     send_time=st.times(),
     purchased_at=PURCHASES,
     before=MARGINS,
@@ -394,7 +566,7 @@ def _due(
     # 23:30 EST on Saturday 2027-03-13; due at 00:00 EDT on 2027-03-15 (04:00 UTC), the
     # clocks having sprung forward in between: only 23.5 h of real time after the purchase.
     zone_name="America/New_York",
-    delay_days=2,
+    delay="2 days",
     send_time=time(0, 0),
     purchased_at=datetime(2027, 3, 14, 4, 30, tzinfo=UTC),
     before=timedelta(hours=1),
@@ -402,16 +574,18 @@ def _due(
 )
 def test_purchase_window_contains_every_purchase_due_in_the_range(
     zone_name: str,
-    delay_days: int,
+    delay: str,
     send_time: time,
     purchased_at: datetime,
     before: timedelta,
     after: timedelta,
 ) -> None:
-    campaign, due = _due(zone_name, delay_days, send_time, purchased_at)
-    since, until = due - before, due + after
+    campaign = _campaign("c", "after_purchase", after=delay, send_time=send_time)
+    client = _client(_bought(purchased_at), timezone=zone_name)
+    (touch,) = _plan(client, campaign, since=datetime(1990, 1, 1, tzinfo=UTC))
+    since, until = touch.due_at - before, touch.due_at + after
 
-    start, end = planner.purchase_window(campaign, since, until)
+    start, end = planner.purchase_window(calendars.longest_delay(campaign.after), since, until)
 
     assert start <= purchased_at <= end
 
