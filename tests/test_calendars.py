@@ -154,7 +154,8 @@ def test_a_yearly_date_exists_every_year_and_is_the_date_itself_when_it_can_be(
     except ValueError:
         return
     when = calendars.yearly_date(year, month, day, rule)
-    if (month, day) != (2, 29) or when.month == 2 and when.day == 29:
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if (month, day) != (2, 29) or leap:
         assert (when.month, when.day) == (month, day)
     else:
         assert (when.month, when.day) == ((2, 28) if rule == "feb28" else (3, 1))
@@ -209,8 +210,13 @@ RFC_EXAMPLES: list[tuple[str, str, str, list[str], list[date]]] = [
         "1997-09-02T09:00",
         "FREQ=DAILY;INTERVAL=10;COUNT=5",
         [],
-        [date(1997, 9, 2), date(1997, 9, 12), date(1997, 9, 22), date(1997, 10, 2)]
-        + [date(1997, 10, 12)],
+        [
+            date(1997, 9, 2),
+            date(1997, 9, 12),
+            date(1997, 9, 22),
+            date(1997, 10, 2),
+            date(1997, 10, 12),
+        ],
     ),
     (
         "Every day in January, for 3 years",
@@ -255,35 +261,68 @@ RFC_EXAMPLES: list[tuple[str, str, str, list[str], list[date]]] = [
         "1997-09-05T09:00",
         "FREQ=MONTHLY;COUNT=10;BYDAY=1FR",
         [],
-        [date(1997, 9, 5), date(1997, 10, 3), date(1997, 11, 7), date(1997, 12, 5)]
-        + [date(1998, 1, 2), date(1998, 2, 6), date(1998, 3, 6), date(1998, 4, 3)]
-        + [date(1998, 5, 1), date(1998, 6, 5)],
+        [
+            date(1997, 9, 5),
+            date(1997, 10, 3),
+            date(1997, 11, 7),
+            date(1997, 12, 5),
+            date(1998, 1, 2),
+            date(1998, 2, 6),
+            date(1998, 3, 6),
+            date(1998, 4, 3),
+            date(1998, 5, 1),
+            date(1998, 6, 5),
+        ],
     ),
     (
         "Every other month on the first and last Sunday of the month for 10 occurrences",
         "1997-09-07T09:00",
         "FREQ=MONTHLY;INTERVAL=2;COUNT=10;BYDAY=1SU,-1SU",
         [],
-        [date(1997, 9, 7), date(1997, 9, 28), date(1997, 11, 2), date(1997, 11, 30)]
-        + [date(1998, 1, 4), date(1998, 1, 25), date(1998, 3, 1), date(1998, 3, 29)]
-        + [date(1998, 5, 3), date(1998, 5, 31)],
+        [
+            date(1997, 9, 7),
+            date(1997, 9, 28),
+            date(1997, 11, 2),
+            date(1997, 11, 30),
+            date(1998, 1, 4),
+            date(1998, 1, 25),
+            date(1998, 3, 1),
+            date(1998, 3, 29),
+            date(1998, 5, 3),
+            date(1998, 5, 31),
+        ],
     ),
     (
         "Monthly on the second-to-last Monday of the month for 6 months",
         "1997-09-22T09:00",
         "FREQ=MONTHLY;COUNT=6;BYDAY=-2MO",
         [],
-        [date(1997, 9, 22), date(1997, 10, 20), date(1997, 11, 17), date(1997, 12, 22)]
-        + [date(1998, 1, 19), date(1998, 2, 16)],
+        [
+            date(1997, 9, 22),
+            date(1997, 10, 20),
+            date(1997, 11, 17),
+            date(1997, 12, 22),
+            date(1998, 1, 19),
+            date(1998, 2, 16),
+        ],
     ),
     (
         "Monthly on the first and last day of the month for 10 occurrences",
         "1997-09-30T09:00",
         "FREQ=MONTHLY;COUNT=10;BYMONTHDAY=1,-1",
         [],
-        [date(1997, 9, 30), date(1997, 10, 1), date(1997, 10, 31), date(1997, 11, 1)]
-        + [date(1997, 11, 30), date(1997, 12, 1), date(1997, 12, 31), date(1998, 1, 1)]
-        + [date(1998, 1, 31), date(1998, 2, 1)],
+        [
+            date(1997, 9, 30),
+            date(1997, 10, 1),
+            date(1997, 10, 31),
+            date(1997, 11, 1),
+            date(1997, 11, 30),
+            date(1997, 12, 1),
+            date(1997, 12, 31),
+            date(1998, 1, 1),
+            date(1998, 1, 31),
+            date(1998, 2, 1),
+        ],
     ),
     (
         "Every 18 months on the 10th thru 15th of the month for 10 occurrences",
@@ -304,9 +343,18 @@ RFC_EXAMPLES: list[tuple[str, str, str, list[str], list[date]]] = [
         "1997-01-01T09:00",
         "FREQ=YEARLY;INTERVAL=3;COUNT=10;BYYEARDAY=1,100,200",
         [],
-        [date(1997, 1, 1), date(1997, 4, 10), date(1997, 7, 19), date(2000, 1, 1)]
-        + [date(2000, 4, 9), date(2000, 7, 18), date(2003, 1, 1), date(2003, 4, 10)]
-        + [date(2003, 7, 19), date(2006, 1, 1)],
+        [
+            date(1997, 1, 1),
+            date(1997, 4, 10),
+            date(1997, 7, 19),
+            date(2000, 1, 1),
+            date(2000, 4, 9),
+            date(2000, 7, 18),
+            date(2003, 1, 1),
+            date(2003, 4, 10),
+            date(2003, 7, 19),
+            date(2006, 1, 1),
+        ],
     ),
     (
         "Monday of week number 20, forever (first three)",
@@ -320,17 +368,31 @@ RFC_EXAMPLES: list[tuple[str, str, str, list[str], list[date]]] = [
         "1997-09-02T09:00",
         "FREQ=MONTHLY;BYDAY=FR;BYMONTHDAY=13",
         ["1997-09-02T09:00"],
-        [date(1998, 2, 13), date(1998, 3, 13), date(1998, 11, 13), date(1999, 8, 13)]
-        + [date(2000, 10, 13)],
+        [
+            date(1998, 2, 13),
+            date(1998, 3, 13),
+            date(1998, 11, 13),
+            date(1999, 8, 13),
+            date(2000, 10, 13),
+        ],
     ),
     (
         "The first Saturday that follows the first Sunday of the month (first ten)",
         "1997-09-13T09:00",
         "FREQ=MONTHLY;BYDAY=SA;BYMONTHDAY=7,8,9,10,11,12,13",
         [],
-        [date(1997, 9, 13), date(1997, 10, 11), date(1997, 11, 8), date(1997, 12, 13)]
-        + [date(1998, 1, 10), date(1998, 2, 7), date(1998, 3, 7), date(1998, 4, 11)]
-        + [date(1998, 5, 9), date(1998, 6, 13)],
+        [
+            date(1997, 9, 13),
+            date(1997, 10, 11),
+            date(1997, 11, 8),
+            date(1997, 12, 13),
+            date(1998, 1, 10),
+            date(1998, 2, 7),
+            date(1998, 3, 7),
+            date(1998, 4, 11),
+            date(1998, 5, 9),
+            date(1998, 6, 13),
+        ],
     ),
     (
         "Every 4 years, the first Tuesday after a Monday in November (US election day)",
@@ -351,8 +413,15 @@ RFC_EXAMPLES: list[tuple[str, str, str, list[str], list[date]]] = [
         "1997-09-29T09:00",
         "FREQ=MONTHLY;BYDAY=MO,TU,WE,TH,FR;BYSETPOS=-2",
         [],
-        [date(1997, 9, 29), date(1997, 10, 30), date(1997, 11, 27), date(1997, 12, 30)]
-        + [date(1998, 1, 29), date(1998, 2, 26), date(1998, 3, 30)],
+        [
+            date(1997, 9, 29),
+            date(1997, 10, 30),
+            date(1997, 11, 27),
+            date(1997, 12, 30),
+            date(1998, 1, 29),
+            date(1998, 2, 26),
+            date(1998, 3, 30),
+        ],
     ),
 ]
 
