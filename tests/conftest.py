@@ -36,6 +36,16 @@ NO_POSTGRES = "FOLLOWUP_TEST_POSTGRES_URL is not set (PostgreSQL tests need a re
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    yield from _postgres_database()
+
+
+@pytest.fixture
+def postgres_url_2() -> Iterator[str]:
+    """A second fresh PostgreSQL database, for tests that compare two ledgers."""
+    yield from _postgres_database()
+
+
+def _postgres_database() -> Iterator[str]:
     if not POSTGRES_URL:
         pytest.skip(NO_POSTGRES)
     name = f"followup_test_{secrets.token_hex(6)}"
