@@ -227,6 +227,11 @@ def _planned(
         yield clients, touches
 
 
+def client_count(rt: Runtime) -> int:
+    with store.reader(rt.engine) as conn:
+        return int(conn.execute(select(func.count()).select_from(store.clients)).scalar_one())
+
+
 def plan(
     rt: Runtime,
     now: datetime,
@@ -485,6 +490,23 @@ async def _deliver_one(
     _record(rt, touch, message, delivery, clock(), report, rng)
 
 
+def _outside_window(rt: Runtime, touch: Any, timezone: str, now: datetime) -> datetime | None:
+    """When `now` is outside the campaign's local send window (hours, weekdays, quiet hours):
+    the next allowed instant, or raises Skip when none is left within the touch's lateness.
+    None when it may go out now."""
+    campaign = rt.calendar.get(touch.campaign)
+    if campaign is None:
+        return None
+    zone = ZoneInfo(timezone)
+    quiet = rt.politeness.quiet
+    if planner.allowed(campaign, now, zone, quiet):
+        return None
+    later = planner.next_allowed(campaign, now, zone, quiet, touch.not_after)
+    if later is None:
+        raise compose.Skip(f"{planner.TOO_LATE}: no allowed send time before its lateness ends")
+    return later
+
+
 def occasion_context(
     rt: Runtime,
     conn: Connection,
@@ -542,6 +564,23 @@ def _prepare(
             occasion = occasion_context(
                 rt, conn, touch.campaign, touch.occurrence, touch.occasion, touch.client_id
             )
+            later = _outside_window(rt, touch, facts.timezone, clock())
+            if later is not None:
+                # Caught up after downtime at an hour the client should not get mail: wait
+                # for the campaign's next send time (still within the touch's lateness).
+                store.transition(
+                    conn,
+                    touch_id,
+                    sending,
+                    TouchStatus.PLANNED if touch.attempts <= 1 else TouchStatus.RETRY,
+                    clock(),
+                    f"outside the send window; next at {later.isoformat()}",
+                    next_attempt_at=later,
+                    attempts=max(touch.attempts - 1, 0),
+                    **cleared,
+                )
+                log_event("touch.waiting", touch=touch_id, campaign=touch.campaign)
+                return None
         except compose.Skip as skip:
             store.transition(
                 conn,

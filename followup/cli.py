@@ -295,8 +295,28 @@ def plan(
     if until is not None:
         horizon = datetime.combine(_parse_day(until, "--until") + timedelta(days=1), time(), UTC)
     rt = app.Runtime.open(settings())
-    report = app.plan(rt, now(), horizon)
-    out.print(f"planned {report.planned} touch(es), {report.skipped} recorded as too late")
+    report = _plan_with_progress(rt, horizon)
+    out.print(
+        f"planned {report.planned} touch(es) for {report.clients} client(s), "
+        f"{report.skipped} recorded as skipped (too late or capped)"
+    )
+
+
+def _plan_with_progress(rt: app.Runtime, horizon: datetime | None) -> app.PlanReport:
+    """Plans with a progress bar over the clients on a terminal (large shops)."""
+    total = app.client_count(rt)
+    progress = Progress(
+        TextColumn("planning"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} clients"),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not (err.is_terminal and total > 20_000),
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("planning", total=total)
+        return app.plan(rt, now(), horizon, progress=lambda n: progress.advance(task, n))
 
 
 def _send(rt: app.Runtime, *, resend_uncertain: bool = False) -> app.DispatchReport:

@@ -416,3 +416,29 @@ def test_an_hourly_limit_defers_the_rest_to_the_next_hour(
     assert send(rt, NOW + timedelta(minutes=30)).sent == 0
     assert send(rt, NOW + timedelta(minutes=61)).sent == 1
     assert sorted(v[0] for v in ledger(rt).values()) == ["sent", "sent", "sent"]
+
+
+def test_a_touch_caught_up_at_night_waits_for_the_next_local_send_time(
+    smtp_runtime: app.Runtime, smtp_server: SmtpServer
+) -> None:
+    app.plan(smtp_runtime, NOW)
+    # Down all day; back at 02:30 UTC: 21:30 in New York, 03:30 in Paris, 02:30 in London,
+    # quiet hours everywhere. Nothing goes out; each touch waits for 10:00 local.
+    night = datetime(2027, 1, 9, 2, 30, tzinfo=UTC)
+    report = send(smtp_runtime, night)
+    assert (report.sent, report.skipped, report.failed) == (0, 0, 0)
+    assert smtp_server.handler.received == []
+    t, c = store.touches, store.clients
+    with smtp_runtime.engine.connect() as conn:
+        rows = conn.execute(
+            select(c.c.external_id, c.c.timezone, t.c.status, t.c.next_attempt_at).join(
+                c, c.c.id == t.c.client_id
+            )
+        ).all()
+    for row in rows:
+        assert row.status == "planned"
+        local = row.next_attempt_at.astimezone(ZoneInfo(row.timezone))
+        assert (local.date().isoformat(), local.hour, local.minute) == ("2027-01-09", 10, 0)
+    # At 10:10 in New York the three go out (Paris and London are well inside their windows).
+    morning = datetime(2027, 1, 9, 15, 10, tzinfo=UTC)
+    assert send(smtp_runtime, morning).sent == 3

@@ -93,7 +93,7 @@ def test_two_planners_at_once_on_postgresql_leave_the_ledger_of_one(
         for _ in range(2)
     ]
     for run in runs:
-        out, err = run.communicate(timeout=300)
+        _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err
     again = followup(racing, "plan", "--until", "2027-03-01", env=env_racing)
     assert "planned 0 touch(es)" in again.stdout
