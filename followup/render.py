@@ -48,7 +48,8 @@ from jinja2 import (
     pass_context,
     select_autoescape,
 )
-from jinja2.runtime import Context
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from followup.errors import RenderError
@@ -183,6 +184,18 @@ def choose_variant(names: Sequence[str], key: str, previous: str | None) -> str:
     return names[index]
 
 
+class Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox, stricter in one way: reaching an unsafe attribute is an
+    error at once. Jinja2 returns an undefined value there, which StrictUndefined turns into
+    an error only when printed; through a filter chain (`map('attr', '__class__')|list`) it
+    would render silently. A template that tries is broken, and says so."""
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
+        raise SecurityError(
+            f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe."
+        )
+
+
 class Templates:
     """The sandboxed environment over one templates/ folder. Compiled templates are cached;
     with `auto_reload` (the studio), a template saved on disk is compiled again."""
@@ -190,7 +203,7 @@ class Templates:
     def __init__(self, root: Path, default_locale: str = "en", *, auto_reload: bool = False):
         self.root = root
         self.default_locale = default_locale
-        self.env = ImmutableSandboxedEnvironment(
+        self.env = Sandbox(
             loader=FileSystemLoader(str(root)),
             undefined=StrictUndefined,
             autoescape=select_autoescape(["html", "htm"], default_for_string=False),
