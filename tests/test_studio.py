@@ -14,11 +14,10 @@ import shutil
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import pytest
 
-from followup import importer, studio
+from followup import app, importer, store, studio
 from followup.config import Settings
 from followup.render import Templates
 from tests.cdp import Page, browser, ensure_chromium
@@ -53,8 +52,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[studio.StudioSe
         f"sqlite:///{tmp_path / 'followup.db'}",
         templates={"dir": str(tmp_path / "templates")},
     )
-    from followup import app, store
-
     rt = app.Runtime.open(settings, create=True)
     store.upgrade(rt.engine)
     now = datetime(2027, 12, 2, tzinfo=UTC)
