@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from followup import compose, preview, store
 from followup.config import Settings
@@ -127,7 +128,7 @@ class Studio:
             shown = preview.render(
                 self.settings, templates, message, facts, on=day, variant=variant
             )
-        except (FollowupError, ValueError) as exc:
+        except (FollowupError, ValueError, SQLAlchemyError) as exc:
             error = _error_json(exc)
             return {"version": self._version, "error": error}, _error_page(error)
         composed = shown.composed

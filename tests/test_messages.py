@@ -126,12 +126,15 @@ def test_the_dry_run_manifest_shows_the_variant(
             .where(t.c.status == "sent", c.c.external_id == "c1")
         ).one()
     run = app.dry_run(rt, datetime(2027, 1, 7).date(), None)
+    dryrun_output.write(run, tmp_path / "dry-run")
     entries = dryrun_output.manifest(run)["messages"]
     names = {v.name for v in rt.templates.variants("thank_you")}
     c1 = [e for e in entries if e["client"] == "c1"]
     assert len(c1) == 1 and c1[0]["variant"] in names
     # The ledger's last variant for c1 (sent on the 6th) is not the next one.
     assert last in names and c1[0]["variant"] != last
+    index = (tmp_path / "dry-run" / "index.html").read_text(encoding="utf-8")
+    assert "<th>variant</th>" in index and f"<td>{c1[0]['variant']}</td>" in index
 
 
 def test_a_header_injection_through_client_and_rep_names_adds_no_header_or_recipient(
