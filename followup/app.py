@@ -316,6 +316,7 @@ def _touch_row(conn: Connection, touch_id: int) -> Any:
             t.c.purchase_id,
             t.c.attempts,
             t.c.not_after,
+            t.c.variant,
         ).where(t.c.id == touch_id)
     ).one()
     return row
@@ -478,7 +479,9 @@ async def _deliver_one(
         return
     touch, message = prepared
     with rt.engine.begin() as conn:
-        held = store.hand_off(conn, touch.id, owner, clock(), lease, message.message_id)
+        held = store.hand_off(
+            conn, touch.id, owner, clock(), lease, message.message_id, variant=message.variant
+        )
     if not held:
         # Our lease ran out and another worker has settled this touch.
         log_event("touch.lease_lost", touch=touch.id, campaign=touch.campaign)
@@ -595,6 +598,7 @@ def _prepare(
             report.skipped += 1
             log_event("touch.skipped", touch=touch_id, campaign=touch.campaign, reason=str(skip))
             return None
+        previous = compose.previous_variant(conn, touch.client_id, touch_id)
     assert facts is not None
     try:
         message = compose.compose(
@@ -607,6 +611,9 @@ def _prepare(
             send_at=max(touch.due_at, clock()),
             key=key,
             occasion=occasion,
+            # A retry or a resent uncertain touch keeps its design (and its Message-ID).
+            variant=_known_variant(rt, touch.template, touch.variant),
+            previous_variant=previous,
         )
     except Exception as exc:
         # A broken template (RenderError names its file and line) or a bug while composing:
@@ -631,6 +638,17 @@ def _prepare(
         log_event("touch.failed", touch=touch_id, campaign=touch.campaign, reason="compose")
         return None
     return touch, message
+
+
+def _known_variant(rt: Runtime, template: str, variant: str | None) -> str | None:
+    """`variant` if the message still has it (a retry keeps its design), else None."""
+    if variant is None:
+        return None
+    try:
+        names = {v.name for v in rt.templates.variants(template)}
+    except RenderError:
+        return None
+    return variant if variant in names else None
 
 
 def _outcome(
@@ -848,8 +866,12 @@ def dry_run(rt: Runtime, on: date, now: datetime | None = None) -> DryRun:
     key = compose.signing_key(rt.settings, sending=False)
     result = DryRun(on=on)
     waiting = (TouchStatus.PLANNED.value, TouchStatus.RETRY.value)
+    # The variant each client would see last: the ledger's, then this day's earlier messages.
+    last_variant: dict[int, str | None] = {}
     with store.reader(rt.engine) as conn:
-        for candidate in _dry_run_candidates(rt, conn, on, now):
+        candidates = _dry_run_candidates(rt, conn, on, now)
+        candidates.sort(key=lambda c: (c.send_at, c.client_id, c.campaign))
+        for candidate in candidates:
             facts = compose.load_facts(conn, candidate.client_id, candidate.purchase_id)
             if facts is None:
                 continue
@@ -878,6 +900,10 @@ def dry_run(rt: Runtime, on: date, now: datetime | None = None) -> DryRun:
                     candidate.occasion,
                     candidate.client_id,
                 )
+                if candidate.client_id not in last_variant:
+                    last_variant[candidate.client_id] = compose.previous_variant(
+                        conn, candidate.client_id
+                    )
                 message = compose.compose(
                     rt.settings,
                     rt.templates,
@@ -888,6 +914,7 @@ def dry_run(rt: Runtime, on: date, now: datetime | None = None) -> DryRun:
                     send_at=candidate.send_at,
                     key=key,
                     occasion=occasion,
+                    previous_variant=last_variant[candidate.client_id],
                 )
             except compose.Skip as skip:
                 entry.reason = str(skip)
@@ -902,6 +929,7 @@ def dry_run(rt: Runtime, on: date, now: datetime | None = None) -> DryRun:
                 result.skipped.append(entry)
                 continue
             entry.reason = candidate.reason
+            last_variant[candidate.client_id] = message.variant
             entry.locale, entry.variant = message.locale, message.variant
             entry.subject, entry.message = message.subject, message
             result.messages.append(entry)

@@ -336,7 +336,7 @@ def longest_delay(after: relativedelta) -> timedelta:
     return max((probe + after) - probe for probe in _PROBES)
 
 
-def _line_of(text: str, table: str, key: str | None) -> int:
+def line_of(text: str, table: str, key: str | None) -> int:
     """The line of `key` in `[table]` (or of the table's header) in a TOML file; 1 if unknown."""
     lines = text.splitlines()
     dotted = r"\s*\.\s*".join(map(re.escape, table.split(".")))
@@ -362,7 +362,7 @@ class _Spec:
         self.used: set[str] = set()
 
     def fail(self, key: str | None, message: str) -> ConfigError:
-        line = _line_of(self.text, self.table, key)
+        line = line_of(self.text, self.table, key)
         where = f"[{self.table}]" + (f" {key}" if key else "")
         return ConfigError(f"{self.path}:{line}: {where}: {message}")
 
@@ -619,7 +619,7 @@ def load_calendar(
         unknown = set(data) - {"defaults", "occasions"}
         if unknown:
             key = sorted(unknown)[0]
-            line = _line_of(text, key, None)
+            line = line_of(text, key, None)
             raise ConfigError(f"{path}:{line}: [{key}]: unknown table (use [occasions.NAME])")
         defaults = data.get("defaults", {})
         if not isinstance(defaults, dict):
@@ -628,7 +628,7 @@ def load_calendar(
         for name, values in occasions.items():
             table = f"occasions.{name}"
             if not NAME.fullmatch(name):
-                line = _line_of(text, table, None)
+                line = line_of(text, table, None)
                 raise ConfigError(
                     f"{path}:{line}: [{table}]: an occasion name is 1-64 lower-case letters, "
                     "digits or _"
@@ -636,7 +636,7 @@ def load_calendar(
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: [{table}] must be a table")
             if name in campaigns:
-                line = _line_of(text, table, None)
+                line = line_of(text, table, None)
                 raise ConfigError(
                     f"{path}:{line}: [{table}]: already defined in {campaigns[name].source}"
                 )

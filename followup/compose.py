@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Row, select
@@ -15,12 +16,13 @@ from sqlalchemy import Connection, Row, select
 from followup import store, tokens
 from followup.config import Settings
 from followup.errors import ConfigError
-from followup.models import ClientStatus
+from followup.models import ClientStatus, TouchStatus
 from followup.planner import message_id
-from followup.render import DkimSigner, Envelope, Templates, build_mime
+from followup.render import DkimSigner, Envelope, Templates, build_mime, choose_variant
 
 _EPHEMERAL_KEY = secrets.token_urlsafe(32)
 UNSUBSCRIBE = "unsubscribe"
+SURVEY = "survey"
 
 
 def signing_key(settings: Settings, *, sending: bool) -> str:
@@ -134,6 +136,41 @@ def check_audience(conn: Connection, facts: Facts) -> None:
         raise Skip(f"purchase is {facts.purchase_status}")
 
 
+#: Touches whose variant the client has (or may have) seen.
+_SEEN = (TouchStatus.SENT.value, TouchStatus.SENDING.value, TouchStatus.UNCERTAIN.value)
+
+
+def previous_variant(conn: Connection, client_id: int, touch_id: int | None = None) -> str | None:
+    """The variant of the client's latest touch that went (or may have gone) out, other than
+    `touch_id`: the next message must look different."""
+    t = store.touches
+    query = (
+        select(t.c.variant)
+        .where(t.c.client_id == client_id, t.c.status.in_(_SEEN), t.c.variant.is_not(None))
+        .order_by(t.c.updated_at.desc(), t.c.id.desc())
+        .limit(1)
+    )
+    if touch_id is not None:
+        query = query.where(t.c.id != touch_id)
+    found = conn.execute(query).scalar()
+    return None if found is None else str(found)
+
+
+def touch_key(client_id: int, campaign: str, occurrence: date) -> str:
+    return f"{client_id}/{campaign}/{occurrence.isoformat()}"
+
+
+def survey_token(key: str, client_id: int, campaign: str, occurrence: date) -> str:
+    """Signed, per touch: `<client id>-<YYYYMMDD>-<campaign>.<signature>` (purpose "survey")."""
+    return tokens.make(key, SURVEY, f"{client_id}-{occurrence:%Y%m%d}-{campaign}")
+
+
+def humanise(campaign: str) -> str:
+    """thank_you -> "Thank you": the occasion's name until the calendars give a better one."""
+    words = campaign.replace("_", " ").replace("-", " ").strip()
+    return words[:1].upper() + words[1:]
+
+
 @dataclass(frozen=True, slots=True)
 class Composed:
     subject: str
@@ -159,14 +196,27 @@ def compose(
     send_at: datetime,
     key: str,
     occasion: Mapping[str, Any] | None = None,
+    variant: str | None = None,
+    previous_variant: str | None = None,
 ) -> Composed:
-    """Render one touch. Raises RenderError (template file and line) on a broken template."""
+    """Render one touch. Raises RenderError (template file and line) on a broken template.
+
+    `occasion` is merged over the defaults (campaign, kind "after_purchase", name from the
+    campaign, date, years None). `variant` forces a design (previews, retries); otherwise one
+    is chosen from the touch key, never `previous_variant` (the client's last design)."""
     zone = ZoneInfo(facts.timezone)
     from_name, from_email = settings.sender.default_from
     if facts.rep_email:
         from_name, from_email = facts.rep_name or from_name, facts.rep_email
     token = tokens.make(key, UNSUBSCRIBE, facts.client_id)
-    unsubscribe_url = f"{settings.http.public_url.rstrip('/')}/unsubscribe/{token}"
+    public_url = settings.http.public_url.rstrip("/")
+    unsubscribe_url = f"{public_url}/unsubscribe/{token}"
+    survey = quote(survey_token(key, facts.client_id, campaign, occurrence), safe="")
+    if variant is None:
+        names = [v.name for v in templates.variants(template)]
+        variant = choose_variant(
+            names, touch_key(facts.client_id, campaign, occurrence), previous_variant
+        )
     context: dict[str, Any] = {
         "client": {
             "id": facts.client_external_id,
@@ -189,12 +239,12 @@ def compose(
         "occasion": {
             "campaign": campaign,
             "kind": "after_purchase",
-            "name": campaign.replace("_", " ").capitalize(),
+            "name": humanise(campaign),
             "date": occurrence,
             "years": None,
             **(occasion or {}),
         },
-        "links": {"unsubscribe": unsubscribe_url},
+        "links": {"unsubscribe": unsubscribe_url, "survey": f"{public_url}/survey/{survey}"},
         "send_at": send_at.astimezone(zone),
     }
     if facts.purchase_external_id is not None and facts.purchased_at is not None:
@@ -206,7 +256,7 @@ def compose(
             "purchased_at": facts.purchased_at.astimezone(zone),
             "date": facts.purchased_at.astimezone(zone).date(),
         }
-    parts = templates.render(template, facts.locale, context)
+    parts = templates.render(template, facts.locale, context, variant)
     mid = message_id(facts.client_id, campaign, occurrence, settings.sender.domain)
     envelope = Envelope(
         from_name=from_name,
@@ -229,7 +279,7 @@ def compose(
         mime=mime,
         message_id=mid,
         locale=parts.locale,
-        variant="default",
+        variant=parts.variant,
         rep_id=facts.rep_id,
         from_email=from_email,
         to=facts.email,

@@ -79,12 +79,13 @@ def _index(run: DryRun) -> str:
         local = e.send_at.astimezone(ZoneInfo(e.timezone)).strftime("%Y-%m-%d %H:%M %z")
         page = (e.file or "")[:-4] + ".html"
         rows.append(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
             '<td><a href="{}">{}</a></td><td><a href="{}">.eml</a></td></tr>'.format(
                 html.escape(local),
                 html.escape(e.client),
                 html.escape(e.campaign),
                 html.escape(e.locale or ""),
+                html.escape(e.variant or ""),
                 html.escape(page),
                 html.escape(e.subject or ""),
                 html.escape(e.file or ""),
@@ -103,7 +104,7 @@ tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
 <h1>What would go out on {run.on}</h1>
 <p>{len(run.messages)} message(s), {len(run.skipped)} skipped. Nothing was sent.</p>
 <table><tr><th>local time</th><th>client</th><th>campaign</th><th>locale</th>
-<th>subject</th><th></th></tr>
+<th>variant</th><th>subject</th><th></th></tr>
 {"".join(rows)}</table>
 <h2>Skipped</h2>
 <table><tr><th>client</th><th>campaign</th><th>reason</th></tr>{skipped}</table>

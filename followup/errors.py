@@ -16,4 +16,16 @@ class DatabaseNotReady(FollowupError):
 
 
 class RenderError(FollowupError):
-    """A template could not be rendered; the message names the template file and line."""
+    """A template could not be rendered; the message names the template file and line.
+
+    `file` (relative to the templates folder's parent, e.g. templates/birthday/fr/text.txt),
+    `line` and `detail` are also kept apart, for reports (`followup templates check`, the
+    studio)."""
+
+    def __init__(
+        self, message: str, *, file: str | None = None, line: int | None = None, detail: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.file = file
+        self.line = line
+        self.detail = detail or message

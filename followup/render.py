@@ -6,20 +6,27 @@ environment or Python internals, and a missing variable is an error, never an em
 
 Layout (see docs/templates.md):
 
-    templates/_layouts/base.html           the shared HTML layout, with blocks
+    templates/_layouts/base.html            the shared HTML layout, with blocks
+    templates/_partials/*.html              pieces included by messages ({% include %})
+    templates/_variants.toml                the design variants ("envelope colours")
     templates/<message>/<locale>/subject.txt
     templates/<message>/<locale>/text.txt
     templates/<message>/<locale>/html.html  (usually extends the layout)
+    templates/<message>/<locale>/html.<variant>.html   optional: one variant's own part
+    templates/<message>/variants.toml       optional: this message's own variants
 
-A client whose locale is fr-CA gets fr-CA, else fr, else the default locale.
+A client whose locale is fr-CA gets fr-CA, else fr, else the default locale. Every message
+renders in every variant: the layout takes its colours from the `variant` object.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import tomllib
 import traceback
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -41,7 +48,8 @@ from jinja2 import (
     pass_context,
     select_autoescape,
 )
-from jinja2.runtime import Context
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from followup.errors import RenderError
@@ -93,24 +101,154 @@ def _number_filter(context: Context, value: float | int) -> str:
     return format_decimal(value, locale=_babel_locale(context))
 
 
-class Templates:
-    """The sandboxed environment over one templates/ folder. Compiled templates are cached."""
+VARIANTS_FILE = "_variants.toml"
+MESSAGE_VARIANTS_FILE = "variants.toml"
+_COLOUR = re.compile(r"#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+#: A variant's colours (all optional but `accent`): what the layout may use.
+COLOURS = {
+    "accent": "#b5562b",
+    "background": "#f3efe6",
+    "card": "#ffffff",
+    "ink": "#2b2b2b",
+    "muted": "#7a7a7a",
+    "button_text": "#ffffff",
+}
 
-    def __init__(self, root: Path, default_locale: str = "en") -> None:
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One design of a message (an "envelope colour"): a name, a label and colours."""
+
+    name: str
+    label: str
+    colours: Mapping[str, str] = field(default_factory=lambda: dict(COLOURS))
+
+    def context(self) -> dict[str, str]:
+        """What templates see as `variant`: name, label and each colour."""
+        return {**self.colours, "name": self.name, "label": self.label}
+
+
+DEFAULT_VARIANTS = (Variant("default", "Default"),)
+
+
+def parse_variants(path: Path, where: str) -> tuple[Variant, ...]:
+    """A variants file: `[[variant]]` tables with name, label and colours. Errors name the
+    file (as `where`) and the variant."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise RenderError(f"{where}: {exc}", file=where, detail=str(exc)) from exc
+    except (OSError, UnicodeError) as exc:
+        raise RenderError(f"{where}: {exc}", file=where, detail=str(exc)) from exc
+
+    def bad(detail: str) -> RenderError:
+        return RenderError(f"{where}: {detail}", file=where, detail=detail)
+
+    unknown = set(data) - {"variant"}
+    if unknown:
+        raise bad(f"unknown key(s) {', '.join(sorted(unknown))}: only [[variant]] tables")
+    tables = data.get("variant", [])
+    if not isinstance(tables, list) or not tables:
+        raise bad("no [[variant]] table: a message needs at least one design")
+    variants: list[Variant] = []
+    for number, table in enumerate(tables, start=1):
+        name = table.get("name")
+        label = f"variant {number}" if not isinstance(name, str) else f"variant {name!r}"
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise bad(f"{label}: name must be lower-case letters, digits, - or _")
+        if any(v.name == name for v in variants):
+            raise bad(f"{label}: defined twice")
+        colours = dict(COLOURS)
+        for key, value in table.items():
+            if key in ("name", "label"):
+                continue
+            if key not in COLOURS:
+                raise bad(f"{label}: unknown key {key!r} (known: {', '.join(COLOURS)})")
+            if not isinstance(value, str) or not _COLOUR.fullmatch(value):
+                raise bad(f'{label}: {key} = {value!r} is not a colour like "#b5562b"')
+            colours[key] = value
+        variants.append(Variant(name, str(table.get("label", name)), colours))
+    return tuple(variants)
+
+
+def choose_variant(names: Sequence[str], key: str, previous: str | None) -> str:
+    """The variant of one touch: picked from a hash of the touch key (the same touch always
+    gets the same design), moved on by one when it is the client's previous variant, so that
+    two consecutive messages to a client never look the same."""
+    if not names:
+        raise ValueError("no variants to choose from")
+    index = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % len(names)
+    if names[index] == previous and len(names) > 1:
+        index = (index + 1) % len(names)
+    return names[index]
+
+
+class Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox, stricter in one way: reaching an unsafe attribute is an
+    error at once. Jinja2 returns an undefined value there, which StrictUndefined turns into
+    an error only when printed; through a filter chain (`map('attr', '__class__')|list`) it
+    would render silently. A template that tries is broken, and says so."""
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
+        raise SecurityError(
+            f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe."
+        )
+
+
+class Templates:
+    """The sandboxed environment over one templates/ folder. Compiled templates are cached;
+    with `auto_reload` (the studio), a template saved on disk is compiled again."""
+
+    def __init__(self, root: Path, default_locale: str = "en", *, auto_reload: bool = False):
         self.root = root
         self.default_locale = default_locale
-        self.env = ImmutableSandboxedEnvironment(
+        self.env = Sandbox(
             loader=FileSystemLoader(str(root)),
             undefined=StrictUndefined,
             autoescape=select_autoescape(["html", "htm"], default_for_string=False),
             keep_trailing_newline=False,
-            auto_reload=False,
+            auto_reload=auto_reload,
         )
         self.env.filters.update(date=_date_filter, money=_money_filter, number=_number_filter)
+        self._variants: dict[Path, tuple[float, tuple[Variant, ...]]] = {}
 
     def messages(self) -> list[str]:
         return sorted(
             p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("_")
+        )
+
+    def locales(self, message: str) -> list[str]:
+        """The locale folders of one message that hold a subject."""
+        folder = self.root / message
+        return sorted(p.name for p in folder.iterdir() if (p / "subject.txt").is_file())
+
+    def variants(self, message: str) -> tuple[Variant, ...]:
+        """The message's own variants.toml, else templates/_variants.toml, else one default."""
+        for path in (self.root / message / MESSAGE_VARIANTS_FILE, self.root / VARIANTS_FILE):
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            cached = self._variants.get(path)
+            if cached is None or cached[0] != mtime:
+                cached = (mtime, parse_variants(path, self._where(str(path))))
+                self._variants[path] = cached
+            return cached[1]
+        return DEFAULT_VARIANTS
+
+    def variant(self, message: str, name: str | None) -> Variant:
+        """A variant by name (None: the first)."""
+        variants = self.variants(message)
+        if name is None:
+            return variants[0]
+        for variant in variants:
+            if variant.name == name:
+                return variant
+        raise RenderError(
+            f"{self._where(str(self.root / message))}: no variant {name!r} "
+            f"(known: {', '.join(v.name for v in variants)})",
+            detail=f"no variant {name!r}",
         )
 
     def resolve_locale(self, message: str, locale: str) -> str:
@@ -118,44 +256,98 @@ class Templates:
             if (self.root / message / tag / "subject.txt").is_file():
                 return tag
         raise RenderError(
-            f"{self.root / message}: no templates for locale {locale!r} "
+            f"{self._where(str(self.root / message))}: no templates for locale {locale!r} "
             f"nor its fallbacks ({', '.join(locale_chain(locale, self.default_locale))})"
         )
 
-    def render(self, message: str, locale: str, context: Mapping[str, Any]) -> RenderedParts:
+    def part_name(self, message: str, tag: str, part: str, variant: str) -> str:
+        """The template of one part: html.<variant>.html when the variant has its own."""
+        stem, dot, ext = part.partition(".")
+        own = f"{message}/{tag}/{stem}.{variant}{dot}{ext}"
+        return own if (self.root / own).is_file() else f"{message}/{tag}/{part}"
+
+    def render(
+        self,
+        message: str,
+        locale: str,
+        context: Mapping[str, Any],
+        variant: str | None = None,
+    ) -> RenderedParts:
         tag = self.resolve_locale(message, locale)
+        chosen = self.variant(message, variant)
         # Format dates and money in the client's locale only when the words around them are in
         # its language: a de client served the English fallback gets an all-English message.
         same_language = tag.split("-")[0].lower() == locale.split("-")[0].lower()
-        values = {**context, "locale": locale if same_language else tag}
+        values = {
+            "variant": chosen.context(),
+            **context,
+            "locale": locale if same_language else tag,
+            # The language of the template folder: picks the layout's partials (footer).
+            "language": tag.split("-")[0].lower(),
+        }
         rendered: dict[str, str] = {}
         for part in PARTS:
-            name = f"{message}/{tag}/{part}"
-            try:
-                rendered[part] = self.env.get_template(name).render(values)
-            except TemplateSyntaxError as exc:
-                raise RenderError(
-                    f"{self._where(exc.filename or name)}:{exc.lineno}: {exc.message}"
-                ) from exc
-            except TemplateNotFound as exc:
-                raise RenderError(f"{self.root / name}: template not found: {exc.name}") from exc
-            except TemplateError as exc:
-                raise RenderError(f"{self._locate(exc, name)}: {exc}") from exc
-            except (ValueError, TypeError, LookupError, ArithmeticError) as exc:
-                # A filter given bad data (an unknown locale or currency, a wrong type).
-                raise RenderError(
-                    f"{self._locate(exc, name)}: {type(exc).__name__}: {exc}"
-                ) from exc
+            name = self.part_name(message, tag, part, chosen.name)
+            rendered[part] = self._render_one(name, values)
         try:
             html = _INLINER.inline(rendered["html.html"])
         except (css_inline.InlineError, ValueError) as exc:
-            raise RenderError(f"{self.root / message / tag / 'html.html'}: CSS: {exc}") from exc
+            where = self._where(str(self.root / message / tag / "html.html"))
+            raise RenderError(f"{where}: CSS: {exc}", file=where, detail=f"CSS: {exc}") from exc
         return RenderedParts(
             locale=tag,
             subject=header_safe(rendered["subject.txt"]),
             text=rendered["text.txt"].strip() + "\n",
             html=html,
+            variant=chosen.name,
         )
+
+    def _render_one(self, name: str, values: Mapping[str, Any]) -> str:
+        """One template file, with every error turned into a RenderError naming file and line."""
+        try:
+            return self.env.get_template(name).render(values)
+        except TemplateSyntaxError as exc:
+            raise self._error(
+                self._where(exc.filename or name), exc.lineno, exc.message or str(exc)
+            ) from exc
+        except TemplateNotFound as exc:
+            where = self._where(str(self.root / name))
+            raise RenderError(
+                f"{where}: template not found: {exc.name}",
+                file=where,
+                detail=f"template not found: {exc.name}",
+            ) from exc
+        except TemplateError as exc:
+            file, line = self._locate(exc, name)
+            raise self._error(file, line, str(exc)) from exc
+        except (ValueError, TypeError, LookupError, ArithmeticError) as exc:
+            # A filter given bad data (an unknown locale or currency, a wrong type).
+            file, line = self._locate(exc, name)
+            raise self._error(file, line, f"{type(exc).__name__}: {exc}") from exc
+
+    def compile_all(self) -> list[RenderError]:
+        """Compile every template file under the root (syntax only): one error per bad file."""
+        errors: list[RenderError] = []
+        for path in sorted(self.root.rglob("*")):
+            if not path.is_file() or path.suffix not in (".txt", ".html", ".htm"):
+                continue
+            name = path.relative_to(self.root).as_posix()
+            try:
+                source = path.read_text(encoding="utf-8")
+                self.env.parse(source, name, str(path))
+            except TemplateSyntaxError as exc:
+                errors.append(
+                    self._error(self._where(str(path)), exc.lineno, exc.message or str(exc))
+                )
+            except UnicodeError as exc:
+                where = self._where(str(path))
+                errors.append(RenderError(f"{where}: {exc}", file=where, detail=str(exc)))
+        return errors
+
+    @staticmethod
+    def _error(file: str, line: int | None, detail: str) -> RenderError:
+        where = f"{file}:{line}" if line else file
+        return RenderError(f"{where}: {detail}", file=file, line=line, detail=detail)
 
     def _where(self, filename: str) -> str:
         path = Path(filename)
@@ -164,14 +356,14 @@ class Templates:
         except ValueError:
             return str(path)
 
-    def _locate(self, exc: BaseException, fallback: str) -> str:
-        """file:line of the template frame where `exc` was raised (Jinja2 rewrites tracebacks
-        so that template frames carry the template's file name and line)."""
+    def _locate(self, exc: BaseException, fallback: str) -> tuple[str, int | None]:
+        """file and line of the template frame where `exc` was raised (Jinja2 rewrites
+        tracebacks so that template frames carry the template's file name and line)."""
         root = str(self.root.resolve())
         for frame in reversed(traceback.extract_tb(exc.__traceback__)):
             if frame.filename and str(Path(frame.filename).resolve()).startswith(root):
-                return f"{self._where(frame.filename)}:{frame.lineno}"
-        return str(self.root / fallback)
+                return self._where(frame.filename), frame.lineno
+        return self._where(str(self.root / fallback)), None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +372,7 @@ class RenderedParts:
     subject: str
     text: str
     html: str
+    variant: str = "default"
 
 
 @dataclass(frozen=True, slots=True)

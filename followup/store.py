@@ -337,10 +337,17 @@ def transition(
 
 
 def hand_off(
-    conn: Connection, touch_id: int, owner: str, now: datetime, lease: timedelta, message_id: str
+    conn: Connection,
+    touch_id: int,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    message_id: str,
+    **values: Any,
 ) -> bool:
     """Just before the SMTP transaction: renew our lease, and mark the touch as handed to the
-    mailer (its Message-ID is set). False if the lease was lost; then nothing may be sent."""
+    mailer (its Message-ID is set, with any other `values`, e.g. the variant). False if the
+    lease was lost; then nothing may be sent."""
     result = conn.execute(
         update(touches)
         .where(
@@ -349,7 +356,7 @@ def hand_off(
             touches.c.lease_owner == owner,
             touches.c.lease_expires_at >= now,
         )
-        .values(lease_expires_at=now + lease, message_id=message_id, updated_at=now)
+        .values(lease_expires_at=now + lease, message_id=message_id, updated_at=now, **values)
     )
     return result.rowcount == 1
 

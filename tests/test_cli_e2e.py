@@ -22,7 +22,19 @@ pytestmark = pytest.mark.e2e
 EXECUTABLE = Path(sys.executable).parent / "followup"
 # A fixed "now" for the whole shop: Monday 23 November 2026, 18:00 UTC.
 NOW = "2026-11-23T18:00:00+00:00"
-COMMANDS = ["init", "demo", "import", "plan", "send", "run", "status", "db upgrade"]
+COMMANDS = [
+    "init",
+    "demo",
+    "import",
+    "plan",
+    "send",
+    "run",
+    "status",
+    "db upgrade",
+    "templates check",
+    "preview",
+    "studio",
+]
 
 
 def followup(
@@ -218,3 +230,60 @@ def test_user_errors_are_one_line_without_a_traceback(shop: Path) -> None:
         assert expected in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
     assert followup(shop, "demo", "--today", "soon", check=False).returncode == 2
+
+
+def test_templates_check_passes_on_the_shipped_templates(tmp_path: Path) -> None:
+    followup(tmp_path, "init")
+    result = followup(tmp_path, "templates", "check")
+    assert "no problems" in result.stdout
+    assert result.stderr == ""
+
+
+def test_templates_check_names_file_and_line_and_exits_1(tmp_path: Path) -> None:
+    followup(tmp_path, "init")
+    templates = tmp_path / "templates"
+    (templates / "birthday" / "en" / "html.html").write_text(
+        '{% extends "_layouts/base.html" %}\n{% block content %}\n<h1>Hi</h1>\n'
+        "{% if client.first_name %}\n<p>x</p>\n{% endblock %}\n"
+    )
+    text = templates / "survey" / "fr" / "text.txt"
+    lines = text.read_text(encoding="utf-8").splitlines()
+    lines[4] = "Mon {{ voiture }} !"
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = followup(tmp_path, "templates", "check", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "templates/birthday/en/html.html:6: " in result.stderr, result.stderr
+    assert "templates/survey/fr/text.txt:5: 'voiture' is undefined" in result.stderr
+    assert "2 problem(s)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_preview_prints_the_message_and_writes_html_and_eml(tmp_path: Path) -> None:
+    followup(tmp_path, "init")
+    result = followup(
+        tmp_path, "preview", "holiday", "--locale", "fr", "--variant", "sage", "--on", "2027-07-14"
+    )
+    assert "Subject: Noël : meilleurs vœux, Zoé" in result.stdout
+    assert "(14 juillet 2027)" in result.stdout
+    html = tmp_path / "preview" / "holiday-fr-sage-sample-fr.html"
+    eml = tmp_path / "preview" / "holiday-fr-sage-sample-fr.eml"
+    assert f"HTML part: {html.relative_to(tmp_path)}" in result.stdout
+    assert "#4f7a5a" in html.read_text(encoding="utf-8")
+    assert b"Subject: =?utf-8?" in eml.read_bytes() or b"Subject: No" in eml.read_bytes()
+
+
+def test_preview_of_a_real_client(shop: Path, tmp_path: Path) -> None:
+    client, first_name = db_rows(
+        shop,
+        "select c.external_id, c.first_name from clients c join purchases p on "
+        "p.client_id = c.id where c.locale like 'en%' and p.status = 'paid' limit 1",
+    )[0]
+    result = followup(shop, "preview", "thank_you", "--client", str(client), "--out", str(tmp_path))
+    assert f"Subject: Thank you, {first_name}!" in result.stdout
+    assert f"client {client})" in result.stdout
+    assert list(tmp_path.glob("thank_you-en-*.eml"))
+    missing = followup(shop, "preview", "thank_you", "--client", "nobody", check=False)
+    assert missing.returncode == 1
+    assert "no client with id 'nobody'" in missing.stderr
+    unknown = followup(shop, "preview", "nothing", check=False)
+    assert unknown.returncode == 1 and "no message 'nothing'" in unknown.stderr
