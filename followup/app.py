@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Connection, Engine, Row, func, select
 
-from followup import calendars, compose, planner, store
+from followup import calendars, care, compose, planner, store
 from followup.config import Settings
 from followup.errors import DatabaseNotReady, RenderError
 from followup.mailer import CaptureSink, Delivery, Outcome, SmtpMailer, SmtpSetupError
@@ -53,6 +53,16 @@ class Runtime:
         engine = store.open_engine(url, create_dir=create)
         templates = Templates(settings.path(settings.templates_dir), settings.sender.default_locale)
         return cls(settings, engine, templates, calendar)
+
+    @property
+    def tier_rules(self) -> care.TierRules:
+        t = self.settings.tiers
+        return care.TierRules(
+            vip_min_total_minor=t.vip_min_total * 100,
+            vip_min_purchases=t.vip_min_purchases,
+            new_within=timedelta(days=t.new_within_days),
+            lapsed_after=timedelta(days=t.lapsed_after_days),
+        )
 
     @property
     def politeness(self) -> planner.Politeness:
@@ -104,7 +114,6 @@ def _client_chunks(
     earliest = min(window.since.values(), default=window.until)
     ahead = window.until + politeness.per
     needs_purchases = any(c.kind == "after_purchase" for c in campaigns)
-    needs_first = any(c.kind == "yearly" and c.client_date == "first_purchase" for c in campaigns)
     bought_from, bought_until = planner.purchase_window(rt.calendar.max_delay, earliest, ahead)
     ledger_from = earliest - politeness.per - timedelta(days=1)
     occurrence_from = (bought_from - timedelta(days=1)).date()
@@ -115,9 +124,13 @@ def _client_chunks(
             rows = conn.execute(
                 select(
                     c.c.id,
+                    c.c.external_id,
                     c.c.timezone,
                     c.c.country,
                     c.c.locale,
+                    c.c.status,
+                    c.c.tier,
+                    c.c.tags,
                     c.c.birthday_month,
                     c.c.birthday_day,
                     c.c.birthday_year,
@@ -147,16 +160,7 @@ def _client_chunks(
                             bought_row.product,
                         )
                     )
-            first: dict[int, datetime] = {}
-            if needs_first:
-                first = {
-                    row.client_id: row.first
-                    for row in conn.execute(
-                        select(p.c.client_id, func.min(p.c.purchased_at).label("first"))
-                        .where(p.c.client_id.between(lo, hi), p.c.status == "paid")
-                        .group_by(p.c.client_id)
-                    )
-                }
+            stats = client_stats(conn, lo, hi)
             ledger: dict[int, list[planner.LedgerTouch]] = {}
             for touch in conn.execute(
                 select(
@@ -185,9 +189,12 @@ def _client_chunks(
             birthday = None
             if row.birthday_month and row.birthday_day:
                 birthday = (row.birthday_month, row.birthday_day, row.birthday_year)
+            zone = ZoneInfo(row.timezone)
+            client_stats_ = stats.get(row.id, care.ClientStats())
             first_day = None
-            if row.id in first:
-                first_day = first[row.id].astimezone(ZoneInfo(row.timezone)).date()
+            if client_stats_.first_purchase is not None:
+                first_day = client_stats_.first_purchase.astimezone(zone).date()
+            tier = care.tier(client_stats_, window.now, rt.tier_rules, row.tier)
             facts.append(
                 calendars.ClientFacts(
                     client_id=row.id,
@@ -197,9 +204,54 @@ def _client_chunks(
                     birthday=birthday,
                     first_purchase=first_day,
                     purchases=tuple(bought.get(row.id, ())),
+                    status=row.status,
+                    stats=client_stats_,
+                    context={
+                        "id": row.external_id,
+                        "locale": row.locale,
+                        "country": row.country,
+                        "timezone": row.timezone,
+                        "status": row.status,
+                        "tags": [t.strip() for t in row.tags.split(",") if t.strip()],
+                        **care.client_context(client_stats_, tier, _local_date(zone)),
+                    },
                 )
             )
         yield facts, ledger
+
+
+def _local_date(zone: ZoneInfo) -> Callable[[datetime], date]:
+    return lambda instant: instant.astimezone(zone).date()
+
+
+def client_stats(conn: Connection, lo: int, hi: int) -> dict[int, care.ClientStats]:
+    """Purchase facts of the clients with ids in [lo, hi], in one GROUP BY."""
+    p = store.purchases
+    paid = p.c.status == "paid"
+    rows = conn.execute(
+        select(
+            p.c.client_id,
+            func.count().filter(paid).label("purchases"),
+            func.coalesce(func.sum(p.c.amount_minor).filter(paid), 0).label("total"),
+            func.min(p.c.purchased_at).filter(paid).label("first"),
+            func.max(p.c.purchased_at).filter(paid).label("last"),
+            func.count().filter(p.c.status == "unpaid").label("unpaid"),
+            func.count().filter(p.c.status == "disputed").label("disputed"),
+        )
+        .where(p.c.client_id.between(lo, hi))
+        .group_by(p.c.client_id)
+    )
+    return {
+        row.client_id: care.ClientStats(
+            purchases=int(row.purchases),
+            total_spent_minor=int(row.total),
+            first_purchase=row.first,
+            last_purchase=row.last,
+            has_unpaid=row.unpaid > 0,
+            has_disputed=row.disputed > 0,
+        )
+        for row in rows
+    }
 
 
 def _planned(
@@ -510,6 +562,24 @@ def _outside_window(rt: Runtime, touch: Any, timezone: str, now: datetime) -> da
     return later
 
 
+def screen_client(
+    rt: Runtime, conn: Connection, campaign_name: str, facts: compose.Facts, now: datetime
+) -> dict[str, Any]:
+    """Send-time exclusions (unpaid or disputed purchases, unless the campaign says otherwise)
+    and the client's facts for the template (tier, purchases, total_spent, ...). Raises Skip
+    with the reason when the client must not get this campaign now."""
+    stats = client_stats(conn, facts.client_id, facts.client_id).get(
+        facts.client_id, care.ClientStats()
+    )
+    campaign = rt.calendar.get(campaign_name)
+    exclude = campaign.exclude if campaign is not None else care.EXCLUSIONS
+    reason = care.exclusion(facts.status, stats, exclude)
+    if reason is not None:
+        raise compose.Skip(reason)
+    tier = care.tier(stats, now, rt.tier_rules, facts.tier)
+    return care.client_context(stats, tier, _local_date(ZoneInfo(facts.timezone)))
+
+
 def occasion_context(
     rt: Runtime,
     conn: Connection,
@@ -564,6 +634,7 @@ def _prepare(
             if facts is None:
                 raise compose.Skip("client no longer exists")
             compose.check_audience(conn, facts)
+            client = screen_client(rt, conn, touch.campaign, facts, clock())
             occasion = occasion_context(
                 rt, conn, touch.campaign, touch.occurrence, touch.occasion, touch.client_id
             )
@@ -614,6 +685,7 @@ def _prepare(
             # A retry or a resent uncertain touch keeps its design (and its Message-ID).
             variant=_known_variant(rt, touch.template, touch.variant),
             previous_variant=previous,
+            client=client,
         )
     except Exception as exc:
         # A broken template (RenderError names its file and line) or a bug while composing:
@@ -892,6 +964,9 @@ def dry_run(rt: Runtime, on: date, now: datetime | None = None) -> DryRun:
                     detail = f": {candidate.reason}" if candidate.reason else ""
                     raise compose.Skip(f"already {candidate.status}{detail}")
                 compose.check_audience(conn, facts)
+                client = screen_client(
+                    rt, conn, candidate.campaign, facts, now or candidate.send_at
+                )
                 occasion = occasion_context(
                     rt,
                     conn,
@@ -915,6 +990,7 @@ def dry_run(rt: Runtime, on: date, now: datetime | None = None) -> DryRun:
                     key=key,
                     occasion=occasion,
                     previous_variant=last_variant[candidate.client_id],
+                    client=client,
                 )
             except compose.Skip as skip:
                 entry.reason = str(skip)

@@ -31,6 +31,7 @@ import holidays as holidays_lib
 from dateutil.relativedelta import relativedelta
 from dateutil.rrule import rrulestr
 
+from followup.care import EXCLUSIONS, ClientStats, check_rule
 from followup.errors import ConfigError
 
 Kind = Literal["after_purchase", "yearly", "holiday", "rrule", "ics"]
@@ -80,6 +81,10 @@ class Campaign:
     enabled: bool = True
     #: ISO country codes the occasion applies to; None: every country.
     countries: frozenset[str] | None = None
+    #: A sandboxed Jinja2 expression over `client` facts; "" takes every client.
+    audience: str = ""
+    #: Built-in exclusions this campaign applies ("unpaid", "disputed").
+    exclude: tuple[str, ...] = EXCLUSIONS
     # after_purchase
     after: relativedelta = field(default_factory=relativedelta)
     products: frozenset[str] | None = None
@@ -149,6 +154,10 @@ class ClientFacts:
     #: Local date of the first paid purchase.
     first_purchase: date | None = None
     purchases: tuple[PurchaseFact, ...] = ()
+    status: str = "active"
+    stats: ClientStats = field(default_factory=ClientStats)
+    #: What audience rules see as `client` (tier, purchases, total_spent, ...).
+    context: Mapping[str, Any] = field(default_factory=dict)
 
 
 def yearly_date(year: int, month: int, day: int, feb29: str) -> date:
@@ -449,6 +458,7 @@ def parse_delay(value: str) -> relativedelta:
 
 _COMMON: tuple[str, ...] = ("kind", "template", "title", "names", "priority", "send_time")
 _COMMON += ("window", "weekdays", "lateness_hours", "capped", "enabled", "countries")
+_COMMON += ("audience", "exclude")
 _BY_KIND: dict[str, tuple[str, ...]] = {
     "after_purchase": ("after", "products"),
     "yearly": ("date", "feb29"),
@@ -511,6 +521,19 @@ def _campaign(
         "countries": countries,
         "source": str(spec.path),
     }
+    audience = spec.get("audience", str, "").strip()
+    if audience:
+        problem = check_rule(audience)
+        if problem is not None:
+            raise spec.fail("audience", problem)
+    campaign["audience"] = audience
+    exclude = spec.get("exclude", list, list(EXCLUSIONS))
+    unknown_exclusions = [e for e in exclude if e not in EXCLUSIONS]
+    if unknown_exclusions:
+        raise spec.fail(
+            "exclude", f"unknown exclusion {unknown_exclusions[0]!r} (known: unpaid, disputed)"
+        )
+    campaign["exclude"] = tuple(exclude)
     if not campaign["window"].contains(campaign["send_time"]):
         raise spec.fail("send_time", f"{campaign['send_time']:%H:%M} is outside the window")
     if kind == "after_purchase":

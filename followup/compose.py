@@ -18,7 +18,14 @@ from followup.config import Settings
 from followup.errors import ConfigError
 from followup.models import ClientStatus, TouchStatus
 from followup.planner import message_id
-from followup.render import DkimSigner, Envelope, Templates, build_mime, choose_variant
+from followup.render import (
+    DkimSigner,
+    Envelope,
+    Templates,
+    build_mime,
+    choose_variant,
+    variants_for,
+)
 
 _EPHEMERAL_KEY = secrets.token_urlsafe(32)
 UNSUBSCRIBE = "unsubscribe"
@@ -109,7 +116,9 @@ def facts_query() -> Any:
             p.c.purchased_at,
         )
         .select_from(c)
-        .outerjoin(r, r.c.id == c.c.rep_id)
+        # A rep who left (inactive) signs nothing: the business signs until the clients are
+        # reassigned (`followup reassign`).
+        .outerjoin(r, (r.c.id == c.c.rep_id) & r.c.active.is_(True))
     )
 
 
@@ -198,12 +207,17 @@ def compose(
     occasion: Mapping[str, Any] | None = None,
     variant: str | None = None,
     previous_variant: str | None = None,
+    client: Mapping[str, Any] | None = None,
 ) -> Composed:
     """Render one touch. Raises RenderError (template file and line) on a broken template.
 
     `occasion` is merged over the defaults (campaign, kind "after_purchase", name from the
     campaign, date, years None). `variant` forces a design (previews, retries); otherwise one
-    is chosen from the touch key, never `previous_variant` (the client's last design)."""
+    is chosen from the touch key, never `previous_variant` (the client's last design), among
+    the designs reserved to the client's tier if the message has any. `client` adds facts
+    (tier, purchases, total_spent, ...) to the template's `client`."""
+    extra = dict(client or {})
+    tier = str(extra.get("tier", facts.tier))
     zone = ZoneInfo(facts.timezone)
     from_name, from_email = settings.sender.default_from
     if facts.rep_email:
@@ -213,7 +227,7 @@ def compose(
     unsubscribe_url = f"{public_url}/unsubscribe/{token}"
     survey = quote(survey_token(key, facts.client_id, campaign, occurrence), safe="")
     if variant is None:
-        names = [v.name for v in templates.variants(template)]
+        names = variants_for(templates.variants(template), tier)
         variant = choose_variant(
             names, touch_key(facts.client_id, campaign, occurrence), previous_variant
         )
@@ -226,8 +240,9 @@ def compose(
             "email": facts.email,
             "locale": facts.locale,
             "country": facts.country,
-            "tier": facts.tier,
             "tags": [t.strip() for t in facts.tags.split(",") if t.strip()],
+            **extra,
+            "tier": tier,
         },
         "rep": {
             "name": from_name,

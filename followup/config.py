@@ -131,6 +131,20 @@ class PolitenessSettings(_Section):
         return parse_window(self.quiet_hours) if self.quiet_hours else None
 
 
+class TierSettings(_Section):
+    """RFM tiers: from recency, frequency and monetary value of each client's paid purchases.
+    A tier given in the client's data (the clients.csv `tier` column) wins."""
+
+    #: vip: spent at least this much (in major units, summed over currencies) ...
+    vip_min_total: int = Field(default=20_000, ge=0)
+    #: ... or bought at least this many times.
+    vip_min_purchases: int = Field(default=4, ge=1)
+    #: new: first purchase within this many days.
+    new_within_days: int = Field(default=90, ge=0)
+    #: lapsed: no purchase for this many days.
+    lapsed_after_days: int = Field(default=730, ge=1)
+
+
 class CampaignSettings(_Section):
     """Operator overrides of one occasion of calendars/ ([campaigns.NAME] in config.toml)."""
 
@@ -144,6 +158,7 @@ class CampaignSettings(_Section):
     capped: bool | None = None
     #: After-purchase occasions: the delay ("2 days", "6 months").
     after: str | None = None
+    audience: str | None = None
     window: str | None = None
     weekdays: str | None = None
 
@@ -189,6 +204,7 @@ class Settings(_Section):
     dkim: DkimSettings = DkimSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     politeness: PolitenessSettings = PolitenessSettings()
+    tiers: TierSettings = TierSettings()
     #: Overrides of calendars/ occasions by name.
     campaigns: dict[str, CampaignSettings] = Field(default_factory=dict)
 
@@ -237,6 +253,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "dkim": DkimSettings,
     "schedule": ScheduleSettings,
     "politeness": PolitenessSettings,
+    "tiers": TierSettings,
 }
 
 

@@ -20,6 +20,8 @@ class ClientStatus(enum.StrEnum):
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
     DO_NOT_CONTACT = "do-not-contact"
+    #: Personal data removed on request (`followup client erase`).
+    ERASED = "erased"
 
 
 class PurchaseStatus(enum.StrEnum):
@@ -155,6 +157,17 @@ class Suppression(SQLModel, table=True):
     reason: str = Field(max_length=32)
     detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime
+
+
+class SurveyAnswer(SQLModel, table=True):
+    """A client's satisfaction score (1-5) from the link in a survey message."""
+
+    __tablename__ = "survey_answers"
+
+    touch_id: int = Field(foreign_key="touches.id", primary_key=True)
+    client_id: int = Field(foreign_key="clients.id", index=True)
+    score: int
+    answered_at: datetime
 
 
 class PlannerWatermark(SQLModel, table=True):

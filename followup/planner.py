@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from followup import care
 from followup.calendars import Campaign, ClientFacts, Occurrence, Window, occurrences
 from followup.models import TouchStatus
 
@@ -167,6 +168,22 @@ class _Candidate:
     campaign: Campaign
     occurrence: Occurrence
     nominal: datetime
+    #: Why this client must not get it (an exclusion), recorded as a skip.
+    excluded: str | None = None
+
+
+def screen(campaign: Campaign, client: ClientFacts) -> tuple[bool, str | None]:
+    """(whether the campaign is for this client at all, an exclusion reason). A client outside
+    a campaign's audience gets no touch; an excluded one gets a skipped touch with the reason."""
+    excluded = care.exclusion(client.status, client.stats, campaign.exclude)
+    if excluded is not None:
+        return True, excluded
+    if not campaign.audience:
+        return True, None
+    try:
+        return care.in_audience(campaign.audience, client.context), None
+    except care.AudienceError as exc:
+        return True, f"audience rule failed: {exc}"
 
 
 def plan_client(
@@ -210,6 +227,9 @@ def plan_client(
     candidates: list[_Candidate] = []
     for campaign in campaigns:
         start = starts.get(campaign.name, earliest)
+        wanted, excluded = screen(campaign, client)
+        if not wanted:
+            continue
         for occurrence in occurrences(campaign, client, first, last):
             if (campaign.name, occurrence.occurrence) in known:
                 continue
@@ -220,7 +240,7 @@ def plan_client(
                 continue
             nominal = nominal_due(campaign, occurrence, zone)
             if start <= nominal <= ahead:
-                candidates.append(_Candidate(campaign, occurrence, nominal))
+                candidates.append(_Candidate(campaign, occurrence, nominal, excluded))
     candidates.sort(key=lambda c: (-c.campaign.priority, c.nominal, c.campaign.name))
 
     result: list[NewTouch] = []
@@ -261,6 +281,8 @@ def _place(
             nominal_at=nominal,
         )
 
+    if candidate.excluded is not None:
+        return touch(nominal, TouchStatus.SKIPPED, candidate.excluded)
     if not_after < now:
         return touch(nominal, TouchStatus.SKIPPED, TOO_LATE)
     at = next_allowed(campaign, max(nominal, now), zone, politeness.quiet, not_after)

@@ -123,6 +123,8 @@ class Variant:
     name: str
     label: str
     colours: Mapping[str, str] = field(default_factory=lambda: dict(COLOURS))
+    #: Client tiers this design is reserved to ("vip"); empty: for every other client.
+    tiers: frozenset[str] = frozenset()
 
     def context(self) -> dict[str, str]:
         """What templates see as `variant`: name, label and each colour."""
@@ -160,16 +162,28 @@ def parse_variants(path: Path, where: str) -> tuple[Variant, ...]:
         if any(v.name == name for v in variants):
             raise bad(f"{label}: defined twice")
         colours = dict(COLOURS)
+        tiers = table.get("tiers", [])
+        if not isinstance(tiers, list) or not all(isinstance(t, str) for t in tiers):
+            raise bad(f'{label}: tiers must be a list of tier names, e.g. ["vip"]')
         for key, value in table.items():
-            if key in ("name", "label"):
+            if key in ("name", "label", "tiers"):
                 continue
             if key not in COLOURS:
                 raise bad(f"{label}: unknown key {key!r} (known: {', '.join(COLOURS)})")
             if not isinstance(value, str) or not _COLOUR.fullmatch(value):
                 raise bad(f'{label}: {key} = {value!r} is not a colour like "#b5562b"')
             colours[key] = value
-        variants.append(Variant(name, str(table.get("label", name)), colours))
+        variants.append(Variant(name, str(table.get("label", name)), colours, frozenset(tiers)))
+    if all(v.tiers for v in variants):
+        raise bad("every variant is reserved to a tier: at least one must be for everyone")
     return tuple(variants)
+
+
+def variants_for(variants: Sequence[Variant], tier: str) -> list[str]:
+    """The designs a client of `tier` may get: those reserved to the tier if there are any,
+    else the ones for everyone."""
+    reserved = [v.name for v in variants if tier and tier in v.tiers]
+    return reserved or [v.name for v in variants if not v.tiers]
 
 
 def choose_variant(names: Sequence[str], key: str, previous: str | None) -> str:

@@ -8,6 +8,7 @@ insert-if-absent on the touch key, claims that take a lease in one statement
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,6 +44,7 @@ touches = SQLModel.metadata.tables["touches"]
 touch_events = SQLModel.metadata.tables["touch_events"]
 suppressions = SQLModel.metadata.tables["suppressions"]
 watermarks = SQLModel.metadata.tables["planner_watermarks"]
+survey_answers = SQLModel.metadata.tables["survey_answers"]
 
 T = TypeVar("T")
 
@@ -502,9 +504,18 @@ def claim_due(
     return claimed
 
 
+def address_hash(email: str) -> str:
+    """What the suppression list keeps of an erased client's address."""
+    return "sha256:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
 def suppressed(conn: Connection, email: str) -> str | None:
+    """Why an address must not be mailed (unsubscribed, bounced, erased, ...), or None. An
+    erased client's address is found by its hash."""
     row = conn.execute(
-        select(suppressions.c.reason).where(suppressions.c.email == email.lower())
+        select(suppressions.c.reason).where(
+            suppressions.c.email.in_([email.lower(), address_hash(email)])
+        )
     ).first()
     return None if row is None else str(row.reason)
 

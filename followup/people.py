@@ -1,0 +1,297 @@
+"""Operations on clients and reps that an operator asks for: reassigning a leaving rep's
+clients, suppressions, satisfaction answers, and data protection (export and erase).
+
+Each operation is one transaction: it happens whole or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, func, select, update
+
+from followup import store
+from followup.errors import FollowupError
+from followup.importer import FieldError, parse_email
+from followup.models import ClientStatus
+
+
+class NotFound(FollowupError):
+    """A client or rep that the database does not hold."""
+
+
+# ----------------------------------------------------------------------------- reps
+
+
+def _rep_id(conn: Connection, external_id: str) -> tuple[int, bool]:
+    r = store.reps
+    row = conn.execute(select(r.c.id, r.c.active).where(r.c.external_id == external_id)).first()
+    if row is None:
+        raise NotFound(f"no rep with id {external_id!r}")
+    return int(row.id), bool(row.active)
+
+
+@dataclass
+class Reassignment:
+    moved: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.moved.values())
+
+
+def reassign(
+    engine: Engine,
+    from_rep: str,
+    to_rep: str | None,
+    now: datetime,
+    *,
+    retire: bool = False,
+) -> Reassignment:
+    """Moves every client of `from_rep` to `to_rep`, or, with `to_rep` None, spreads them over
+    the other active reps in turn (by client id, so the result is reproducible). Later
+    messages are signed by the new rep; sent touches keep the rep who signed them. With
+    `retire`, `from_rep` is marked inactive."""
+    c, r = store.clients, store.reps
+    result = Reassignment()
+    with engine.begin() as conn:
+        source, _ = _rep_id(conn, from_rep)
+        if to_rep is not None:
+            target, active = _rep_id(conn, to_rep)
+            if target == source:
+                raise FollowupError("--from and --to are the same rep")
+            if not active:
+                raise FollowupError(f"rep {to_rep!r} is not active")
+            targets = [(target, to_rep)]
+        else:
+            targets = [
+                (int(row.id), str(row.external_id))
+                for row in conn.execute(
+                    select(r.c.id, r.c.external_id)
+                    .where(r.c.active.is_(True), r.c.id != source)
+                    .order_by(r.c.external_id)
+                )
+            ]
+            if not targets:
+                raise FollowupError("no other active rep to spread the clients over")
+        clients = [
+            int(row.id)
+            for row in conn.execute(select(c.c.id).where(c.c.rep_id == source).order_by(c.c.id))
+        ]
+        for index, (target_id, target_name) in enumerate(targets):
+            share = clients[index :: len(targets)]
+            for batch in store.chunks(share, 500):
+                conn.execute(
+                    update(c).where(c.c.id.in_(batch)).values(rep_id=target_id, updated_at=now)
+                )
+            result.moved[target_name] = len(share)
+        if retire:
+            conn.execute(update(r).where(r.c.id == source).values(active=False, updated_at=now))
+    return result
+
+
+# ----------------------------------------------------------------------------- suppressions
+
+
+def suppress(engine: Engine, emails: list[str], reason: str, now: datetime) -> int:
+    """Adds addresses to the suppression list; returns how many were new."""
+    with engine.begin() as conn:
+        before = _suppression_count(conn)
+        for email in emails:
+            store.suppress(conn, email, reason, now)
+        return _suppression_count(conn) - before
+
+
+def unsuppress(engine: Engine, email: str) -> bool:
+    """Removes an address from the suppression list (not the hash of an erased client)."""
+    s = store.suppressions
+    with engine.begin() as conn:
+        removed = conn.execute(delete(s).where(s.c.email == email.strip().lower())).rowcount
+    return bool(removed)
+
+
+def _suppression_count(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(store.suppressions)).scalar_one())
+
+
+def read_suppression_list(path: Path) -> tuple[list[str], list[str]]:
+    """The addresses of a suppression list: a CSV file with an `email` column, or one address
+    per line. Returns (addresses, errors with file and line)."""
+    addresses: list[str] = []
+    errors: list[str] = []
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        first = handle.readline()
+        handle.seek(0)
+        if "," in first or first.strip().lower() == "email":
+            reader = csv.DictReader(handle)
+            if "email" not in (reader.fieldnames or []):
+                return [], [f"{path}:1: email: missing column"]
+            rows: Iterator[tuple[int, str]] = (
+                (reader.line_num, row.get("email") or "") for row in reader
+            )
+        else:
+            rows = ((number, line.strip()) for number, line in enumerate(handle, start=1))
+        for number, value in rows:
+            if not value.strip():
+                continue
+            try:
+                addresses.append(parse_email(value))
+            except FieldError as exc:
+                errors.append(f"{path}:{number}: email: {exc.reason}")
+    return addresses, errors
+
+
+# ----------------------------------------------------------------------------- surveys
+
+
+def record_survey(engine: Engine, touch_id: int, score: int, now: datetime) -> bool:
+    """Records a satisfaction score (1-5) for a survey touch; a second answer replaces the
+    first. Returns False when the touch does not exist."""
+    if not 1 <= score <= 5:
+        raise ValueError("a score is 1 to 5")
+    t, a = store.touches, store.survey_answers
+    with engine.begin() as conn:
+        client = conn.execute(select(t.c.client_id).where(t.c.id == touch_id)).scalar()
+        if client is None:
+            return False
+        store.upsert(
+            conn,
+            a,
+            [{"touch_id": touch_id, "client_id": client, "score": score, "answered_at": now}],
+            key="touch_id",
+        )
+    return True
+
+
+# ----------------------------------------------------------------------------- data protection
+
+
+def _client(conn: Connection, key: str) -> Any:
+    c = store.clients
+    row = conn.execute(
+        select(c).where((c.c.external_id == key) | (func.lower(c.c.email) == key.strip().lower()))
+    ).first()
+    if row is None:
+        raise NotFound(f"no client with id or e-mail {key!r}")
+    return row
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def export_client(engine: Engine, key: str) -> dict[str, Any]:
+    """Everything followup holds about one client (by external id or e-mail), as JSON-ready
+    data: the client, their rep, purchases, touches with their history, survey answers, and
+    whether their address is suppressed."""
+    r, p, t, e = (
+        store.reps,
+        store.purchases,
+        store.touches,
+        store.touch_events,
+    )
+    with store.reader(engine) as conn:
+        client = _client(conn, key)
+        data: dict[str, Any] = {
+            "client": {k: _plain(v) for k, v in client._mapping.items() if k != "id"},
+        }
+        if client.rep_id is not None:
+            rep = conn.execute(
+                select(r.c.external_id, r.c.name, r.c.email).where(r.c.id == client.rep_id)
+            ).first()
+            data["client"]["rep"] = None if rep is None else dict(rep._mapping)
+        data["client"].pop("rep_id", None)
+        data["purchases"] = [
+            {k: _plain(v) for k, v in row._mapping.items() if k not in ("id", "client_id")}
+            for row in conn.execute(
+                select(p).where(p.c.client_id == client.id).order_by(p.c.purchased_at)
+            )
+        ]
+        touches = []
+        for row in conn.execute(
+            select(t).where(t.c.client_id == client.id).order_by(t.c.due_at, t.c.id)
+        ):
+            touch = {
+                k: _plain(v)
+                for k, v in row._mapping.items()
+                if k not in ("client_id", "lease_owner", "lease_expires_at")
+            }
+            touch["history"] = [
+                {k: _plain(v) for k, v in ev._mapping.items() if k not in ("id", "touch_id")}
+                for ev in conn.execute(
+                    select(e).where(e.c.touch_id == row.id).order_by(e.c.at, e.c.id)
+                )
+            ]
+            touches.append(touch)
+        data["touches"] = touches
+        a = store.survey_answers
+        data["survey_answers"] = [
+            {"touch_id": row.touch_id, "score": row.score, "answered_at": _plain(row.answered_at)}
+            for row in conn.execute(select(a).where(a.c.client_id == client.id))
+        ]
+        data["suppressed"] = store.suppressed(conn, client.email)
+    return data
+
+
+@dataclass
+class Erasure:
+    client_id: int
+    touches_kept: int
+    purchases_removed: int
+
+
+def erase_client(engine: Engine, key: str, now: datetime) -> Erasure:
+    """Removes a client's personal data: name, address, birthday, tags, purchases and every
+    message reply that could quote the address. Keeps the ledger's touches (anonymous: what
+    went out when, for counts) and the hash of the address in the suppression list, so that
+    importing the same address again never brings mailing back."""
+    c, p, t, e, s = (
+        store.clients,
+        store.purchases,
+        store.touches,
+        store.touch_events,
+        store.suppressions,
+    )
+    with engine.begin() as conn:
+        client = _client(conn, key)
+        client_id = int(client.id)
+        email = str(client.email)
+        touch_ids = [
+            int(row.id) for row in conn.execute(select(t.c.id).where(t.c.client_id == client_id))
+        ]
+        for batch in store.chunks(touch_ids, 500):
+            conn.execute(update(e).where(e.c.touch_id.in_(batch)).values(detail=None))
+        conn.execute(
+            update(t)
+            .where(t.c.client_id == client_id)
+            .values(smtp_reply=None, reason=None, purchase_id=None, updated_at=now)
+        )
+        removed = conn.execute(delete(p).where(p.c.client_id == client_id)).rowcount
+        digest = store.address_hash(email)
+        conn.execute(delete(s).where(s.c.email == email.lower()))
+        store.suppress(conn, digest, "erased", now)
+        conn.execute(
+            update(c)
+            .where(c.c.id == client_id)
+            .values(
+                external_id=f"erased-{client_id}",
+                email=f"erased-{client_id}@erased.invalid",
+                first_name="",
+                last_name="",
+                birthday_month=None,
+                birthday_day=None,
+                birthday_year=None,
+                tier="",
+                tags="",
+                status=ClientStatus.ERASED.value,
+                updated_at=now,
+            )
+        )
+    return Erasure(client_id, len(touch_ids), int(removed or 0))
