@@ -809,6 +809,7 @@ class DryRunEntry:
     timezone: str
     locale: str | None = None
     variant: str | None = None
+    tier: str | None = None
     subject: str | None = None
     file: str | None = None
     reason: str | None = None
@@ -1005,6 +1006,7 @@ def dry_run(rt: Runtime, on: date, now: datetime | None = None) -> DryRun:
                 result.skipped.append(entry)
                 continue
             entry.reason = candidate.reason
+            entry.tier = str(client["tier"])
             last_variant[candidate.client_id] = message.variant
             entry.locale, entry.variant = message.locale, message.variant
             entry.subject, entry.message = message.subject, message

@@ -16,7 +16,8 @@ from typing import Any
 from jinja2 import TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import StrictUndefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from followup.render import Sandbox
 
 #: Exclusions a campaign applies unless it lists its own (`exclude = [...]` in calendars/).
 EXCLUSIONS = ("unpaid", "disputed")
@@ -100,7 +101,8 @@ class AudienceError(Exception):
     """An audience rule that does not compile or fails on a client's facts."""
 
 
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
+#: The templates' sandbox (stricter than Jinja2's: an unsafe attribute is an error at once).
+_ENV = Sandbox(undefined=StrictUndefined)
 
 
 @lru_cache(maxsize=256)

@@ -136,7 +136,7 @@ class TierSettings(_Section):
     A tier given in the client's data (the clients.csv `tier` column) wins."""
 
     #: vip: spent at least this much (in major units, summed over currencies) ...
-    vip_min_total: int = Field(default=20_000, ge=0)
+    vip_min_total: int = Field(default=50_000, ge=0)
     #: ... or bought at least this many times.
     vip_min_purchases: int = Field(default=4, ge=1)
     #: new: first purchase within this many days.

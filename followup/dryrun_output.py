@@ -31,6 +31,7 @@ def entry_json(entry: DryRunEntry) -> dict[str, Any]:
         "template": entry.template,
         "locale": entry.locale,
         "variant": entry.variant,
+        "tier": entry.tier,
         "send_at_utc": entry.send_at.isoformat(),
         "send_at_local": local.isoformat(),
         "timezone": entry.timezone,

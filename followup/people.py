@@ -215,14 +215,16 @@ def export_client(engine: Engine, key: str) -> dict[str, Any]:
             )
         ]
         touches = []
+        signers = dict(conn.execute(select(r.c.id, r.c.external_id)).tuples().all())
         for row in conn.execute(
             select(t).where(t.c.client_id == client.id).order_by(t.c.due_at, t.c.id)
         ):
             touch = {
                 k: _plain(v)
                 for k, v in row._mapping.items()
-                if k not in ("client_id", "lease_owner", "lease_expires_at")
+                if k not in ("client_id", "lease_owner", "lease_expires_at", "rep_id")
             }
+            touch["rep"] = signers.get(row.rep_id)
             touch["history"] = [
                 {k: _plain(v) for k, v in ev._mapping.items() if k not in ("id", "touch_id")}
                 for ev in conn.execute(
