@@ -26,6 +26,7 @@ from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import holidays as holidays_lib
 from dateutil.relativedelta import relativedelta
@@ -199,13 +200,20 @@ def holiday_language(country: str, locale: str) -> str | None:
     return prefix[0] if prefix else None
 
 
+@lru_cache(maxsize=4096)
 def public_holidays(
     country: str, year: int, locale: str, observed: bool = False
-) -> list[tuple[date, str, str]]:
+) -> tuple[tuple[date, str, str], ...]:
     """(date, English name, name in the client's language) of a country's public holidays."""
     english = _holidays(country.upper(), year, "en_US", observed)
     local = _holidays(country.upper(), year, holiday_language(country.upper(), locale), observed)
-    return [(day, name, local.get(day, name)) for day, name in sorted(english.items())]
+    return tuple((day, name, local.get(day, name)) for day, name in sorted(english.items()))
+
+
+@lru_cache(maxsize=1024)
+def zone(name: str) -> ZoneInfo:
+    """A time zone by IANA name, kept for the life of the process."""
+    return ZoneInfo(name)
 
 
 @lru_cache(maxsize=256)
@@ -217,19 +225,45 @@ def _rrule_dates(rule: str, start: date, end: date) -> tuple[date, ...]:
     return tuple(sorted({d.date() for d in found}))
 
 
+#: Occurrences that depend only on the campaign, the country, the language and the dates
+#: (holidays, rules, .ics), shared by every client with the same: a million clients in a few
+#: countries and zones compute them a few dozen times. The campaign object is kept in the
+#: value so its id cannot be reused while cached.
+_SHARED: dict[tuple[int, str, str, date, date], tuple[Campaign, tuple[Occurrence, ...]]] = {}
+
+
 def occurrences(
     campaign: Campaign, client: ClientFacts, first: date, last: date
-) -> Iterator[Occurrence]:
+) -> tuple[Occurrence, ...]:
     """The occurrences of `campaign` for `client` whose local day is in [first, last]."""
     if not campaign.enabled or not campaign.applies_to(client.country):
-        return
+        return ()
+    kind = campaign.kind
+    if kind == "after_purchase":
+        if not client.purchases:
+            return ()
+        title = campaign.name_in(client.locale)
+        return tuple(_after_purchase(campaign, client, first, last, title))
+    if kind == "yearly":
+        title = campaign.name_in(client.locale)
+        return tuple(_yearly(campaign, client, first, last, title))
+    key = (id(campaign), client.country, client.locale, first, last)
+    cached = _SHARED.get(key)
+    if cached is not None and cached[0] is campaign:
+        return cached[1]
+    if len(_SHARED) > 50_000:
+        _SHARED.clear()
+    found = tuple(_shared(campaign, client, first, last))
+    _SHARED[key] = (campaign, found)
+    return found
+
+
+def _shared(
+    campaign: Campaign, client: ClientFacts, first: date, last: date
+) -> Iterator[Occurrence]:
     kind = campaign.kind
     title = campaign.name_in(client.locale)
-    if kind == "after_purchase":
-        yield from _after_purchase(campaign, client, first, last, title)
-    elif kind == "yearly":
-        yield from _yearly(campaign, client, first, last, title)
-    elif kind == "holiday":
+    if kind == "holiday":
         for year in range(first.year, last.year + 1):
             for day, english, local in public_holidays(
                 client.country, year, client.locale, campaign.observed
@@ -251,16 +285,14 @@ def occurrences(
 def _after_purchase(
     campaign: Campaign, client: ClientFacts, first: date, last: date, title: str
 ) -> Iterator[Occurrence]:
-    from zoneinfo import ZoneInfo
-
-    zone = ZoneInfo(client.timezone)
+    local = zone(client.timezone)
     seen: set[date] = set()
     for purchase in client.purchases:
         if purchase.status != "paid":
             continue
         if campaign.products is not None and purchase.product.lower() not in campaign.products:
             continue
-        bought = purchase.purchased_at.astimezone(zone).date()
+        bought = purchase.purchased_at.astimezone(local).date()
         day = bought + campaign.after
         if not first <= day <= last or bought in seen:
             continue

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from followup import care
+from followup import calendars, care
 from followup.calendars import Campaign, ClientFacts, Occurrence, Window, occurrences
 from followup.models import TouchStatus
 
@@ -204,7 +204,7 @@ def plan_client(
     higher-priority touch just past the horizon is not overtaken), but are only returned once
     a later call's horizon reaches them. A key already in the ledger is never returned.
     """
-    zone = ZoneInfo(client.timezone)
+    zone = calendars.zone(client.timezone)
     campaigns = list(campaigns)
     is_capped = {c.name: c.capped for c in campaigns}
     if capped:

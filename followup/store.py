@@ -275,13 +275,13 @@ def insert_touches(
         ]
         stmt = (
             _insert(conn, touches)
-            .values(rows)
             # No conflict target: any unique key (the touch key, or one touch per purchase)
             # makes the row a duplicate.
             .on_conflict_do_nothing()
             .returning(touches.c.id, touches.c.status, touches.c.reason, touches.c.campaign)
         )
-        created = conn.execute(stmt).all()
+        # executemany: one cached statement, batched by SQLAlchemy's "insertmanyvalues".
+        created = conn.execute(stmt, rows).all()
         if created:
             conn.execute(
                 touch_events.insert(),
