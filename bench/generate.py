@@ -26,7 +26,11 @@ sys.path.insert(0, str(ROOT))
 from followup import store  # noqa: E402
 
 MARKETS = (
-    ("en-US", "US", ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")),
+    (
+        "en-US",
+        "US",
+        ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles"),
+    ),
     ("en-GB", "GB", ("Europe/London",)),
     ("en-IE", "IE", ("Europe/Dublin",)),
     ("en-AU", "AU", ("Australia/Sydney", "Australia/Perth")),
@@ -34,7 +38,12 @@ MARKETS = (
     ("fr-CA", "CA", ("America/Toronto", "America/Montreal")),
     ("fr-BE", "BE", ("Europe/Brussels",)),
 )
-PRODUCTS = (("Roadster", 3_250_000), ("Citadine", 1_890_000), ("Tyres", 64_000), ("Service", 29_000))
+PRODUCTS = (
+    ("Roadster", 3_250_000),
+    ("Citadine", 1_890_000),
+    ("Tyres", 64_000),
+    ("Service", 29_000),
+)
 START = datetime(2024, 12, 1, tzinfo=UTC)
 CHUNK = 10_000
 
