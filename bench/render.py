@@ -106,7 +106,8 @@ def main() -> None:
     bare = time.perf_counter() - began
 
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; one core"
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; one core"
     )
     print(
         f"complete: {args.messages} messages in {complete:.2f} s = "
