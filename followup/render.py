@@ -21,6 +21,7 @@ renders in every variant: the layout takes its colours from the `variant` object
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import re
 import tomllib
@@ -404,7 +405,110 @@ class Envelope:
 
 
 def build_mime(parts: RenderedParts, envelope: Envelope) -> bytes:
-    """multipart/alternative (text, then HTML), CRLF line endings, RFC 8058 one-click headers."""
+    """multipart/alternative (text, then HTML), CRLF line endings, RFC 8058 one-click headers.
+
+    Assembled directly (the email package's header parsing and folding cost more than all the
+    rest of a message); addresses outside ASCII go through the email package instead."""
+    if not (envelope.from_email.isascii() and envelope.to_email.isascii()):
+        return _build_mime_email_package(parts, envelope)
+    sender = _address(envelope.from_name, envelope.from_email)
+    boundary = "=_" + hashlib.sha256(envelope.message_id.encode()).hexdigest()[:32]
+    lines = [
+        _header("Subject", parts.subject),
+        f"From: {sender}",
+        f"Reply-To: {sender}",
+        f"To: {_address(envelope.to_name, envelope.to_email)}",
+        f"Date: {format_datetime(envelope.date)}",
+        f"Message-ID: {header_safe(envelope.message_id)}",
+        "List-Unsubscribe: " + ",\r\n ".join(_unsubscribe_targets(envelope)),
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/alternative; boundary="{boundary}"',
+        f"Content-Language: {header_safe(parts.locale)}",
+        "",
+        f"--{boundary}",
+        'Content-Type: text/plain; charset="utf-8"',
+        "Content-Transfer-Encoding: quoted-printable",
+        "",
+        _quoted_printable(parts.text),
+        f"--{boundary}",
+        'Content-Type: text/html; charset="utf-8"',
+        "Content-Transfer-Encoding: quoted-printable",
+        "",
+        _quoted_printable(parts.html),
+        f"--{boundary}--",
+        "",
+    ]
+    return "\r\n".join(lines).encode("ascii")
+
+
+def _unsubscribe_targets(envelope: Envelope) -> list[str]:
+    targets = [f"<{header_safe(envelope.unsubscribe_url)}>"]
+    if envelope.unsubscribe_mailto:
+        targets.append(f"<mailto:{header_safe(envelope.unsubscribe_mailto)}?subject=unsubscribe>")
+    return targets
+
+
+def _quoted_printable(text: str) -> str:
+    """UTF-8 quoted-printable with CRLF line ends (binascii, in C)."""
+    body = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not body.endswith("\n"):
+        body += "\n"
+    encoded = binascii.b2a_qp(body.encode("utf-8"), istext=True)
+    return encoded.decode("ascii").replace("\n", "\r\n").removesuffix("\r\n")
+
+
+#: A display name that needs neither quoting nor encoding (RFC 5322 atoms and spaces).
+_ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+")
+
+
+def _address(name: str, email: str) -> str:
+    """`Name <addr>`: the name on one line, quoted or RFC 2047-encoded as needed."""
+    name = header_safe(name)
+    email = header_safe(email)
+    if not name:
+        return email
+    if name.isascii():
+        if not _ATOMS.fullmatch(name):
+            name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return f"{name} <{email}>"
+    return f"{' '.join(_encoded_words(name))} <{email}>"
+
+
+def _encoded_words(text: str, size: int = 45) -> list[str]:
+    """RFC 2047 "B" encoded-words of at most `size` UTF-8 bytes each, never splitting a
+    character (so each word stays under 75 characters)."""
+    words: list[str] = []
+    chunk = b""
+    for char in text:
+        encoded = char.encode("utf-8")
+        if chunk and len(chunk) + len(encoded) > size:
+            words.append(f"=?utf-8?b?{binascii.b2a_base64(chunk, newline=False).decode()}?=")
+            chunk = b""
+        chunk += encoded
+    if chunk:
+        words.append(f"=?utf-8?b?{binascii.b2a_base64(chunk, newline=False).decode()}?=")
+    return words
+
+
+def _header(name: str, value: str) -> str:
+    """An unstructured header (the subject), folded: plain ASCII at spaces, anything else as
+    encoded-words, one per line."""
+    value = header_safe(value)
+    if value.isascii():
+        line, folded = f"{name}:", []
+        for word in value.split(" "):
+            if len(line) + 1 + len(word) > 78 and line != f"{name}:":
+                folded.append(line)
+                line = ""
+            line += " " + word
+        folded.append(line)
+        return "\r\n".join(folded)
+    return f"{name}: " + "\r\n ".join(_encoded_words(value))
+
+
+def _build_mime_email_package(parts: RenderedParts, envelope: Envelope) -> bytes:
+    """The same message built by the email package (internationalised addresses)."""
     msg = EmailMessage(policy=SMTP)
     msg["Subject"] = parts.subject
     sender = Address(display_name=header_safe(envelope.from_name), addr_spec=envelope.from_email)
@@ -413,10 +517,7 @@ def build_mime(parts: RenderedParts, envelope: Envelope) -> bytes:
     msg["To"] = Address(display_name=header_safe(envelope.to_name), addr_spec=envelope.to_email)
     msg["Date"] = format_datetime(envelope.date)
     msg["Message-ID"] = envelope.message_id
-    targets = [f"<{envelope.unsubscribe_url}>"]
-    if envelope.unsubscribe_mailto:
-        targets.append(f"<mailto:{envelope.unsubscribe_mailto}?subject=unsubscribe>")
-    msg["List-Unsubscribe"] = ", ".join(targets)
+    msg["List-Unsubscribe"] = ", ".join(_unsubscribe_targets(envelope))
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg.set_content(parts.text, cte="quoted-printable")
     msg.add_alternative(parts.html, subtype="html", cte="quoted-printable")
