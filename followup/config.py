@@ -107,6 +107,22 @@ class ScheduleSettings(_Section):
     dispatch_interval_seconds: int = Field(default=5, ge=1)
     #: How far ahead `followup plan` creates touches.
     plan_horizon_days: int = Field(default=2, ge=0, le=366)
+    #: `followup daemon`: the hourly housekeeping (expired leases, touches too late).
+    housekeeping_interval_seconds: int = Field(default=3600, ge=1)
+    #: On SIGTERM, how long sends in flight may take to finish before the daemon exits.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+
+
+class LogSettings(_Section):
+    #: "plain": one line per event, key=value fields; "json": one JSON object per line.
+    format: Literal["plain", "json"] = "plain"
+    #: For `followup daemon` (other commands log warnings unless given -v).
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
 
 class CampaignSettings(_Section):
@@ -140,6 +156,7 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     dkim: DkimSettings = DkimSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    log: LogSettings = LogSettings()
     campaigns: dict[str, CampaignSettings] = Field(default_factory=_default_campaigns)
 
     @field_validator("campaigns")
@@ -186,6 +203,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "http": HttpSettings,
     "dkim": DkimSettings,
     "schedule": ScheduleSettings,
+    "log": LogSettings,
 }
 
 
