@@ -22,7 +22,18 @@ pytestmark = pytest.mark.e2e
 EXECUTABLE = Path(sys.executable).parent / "followup"
 # A fixed "now" for the whole shop: Monday 23 November 2026, 18:00 UTC.
 NOW = "2026-11-23T18:00:00+00:00"
-COMMANDS = ["init", "demo", "import", "plan", "send", "run", "status", "db upgrade"]
+COMMANDS = [
+    "init",
+    "demo",
+    "import",
+    "plan",
+    "send",
+    "run",
+    "status",
+    "db upgrade",
+    "daemon",
+    "history",
+]
 
 
 def followup(
