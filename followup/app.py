@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import socket
+import time as monotonic_time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -298,6 +299,7 @@ def plan(
     lateness limit, so importing years of history does not flood the ledger with skips.
     """
     store.check_ready(rt.engine)
+    started = monotonic_time.monotonic()
     until = until or now + timedelta(days=rt.settings.schedule.plan_horizon_days)
     report = PlanReport()
     campaigns = rt.calendar.enabled
@@ -324,14 +326,36 @@ def plan(
             if mark is None or until > mark:
                 store.set_watermark(conn, campaign.name, until)
     log_event("plan.done", planned=report.planned, skipped=report.skipped)
+    record_run(rt, "plan", now, started, f"planned={report.planned} skipped={report.skipped}")
     return report
+
+
+def record_run(
+    rt: Runtime,
+    kind: str,
+    now: datetime,
+    started: float,
+    detail: str,
+    *,
+    owner: str | None = None,
+    outcome: str = "ok",
+) -> None:
+    """Keep the last run of `kind` for `followup status` and /healthz; `started` is a
+    time.monotonic() reading taken when the run began, `now` the clock's time then."""
+    finished = now + timedelta(seconds=monotonic_time.monotonic() - started)
+    with rt.engine.begin() as conn:
+        store.record_run(conn, kind, owner or process_id(), now, finished, outcome, detail)
 
 
 # ----------------------------------------------------------------------------- dispatching
 
 
+def process_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"
+    return f"{process_id()}:{random.randrange(16**6):06x}"
 
 
 def retry_delay(attempt: int, base: float, rng: random.Random) -> timedelta:
@@ -382,12 +406,20 @@ async def dispatch(
     limit: int | None = None,
     rng: random.Random | None = None,
     resend_uncertain: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    on_delivery: Callable[[Delivery, float], None] | None = None,
 ) -> DispatchReport:
     """Send everything due now, once: claim, compose, send, record, until nothing is due.
 
     With `resend_uncertain`, touches whose fate was unknown after a crash are sent again
-    first: the operator's decision, never the default."""
+    first: the operator's decision, never the default. When `should_stop` answers True, no
+    more touches are claimed nor handed to the mailer: the sends in flight finish, the rest
+    of the batch goes back to the queue. `on_delivery` sees each SMTP outcome and how many
+    seconds the transaction took (metrics)."""
     store.check_ready(rt.engine)
+    started = monotonic_time.monotonic()
+    started_at = clock()
+    hooks = _Hooks(should_stop or (lambda: False), on_delivery)
     settings = rt.settings
     key = compose.signing_key(settings, sending=True)
     owner = owner or owner_id()
@@ -405,19 +437,31 @@ async def dispatch(
         async with CaptureSink(directory) as sink:
             smtp = settings.smtp.model_copy(update={"security": "none", "username": ""})
             mailers = SmtpMailer.pool(smtp, host="127.0.0.1", port=sink.port)
-            await _dispatch_loop(rt, clock, owner, lease, key, mailers, report, limit, rng)
+            await _dispatch_loop(rt, clock, owner, lease, key, mailers, report, limit, rng, hooks)
     else:
         mailers = SmtpMailer.pool(settings.smtp, settings.smtp_password)
-        await _dispatch_loop(rt, clock, owner, lease, key, mailers, report, limit, rng)
-    log_event(
-        "dispatch.done",
-        sent=report.sent,
-        retry=report.retry,
-        failed=report.failed,
-        skipped=report.skipped,
-        uncertain=report.uncertain,
-    )
+        await _dispatch_loop(rt, clock, owner, lease, key, mailers, report, limit, rng, hooks)
+    counts = {
+        "sent": report.sent,
+        "retry": report.retry,
+        "failed": report.failed,
+        "skipped": report.skipped,
+        "uncertain": report.uncertain,
+    }
+    if any(counts.values()) or report.too_late:
+        log_event("dispatch.done", **counts)
+    else:
+        # The daemon dispatches every few seconds: an idle run is not news at INFO.
+        log.debug("dispatch.done", extra={"event": "dispatch.done", "fields": counts})
+    detail = f"sent={report.sent} retry={report.retry} failed={report.failed}"
+    record_run(rt, "dispatch", started_at, started, detail, owner=owner)
     return report
+
+
+@dataclass(frozen=True, slots=True)
+class _Hooks:
+    should_stop: Callable[[], bool]
+    on_delivery: Callable[[Delivery, float], None] | None
 
 
 def _allowance(rt: Runtime, now: datetime) -> int | None:
@@ -451,12 +495,13 @@ async def _dispatch_loop(
     report: DispatchReport,
     limit: int | None,
     rng: random.Random,
+    hooks: _Hooks,
 ) -> None:
     """Claim batches and work through each with one worker per pooled connection."""
     settings = rt.settings
     done = 0
     try:
-        while limit is None or done < limit:
+        while (limit is None or done < limit) and not hooks.should_stop():
             size = settings.delivery.batch_size
             if limit is not None:
                 size = min(size, limit - done)
@@ -477,11 +522,21 @@ async def _dispatch_loop(
             async def worker(
                 mailer: SmtpMailer, pending: deque[int] = pending, handed: set[int] = handed
             ) -> None:
-                while pending:
+                while pending and not hooks.should_stop():
                     touch_id = pending.popleft()
                     try:
                         await _deliver_one(
-                            rt, touch_id, clock, owner, lease, key, mailer, report, rng, handed
+                            rt,
+                            touch_id,
+                            clock,
+                            owner,
+                            lease,
+                            key,
+                            mailer,
+                            report,
+                            rng,
+                            handed,
+                            hooks,
                         )
                     except SmtpSetupError:
                         # Raised before any message data was sent: safe to give back.
@@ -523,6 +578,7 @@ async def _deliver_one(
     report: DispatchReport,
     rng: random.Random,
     handed: set[int],
+    hooks: _Hooks,
 ) -> None:
     """Prepare, hand off, send and record one claimed touch. Adds the touch to `handed` once
     it belongs to the mailer: before that, an exception leaves it safe to release."""
@@ -539,7 +595,10 @@ async def _deliver_one(
         log_event("touch.lease_lost", touch=touch.id, campaign=touch.campaign)
         return
     handed.add(touch.id)
+    began = monotonic_time.monotonic()
     delivery = await mailer.send(rt.settings.sender.envelope_from, message.to, message.mime)
+    if hooks.on_delivery is not None:
+        hooks.on_delivery(delivery, monotonic_time.monotonic() - began)
     # From here on the touch is the mailer's: never released, only recorded (or, after a
     # crash, found uncertain when its lease expires).
     _record(rt, touch, message, delivery, clock(), report, rng)

@@ -108,6 +108,22 @@ class ScheduleSettings(_Section):
     dispatch_interval_seconds: int = Field(default=5, ge=1)
     #: How far ahead `followup plan` creates touches.
     plan_horizon_days: int = Field(default=2, ge=0, le=366)
+    #: `followup daemon`: the hourly housekeeping (expired leases, touches too late).
+    housekeeping_interval_seconds: int = Field(default=3600, ge=1)
+    #: On SIGTERM, how long sends in flight may take to finish before the daemon exits.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+
+
+class LogSettings(_Section):
+    #: "plain": one line per event, key=value fields; "json": one JSON object per line.
+    format: Literal["plain", "json"] = "plain"
+    #: For `followup daemon` (other commands log warnings unless given -v).
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
 
 class PolitenessSettings(_Section):
@@ -207,6 +223,7 @@ class Settings(_Section):
     tiers: TierSettings = TierSettings()
     #: Overrides of calendars/ occasions by name.
     campaigns: dict[str, CampaignSettings] = Field(default_factory=dict)
+    log: LogSettings = LogSettings()
 
     @field_validator("campaigns")
     @classmethod
@@ -254,6 +271,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "schedule": ScheduleSettings,
     "politeness": PolitenessSettings,
     "tiers": TierSettings,
+    "log": LogSettings,
 }
 
 

@@ -41,6 +41,18 @@ class EventFormatter(logging.Formatter):
         return line
 
 
+class _QuietScheduler(logging.Filter):
+    """APScheduler warns when a run is skipped because the previous one still runs: expected
+    for dispatch, whose running instance already loops until nothing is due."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances" not in record.getMessage()
+
+
+def level_named(name: str) -> int:
+    return logging.getLevelNamesMapping().get(name.upper(), logging.INFO)
+
+
 def configure(level: int = logging.WARNING, json_lines: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(EventFormatter(json_lines))
@@ -48,3 +60,12 @@ def configure(level: int = logging.WARNING, json_lines: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # The scheduler's own warnings and errors (a job that raised, a run missed) go through
+    # the same handler, as events named after their logger.
+    scheduler = logging.getLogger("apscheduler")
+    scheduler_handler = logging.StreamHandler(sys.stderr)
+    scheduler_handler.setFormatter(EventFormatter(json_lines))
+    scheduler_handler.addFilter(_QuietScheduler())
+    scheduler.handlers[:] = [scheduler_handler]
+    scheduler.setLevel(max(level, logging.WARNING))
+    scheduler.propagate = False

@@ -247,6 +247,8 @@ class SmtpMailer:
 
 class _MaildirHandler:
     def __init__(self, directory: Path) -> None:
+        # The folder's parent may not exist yet (var/ is created with a SQLite database only).
+        directory.parent.mkdir(parents=True, exist_ok=True)
         self.maildir = mailbox.Maildir(directory, create=True)
         self.received = 0
 

@@ -178,3 +178,18 @@ class PlannerWatermark(SQLModel, table=True):
 
     campaign: str = Field(sa_column=Column(String(64), primary_key=True))
     planned_until: datetime
+
+
+class Run(SQLModel, table=True):
+    """The last run of each periodic job (plan, dispatch, housekeeping), by any instance:
+    what `followup status` and /healthz report as "last plan" and "last dispatch"."""
+
+    __tablename__ = "runs"
+
+    kind: str = Field(sa_column=Column(String(32), primary_key=True))
+    owner: str = Field(max_length=128)
+    started_at: datetime
+    finished_at: datetime
+    #: "ok" or "error".
+    outcome: str = Field(max_length=16)
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

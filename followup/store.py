@@ -34,7 +34,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlmodel import SQLModel
 
 from followup.errors import ConfigError, DatabaseNotReady
-from followup.models import TouchStatus
+from followup.models import ClientStatus, TouchStatus
 from followup.planner import NewTouch
 
 reps = SQLModel.metadata.tables["reps"]
@@ -45,6 +45,7 @@ touch_events = SQLModel.metadata.tables["touch_events"]
 suppressions = SQLModel.metadata.tables["suppressions"]
 watermarks = SQLModel.metadata.tables["planner_watermarks"]
 survey_answers = SQLModel.metadata.tables["survey_answers"]
+runs = SQLModel.metadata.tables["runs"]
 
 T = TypeVar("T")
 
@@ -545,3 +546,99 @@ def get_watermark(conn: Connection, campaign: str) -> datetime | None:
 
 def set_watermark(conn: Connection, campaign: str, until: datetime) -> None:
     upsert(conn, watermarks, [{"campaign": campaign, "planned_until": until}], key="campaign")
+
+
+# ----------------------------------------------------------------------------- the daemon
+
+
+def unsubscribe(conn: Connection, client_id: int, now: datetime) -> bool:
+    """One-click unsubscribe: suppress the client's address and mark an active client
+    unsubscribed (a bounced or do-not-contact client keeps that stronger status).
+    Idempotent; False when no such client exists."""
+    row = conn.execute(select(clients.c.email).where(clients.c.id == client_id)).first()
+    if row is None:
+        return False
+    suppress(conn, str(row.email), ClientStatus.UNSUBSCRIBED.value, now, detail="one-click")
+    conn.execute(
+        update(clients)
+        .where(clients.c.id == client_id, clients.c.status == ClientStatus.ACTIVE.value)
+        .values(status=ClientStatus.UNSUBSCRIBED.value, updated_at=now)
+    )
+    return True
+
+
+def record_run(
+    conn: Connection,
+    kind: str,
+    owner: str,
+    started_at: datetime,
+    finished_at: datetime,
+    outcome: str,
+    detail: str | None = None,
+) -> None:
+    """Keep the last run of a periodic job (by any instance)."""
+    row = {
+        "kind": kind,
+        "owner": owner[:128],
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "outcome": outcome,
+        "detail": detail,
+    }
+    upsert(conn, runs, [row], key="kind")
+
+
+def last_runs(conn: Connection) -> dict[str, dict[str, Any]]:
+    """kind -> the last run's columns."""
+    return {str(row.kind): dict(row._mapping) for row in conn.execute(select(runs))}
+
+
+def waiting_statuses() -> list[str]:
+    return [TouchStatus.PLANNED.value, TouchStatus.RETRY.value]
+
+
+def queue_depth(conn: Connection, now: datetime) -> tuple[int, int]:
+    """(touches waiting to be sent, of which due now)."""
+    waiting = touches.c.status.in_(waiting_statuses())
+    total = conn.execute(select(func.count()).where(waiting)).scalar_one()
+    due = conn.execute(
+        select(func.count()).where(waiting, touches.c.next_attempt_at <= now)
+    ).scalar_one()
+    return int(total), int(due)
+
+
+def touch_counts_by_campaign(conn: Connection) -> dict[tuple[str, str], int]:
+    """(status, campaign) -> touches: one GROUP BY over the ledger."""
+    result = conn.execute(
+        select(touches.c.status, touches.c.campaign, func.count()).group_by(
+            touches.c.status, touches.c.campaign
+        )
+    )
+    return {(str(status), str(campaign)): int(count) for status, campaign, count in result}
+
+
+def settle_owner(conn: Connection, owner: str, now: datetime) -> tuple[int, int]:
+    """A stopping worker gives up its leases now instead of letting them expire: touches it
+    never handed to the mailer go back to the queue; those handed over whose outcome it does
+    not know become uncertain. Returns (released, uncertain)."""
+    rows = conn.execute(
+        select(touches.c.id, touches.c.message_id).where(
+            touches.c.status == TouchStatus.SENDING.value, touches.c.lease_owner == owner
+        )
+    ).all()
+    released = release(conn, [row.id for row in rows if row.message_id is None], owner, now)
+    uncertain = 0
+    for row in rows:
+        if row.message_id is not None and transition(
+            conn,
+            row.id,
+            TouchStatus.SENDING,
+            TouchStatus.UNCERTAIN,
+            now,
+            detail=f"{owner} stopped while sending; the server may have accepted the message",
+            reason="uncertain: the sender stopped while sending",
+            lease_owner=None,
+            lease_expires_at=None,
+        ):
+            uncertain += 1
+    return released, uncertain

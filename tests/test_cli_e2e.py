@@ -34,6 +34,8 @@ COMMANDS = [
     "templates check",
     "preview",
     "studio",
+    "daemon",
+    "history",
 ]
 
 

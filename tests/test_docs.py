@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
+from followup import app, store
 from followup.config import load_settings
-from tests.conftest import ROOT
+from followup.metrics import Metrics
+from tests.conftest import ROOT, make_settings
 from tests.test_cli_e2e import followup
 
 EXECUTABLE = Path(sys.executable).parent / "followup"
@@ -62,7 +65,7 @@ def test_every_command_is_in_the_readme() -> None:
 def test_the_shipped_config_is_valid_and_documents_every_section() -> None:
     settings = load_settings(ROOT / "config.toml", {})
     text = (ROOT / "config.toml").read_text(encoding="utf-8")
-    for section in ("database", "delivery", "smtp", "sender", "dkim", "http", "schedule"):
+    for section in ("database", "delivery", "smtp", "sender", "dkim", "http", "schedule", "log"):
         assert f"[{section}]" in text
         for key in type(getattr(settings, section)).model_fields:
             assert re.search(rf"^{key} = ", text, re.M), f"[{section}] {key} is not in config.toml"
@@ -75,3 +78,32 @@ def test_architecture_doc_names_every_module() -> None:
         if module.name.startswith("_"):
             continue
         assert module.name in text, f"docs/architecture.md does not describe {module.name}"
+
+
+def test_operations_doc_explains_every_metric(tmp_path: Path) -> None:
+    """Every metric family /metrics exports, the ledger's gauges included, has its row."""
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'followup.db'}")
+    rt = app.Runtime.open(settings, create=True)
+    try:
+        store.upgrade(rt.engine)
+        exposed = Metrics(rt.engine, lambda: datetime.now(UTC)).exposition().decode()
+    finally:
+        rt.engine.dispose()
+    names = re.findall(r"^# TYPE (\S+) ", exposed, re.M)
+    assert len(names) >= 10 and "followup_touches" in names
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    for name in names:
+        assert f"| `{name}` |" in text, f"docs/operations.md does not explain {name}"
+
+
+def test_operations_doc_lists_every_log_event() -> None:
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "followup").glob("*.py"))
+    events = set(re.findall(r'(?:log_event|_event)\(\s*"([a-z_]+\.[a-z_]+)"', source))
+    events |= set(re.findall(r'"event": "([a-z_]+\.[a-z_]+)"', source))
+    # Built from a status or a job name.
+    events |= {f"touch.{status}" for status in ("sent", "retry", "failed", "uncertain")}
+    events |= {f"{job}.error" for job in ("plan", "dispatch", "housekeeping")}
+    assert {"daemon.started", "touch.skipped", "unsubscribe.done"} <= events
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    for event in sorted(events):
+        assert f"| `{event}` |" in text, f"docs/operations.md does not list the event {event}"
