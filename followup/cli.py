@@ -612,6 +612,7 @@ def history(
             ("Message-ID", touch.message_id),
             ("SMTP reply", touch.smtp_reply),
             ("reason", touch.reason),
+            ("survey score", None if touch.survey_score is None else f"{touch.survey_score}/5"),
         ]
         for name, value in facts:
             if value:

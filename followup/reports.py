@@ -114,6 +114,8 @@ class TouchHistory:
     reason: str | None
     attempts: int
     events: list[Event]
+    #: The satisfaction score (1-5) the client gave through this touch's survey link.
+    survey_score: int | None = None
 
 
 @dataclass
@@ -159,6 +161,13 @@ def history(rt: app.Runtime, client: str) -> ClientHistory | None:
                 .order_by(e.c.at, e.c.id)
             ):
                 events[event.touch_id].append(Event(*event[1:]))
+        a = store.survey_answers
+        scores = {
+            row.touch_id: int(row.score)
+            for row in conn.execute(
+                select(a.c.touch_id, a.c.score).where(a.c.client_id == found.id)
+            )
+        }
         touches = [
             TouchHistory(
                 touch=row.id,
@@ -175,6 +184,7 @@ def history(rt: app.Runtime, client: str) -> ClientHistory | None:
                 reason=row.reason,
                 attempts=row.attempts,
                 events=events[row.id],
+                survey_score=scores.get(row.id),
             )
             for row in rows
         ]

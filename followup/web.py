@@ -1,5 +1,5 @@
 """The HTTP boundary of `followup daemon`: GET /healthz, GET /metrics, GET and POST
-/unsubscribe/<token> (RFC 8058 one-click).
+/unsubscribe/<token> (RFC 8058 one-click), GET and POST /survey/<token> (a satisfaction score).
 
 A deliberately small HTTP/1.1 server on asyncio streams (one request per connection, bounded
 sizes and timeouts): four routes do not justify a web framework and its dependencies. Put a
@@ -18,15 +18,15 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from followup import compose, store, tokens
+from followup import compose, people, store, tokens
 from followup.metrics import Metrics
 
 log = logging.getLogger("followup")
@@ -172,6 +172,31 @@ _FORM = """<p>Click the button to stop receiving these messages.</p>
 <button type="submit">Unsubscribe</button>
 </form>"""
 
+_SURVEY_FORM = """<p>How satisfied are you, from 1 (not at all) to 5 (very)?</p>
+<form method="post" action="{action}">
+<button type="submit" name="score" value="1">1</button>
+<button type="submit" name="score" value="2">2</button>
+<button type="submit" name="score" value="3">3</button>
+<button type="submit" name="score" value="4">4</button>
+<button type="submit" name="score" value="5">5</button>
+</form>"""
+
+
+def _survey_subject(subject: str | None) -> tuple[int, date, str] | None:
+    """(client id, occurrence, campaign) from a verified survey token's subject."""
+    if subject is None:
+        return None
+    client, _, rest = subject.partition("-")
+    day, _, campaign = rest.partition("-")
+    if not client.isdigit() or len(day) != 8 or not day.isdigit() or not campaign:
+        return None
+    try:
+        occurrence = date(int(day[:4]), int(day[4:6]), int(day[6:]))
+    except ValueError:
+        return None
+    return int(client), occurrence, campaign
+
+
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
     # The token is in the URL: never send it to another site.
@@ -230,6 +255,9 @@ class WebApp:
         if path.startswith("/unsubscribe/"):
             self._allow(request, "GET", "POST")
             return await self.unsubscribe(request, unquote(path.removeprefix("/unsubscribe/")))
+        if path.startswith("/survey/"):
+            self._allow(request, "GET", "POST")
+            return await self.survey(request, unquote(path.removeprefix("/survey/")))
         raise HttpError(404, "not found")
 
     @staticmethod
@@ -286,6 +314,42 @@ class WebApp:
             )
         await asyncio.to_thread(self._unsubscribe, client_id)
         return _page(200, "Unsubscribed", "<p>You will receive no more of these messages.</p>")
+
+    async def survey(self, request: Request, token: str) -> Response:
+        """The satisfaction link of a survey message: GET shows five buttons, POST records
+        the score (1-5) on the touch. Never on GET: link scanners would answer for the client."""
+        subject = tokens.verify(self.key, compose.SURVEY, token)
+        parsed = _survey_subject(subject)
+        if parsed is None:
+            _event("survey.refused", method=request.method)
+            return _page(400, "Invalid link", "<p>This survey link is not valid.</p>")
+        if request.method == "GET":
+            action = html.escape(f"/survey/{token}", quote=True)
+            return _page(200, "How did we do?", _SURVEY_FORM.format(action=action))
+        form = parse_qs(request.body.decode("utf-8", "replace"))
+        score = (form.get("score") or [""])[0]
+        if score not in {"1", "2", "3", "4", "5"}:
+            return _page(400, "Invalid answer", "<p>A score is 1 to 5.</p>")
+        found = await asyncio.to_thread(self._record_survey, *parsed, int(score))
+        if not found:
+            return _page(404, "Unknown survey", "<p>This survey is no longer open.</p>")
+        return _page(200, "Thank you", "<p>Thank you: your answer helps us do better.</p>")
+
+    def _record_survey(self, client_id: int, occurrence: date, campaign: str, score: int) -> bool:
+        t = store.touches
+        with store.reader(self.engine) as conn:
+            touch = conn.execute(
+                select(t.c.id).where(
+                    t.c.client_id == client_id,
+                    t.c.campaign == campaign,
+                    t.c.occurrence == occurrence,
+                )
+            ).scalar()
+        if touch is None:
+            return False
+        found = people.record_survey(self.engine, int(touch), score, self.clock())
+        _event("survey.answered", touch=int(touch), score=score)
+        return found
 
     def _unsubscribe(self, client_id: int) -> None:
         with self.engine.begin() as conn:

@@ -105,3 +105,23 @@ def test_a_birthday_on_a_holiday_sends_one_message_and_says_why_not_the_other(
     # The day before, Valentine's Day gave way to the higher-priority occasion after it.
     valentine = by(dry_run(shop, "2027-02-14")["skipped"], "us1", "valentines_day")
     assert valentine["reason"] == "capped: washingtons_birthday on 2027-02-15"
+
+
+def test_history_shows_why_a_colliding_occasion_did_not_go_out(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    folder = tmp_path_factory.mktemp("history")
+    followup(folder, "init")
+    followup(folder, "db", "upgrade")
+    for kind, content in (("reps", REPS), ("clients", CLIENTS), ("purchases", PURCHASES)):
+        (folder / f"{kind}.csv").write_text(content, encoding="utf-8")
+        followup(folder, "import", kind, f"{kind}.csv", "--strict")
+    followup(folder, "plan", "--until", "2027-02-16")
+    found = json.loads(followup(folder, "history", "us2", "--json").stdout)
+    by_campaign = {t["campaign"]: t for t in found["touches"] if t["occurrence"] == "2027-02-15"}
+    assert by_campaign["birthday"]["status"] == "planned"
+    holiday = by_campaign["washingtons_birthday"]
+    assert (holiday["status"], holiday["reason"]) == ("skipped", "capped: birthday on 2027-02-15")
+    assert holiday["events"][0]["detail"] == "capped: birthday on 2027-02-15"
+    text = followup(folder, "history", "us2").stdout
+    assert "capped: birthday on 2027-02-15" in text

@@ -232,3 +232,55 @@ def test_unsubscribe_time_comes_from_the_clock(rt: app.Runtime) -> None:
             select(store.suppressions.c.created_at).where(store.suppressions.c.email == email)
         ).scalar_one()
     assert at == NOW == datetime(2027, 1, 8, 16, 0, tzinfo=UTC)
+
+
+# ----------------------------------------------------------------------------- survey
+
+
+def test_the_survey_link_records_a_score_that_history_shows(rt: app.Runtime) -> None:
+    from followup import reports
+
+    app.plan(rt, NOW)
+    t = store.touches
+    with rt.engine.connect() as conn:
+        touch = conn.execute(select(t).where(t.c.client_id == client(rt, "c2")[0])).one()
+    token = compose.survey_token(KEY, touch.client_id, touch.campaign, touch.occurrence)
+    page = call(rt, web.Request("GET", f"/survey/{token}", {}))
+    assert page.status == 200
+    assert page.body.decode().count('name="score"') == 5
+    assert reports.history(rt, "c2").touches[0].survey_score is None  # type: ignore[union-attr]
+
+    answer = call(rt, web.Request("POST", f"/survey/{token}", FORM, b"score=4"))
+    assert answer.status == 200
+    found = reports.history(rt, "c2")
+    assert found is not None
+    assert [x.survey_score for x in found.touches] == [4]
+    # A second answer replaces the first.
+    assert call(rt, web.Request("POST", f"/survey/{token}", FORM, b"score=5")).status == 200
+    again = reports.history(rt, "c2")
+    assert again is not None
+    assert [x.survey_score for x in again.touches] == [5]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/survey/1-20270106-thank_you.forged", b"score=4", 400),
+        ("/survey/{token}", b"score=9", 400),
+        ("/survey/{token}", b"", 400),
+        ("/survey/{other}", b"score=3", 404),
+    ],
+)
+def test_survey_answers_need_a_valid_link_and_score(
+    rt: app.Runtime, path: str, body: bytes, status: int
+) -> None:
+    from datetime import date
+
+    app.plan(rt, NOW)
+    client_id = client(rt, "c1")[0]
+    token = compose.survey_token(KEY, client_id, "thank_you", date(2027, 1, 6))
+    other = compose.survey_token(KEY, client_id, "thank_you", date(2026, 1, 6))
+    request = web.Request("POST", path.format(token=token, other=other), FORM, body)
+    assert call(rt, request).status == status
+    with rt.engine.connect() as conn:
+        assert conn.execute(select(store.survey_answers)).all() == []
