@@ -7,6 +7,8 @@ Data flows one way: purchases -> planner (pure) -> ledger (insert-if-absent) -> 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -225,10 +227,13 @@ def _local_date(zone: ZoneInfo) -> Callable[[datetime], date]:
     return lambda instant: instant.astimezone(zone).date()
 
 
-def client_stats(conn: Connection, lo: int, hi: int) -> dict[int, care.ClientStats]:
-    """Purchase facts of the clients with ids in [lo, hi], in one GROUP BY."""
+def client_stats(
+    conn: Connection, lo: int, hi: int, ids: list[int] | None = None
+) -> dict[int, care.ClientStats]:
+    """Purchase facts of the clients with ids in [lo, hi] (or in `ids`), in one GROUP BY."""
     p = store.purchases
     paid = p.c.status == "paid"
+    which = p.c.client_id.in_(ids) if ids is not None else p.c.client_id.between(lo, hi)
     rows = conn.execute(
         select(
             p.c.client_id,
@@ -239,7 +244,7 @@ def client_stats(conn: Connection, lo: int, hi: int) -> dict[int, care.ClientSta
             func.count().filter(p.c.status == "unpaid").label("unpaid"),
             func.count().filter(p.c.status == "disputed").label("disputed"),
         )
-        .where(p.c.client_id.between(lo, hi))
+        .where(which)
         .group_by(p.c.client_id)
     )
     return {
@@ -378,26 +383,6 @@ class DispatchReport:
     capture_dir: Path | None = None
 
 
-def _touch_row(conn: Connection, touch_id: int) -> Any:
-    t = store.touches
-    row = conn.execute(
-        select(
-            t.c.id,
-            t.c.client_id,
-            t.c.campaign,
-            t.c.occurrence,
-            t.c.template,
-            t.c.occasion,
-            t.c.due_at,
-            t.c.purchase_id,
-            t.c.attempts,
-            t.c.not_after,
-            t.c.variant,
-        ).where(t.c.id == touch_id)
-    ).one()
-    return row
-
-
 async def dispatch(
     rt: Runtime,
     clock: Callable[[], datetime],
@@ -516,11 +501,16 @@ async def _dispatch_loop(
                 claimed = store.claim_due(conn, owner, clock(), lease, size)
             if not claimed:
                 return
+            with store.reader(rt.engine) as conn:
+                pre = _prefetch(conn, claimed)
             pending = deque(claimed)
             handed: set[int] = set()
 
             async def worker(
-                mailer: SmtpMailer, pending: deque[int] = pending, handed: set[int] = handed
+                mailer: SmtpMailer,
+                pending: deque[int] = pending,
+                handed: set[int] = handed,
+                pre: _Prefetched = pre,
             ) -> None:
                 while pending and not hooks.should_stop():
                     touch_id = pending.popleft()
@@ -537,6 +527,7 @@ async def _dispatch_loop(
                             rng,
                             handed,
                             hooks,
+                            pre,
                         )
                     except SmtpSetupError:
                         # Raised before any message data was sent: safe to give back.
@@ -579,10 +570,11 @@ async def _deliver_one(
     rng: random.Random,
     handed: set[int],
     hooks: _Hooks,
+    pre: _Prefetched,
 ) -> None:
     """Prepare, hand off, send and record one claimed touch. Adds the touch to `handed` once
     it belongs to the mailer: before that, an exception leaves it safe to release."""
-    prepared = _prepare(rt, touch_id, clock, key, report)
+    prepared = _prepare(rt, touch_id, clock, key, report, pre)
     if prepared is None:
         return
     touch, message = prepared
@@ -595,6 +587,8 @@ async def _deliver_one(
         log_event("touch.lease_lost", touch=touch.id, campaign=touch.campaign)
         return
     handed.add(touch.id)
+    # The client's next touch in this batch must look different from this one.
+    pre.seen.setdefault(touch.client_id, []).append((clock(), touch.id, message.variant))
     began = monotonic_time.monotonic()
     delivery = await mailer.send(rt.settings.sender.envelope_from, message.to, message.mime)
     if hooks.on_delivery is not None:
@@ -674,33 +668,136 @@ def occasion_context(
     return context
 
 
+@dataclass
+class _Prefetched:
+    """What composing a claimed batch needs, read in a few set-based queries instead of
+    several per touch."""
+
+    touches: dict[int, Any] = field(default_factory=dict)
+    facts: dict[int, compose.Facts] = field(default_factory=dict)
+    birth_years: dict[int, int | None] = field(default_factory=dict)
+    suppressed: dict[str, str] = field(default_factory=dict)
+    stats: dict[int, care.ClientStats] = field(default_factory=dict)
+    #: Per client: (updated_at, touch id, variant) of touches that went or may have gone out.
+    seen: dict[int, list[tuple[datetime, int, str]]] = field(default_factory=dict)
+
+    def suppression(self, email: str) -> str | None:
+        return self.suppressed.get(email.lower()) or self.suppressed.get(store.address_hash(email))
+
+    def previous_variant(self, client_id: int, touch_id: int) -> str | None:
+        others = [entry for entry in self.seen.get(client_id, ()) if entry[1] != touch_id]
+        return max(others)[2] if others else None
+
+
+def _prefetch(conn: Connection, ids: list[int]) -> _Prefetched:
+    t, c, p = store.touches, store.clients, store.purchases
+    found = _Prefetched()
+    columns = [
+        t.c.id,
+        t.c.client_id,
+        t.c.campaign,
+        t.c.occurrence,
+        t.c.template,
+        t.c.occasion,
+        t.c.due_at,
+        t.c.purchase_id,
+        t.c.attempts,
+        t.c.not_after,
+        t.c.variant,
+    ]
+    for batch in store.chunks(ids, 500):
+        for row in conn.execute(select(*columns).where(t.c.id.in_(batch))):
+            found.touches[row.id] = row
+        query = (
+            compose.facts_query()
+            .add_columns(t.c.id.label("touch_id"), c.c.birthday_year)
+            .join(t, t.c.client_id == c.c.id)
+            .outerjoin(p, p.c.id == t.c.purchase_id)
+            .where(t.c.id.in_(batch))
+        )
+        names = [f.name for f in dataclasses.fields(compose.Facts)]
+        for row in conn.execute(query):
+            values = row._mapping
+            found.facts[row.touch_id] = compose.Facts(**{n: values[n] for n in names})
+            found.birth_years[row.client_id] = row.birthday_year
+    clients = sorted({f.client_id for f in found.facts.values()})
+    emails = {f.email.lower() for f in found.facts.values()}
+    keys = sorted(emails | {store.address_hash(e) for e in emails})
+    s = store.suppressions
+    for addresses in store.chunks(keys, 500):
+        for row in conn.execute(select(s.c.email, s.c.reason).where(s.c.email.in_(addresses))):
+            found.suppressed[row.email] = row.reason
+    for group in store.chunks(clients, 500):
+        found.stats.update(client_stats(conn, 0, 0, ids=group))
+        for row in conn.execute(
+            select(t.c.client_id, t.c.updated_at, t.c.id, t.c.variant).where(
+                t.c.client_id.in_(group),
+                t.c.status.in_(compose.SEEN),
+                t.c.variant.is_not(None),
+            )
+        ):
+            found.seen.setdefault(row.client_id, []).append((row.updated_at, row.id, row.variant))
+    return found
+
+
+def _occasion_from(
+    rt: Runtime, touch: Any, pre: _Prefetched, stats: care.ClientStats
+) -> dict[str, Any]:
+    """`occasion_context` from prefetched facts."""
+    campaign = rt.calendar.get(touch.campaign)
+    occurrence: date = touch.occurrence
+    context: dict[str, Any] = {"campaign": touch.campaign, "date": occurrence, "years": None}
+    if campaign is None:
+        context.update(kind="after_purchase", name=touch.occasion or touch.campaign)
+        return context
+    context.update(kind=campaign.kind, name=touch.occasion or campaign.title)
+    if campaign.kind == "yearly":
+        year: int | None
+        if campaign.client_date == "birthday":
+            born = pre.birth_years.get(touch.client_id)
+            year = int(born) if born else None
+        else:
+            first = stats.first_purchase
+            year = first.year if first is not None else None
+        if year is not None and occurrence.year > year:
+            context["years"] = occurrence.year - year
+    return context
+
+
 def _prepare(
     rt: Runtime,
     touch_id: int,
     clock: Callable[[], datetime],
     key: str,
     report: DispatchReport,
+    pre: _Prefetched,
 ) -> tuple[Any, compose.Composed] | None:
     """Checks and renders one claimed touch. Returns what to send, or None when the touch was
     settled here (skipped, or failed on its template) and nothing is to be sent."""
     settings = rt.settings
     sending = TouchStatus.SENDING
     cleared = {"lease_owner": None, "lease_expires_at": None}
-    with rt.engine.begin() as conn:
-        touch = _touch_row(conn, touch_id)
-        facts = compose.load_facts(conn, touch.client_id, touch.purchase_id)
+    touch = pre.touches[touch_id]
+    facts = pre.facts.get(touch_id)
+    with contextlib.ExitStack() as settle:
         try:
             if facts is None:
                 raise compose.Skip("client no longer exists")
-            compose.check_audience(conn, facts)
-            client = screen_client(rt, conn, touch.campaign, facts, clock())
-            occasion = occasion_context(
-                rt, conn, touch.campaign, touch.occurrence, touch.occasion, touch.client_id
-            )
+            compose.check_audience_with(facts, pre.suppression(facts.email))
+            stats = pre.stats.get(facts.client_id, care.ClientStats())
+            campaign = rt.calendar.get(touch.campaign)
+            exclude = campaign.exclude if campaign is not None else care.EXCLUSIONS
+            excluded = care.exclusion(facts.status, stats, exclude)
+            if excluded is not None:
+                raise compose.Skip(excluded)
+            tier = care.tier(stats, clock(), rt.tier_rules, facts.tier)
+            client = care.client_context(stats, tier, _local_date(ZoneInfo(facts.timezone)))
+            occasion = _occasion_from(rt, touch, pre, stats)
             later = _outside_window(rt, touch, facts.timezone, clock())
             if later is not None:
                 # Caught up after downtime at an hour the client should not get mail: wait
                 # for the campaign's next send time (still within the touch's lateness).
+                conn = settle.enter_context(rt.engine.begin())
                 store.transition(
                     conn,
                     touch_id,
@@ -715,6 +812,7 @@ def _prepare(
                 log_event("touch.waiting", touch=touch_id, campaign=touch.campaign)
                 return None
         except compose.Skip as skip:
+            conn = settle.enter_context(rt.engine.begin())
             store.transition(
                 conn,
                 touch_id,
@@ -728,7 +826,7 @@ def _prepare(
             report.skipped += 1
             log_event("touch.skipped", touch=touch_id, campaign=touch.campaign, reason=str(skip))
             return None
-        previous = compose.previous_variant(conn, touch.client_id, touch_id)
+        previous = pre.previous_variant(touch.client_id, touch_id)
     assert facts is not None
     try:
         message = compose.compose(

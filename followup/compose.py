@@ -135,9 +135,14 @@ class Skip(Exception):
 
 def check_audience(conn: Connection, facts: Facts) -> None:
     """Send-time rules: an opt-out or a bounce stops every later marketing touch."""
+    check_audience_with(facts, store.suppressed(conn, facts.email))
+
+
+def check_audience_with(facts: Facts, suppression: str | None) -> None:
+    """`check_audience` with the address's suppression (or None) already read."""
     if facts.status != ClientStatus.ACTIVE.value:
         raise Skip(f"client is {facts.status}")
-    reason = store.suppressed(conn, facts.email)
+    reason = suppression
     if reason is not None:
         raise Skip(f"suppressed ({reason})")
     if facts.purchase_status is not None and facts.purchase_status != "paid":
@@ -146,7 +151,7 @@ def check_audience(conn: Connection, facts: Facts) -> None:
 
 
 #: Touches whose variant the client has (or may have) seen.
-_SEEN = (TouchStatus.SENT.value, TouchStatus.SENDING.value, TouchStatus.UNCERTAIN.value)
+SEEN = (TouchStatus.SENT.value, TouchStatus.SENDING.value, TouchStatus.UNCERTAIN.value)
 
 
 def previous_variant(conn: Connection, client_id: int, touch_id: int | None = None) -> str | None:
@@ -155,7 +160,7 @@ def previous_variant(conn: Connection, client_id: int, touch_id: int | None = No
     t = store.touches
     query = (
         select(t.c.variant)
-        .where(t.c.client_id == client_id, t.c.status.in_(_SEEN), t.c.variant.is_not(None))
+        .where(t.c.client_id == client_id, t.c.status.in_(SEEN), t.c.variant.is_not(None))
         .order_by(t.c.updated_at.desc(), t.c.id.desc())
         .limit(1)
     )

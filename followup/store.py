@@ -21,6 +21,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    bindparam,
     create_engine,
     event,
     func,
@@ -31,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import SQLModel
 
 from followup.errors import ConfigError, DatabaseNotReady
@@ -320,23 +322,55 @@ def transition(
 
     Returns False (and changes nothing) when the touch was no longer in `from_status`.
     """
-    result = conn.execute(
-        update(touches)
-        .where(touches.c.id == touch_id, touches.c.status == from_status.value)
-        .values(status=to_status.value, updated_at=now, **values)
-    )
+    if any(isinstance(v, ClauseElement) for v in values.values()):
+        # A value computed by the database (attempts + 1): built for this call.
+        statement: Any = (
+            update(touches)
+            .where(touches.c.id == touch_id, touches.c.status == from_status.value)
+            .values(status=to_status.value, updated_at=now, **values)
+        )
+        result = conn.execute(statement)
+    else:
+        result = conn.execute(
+            _transition_statement(tuple(sorted(values))),
+            {
+                "_id": touch_id,
+                "_from": from_status.value,
+                "status": to_status.value,
+                "updated_at": now,
+                **values,
+            },
+        )
     if result.rowcount != 1:
         return False
     conn.execute(
-        touch_events.insert().values(
-            touch_id=touch_id,
-            at=now,
-            from_status=from_status.value,
-            to_status=to_status.value,
-            detail=detail,
-        )
+        _EVENT,
+        {
+            "touch_id": touch_id,
+            "at": now,
+            "from_status": from_status.value,
+            "to_status": to_status.value,
+            "detail": detail,
+        },
     )
     return True
+
+
+_EVENT = touch_events.insert()
+
+
+@functools.cache
+def _transition_statement(columns: tuple[str, ...]) -> Any:
+    """One statement per set of columns, built once: the dispatcher runs it for every touch."""
+    return (
+        update(touches)
+        .where(touches.c.id == bindparam("_id"), touches.c.status == bindparam("_from"))
+        .values(
+            status=bindparam("status"),
+            updated_at=bindparam("updated_at"),
+            **{column: bindparam(column) for column in columns},
+        )
+    )
 
 
 def hand_off(
@@ -352,16 +386,37 @@ def hand_off(
     mailer (its Message-ID is set, with any other `values`, e.g. the variant). False if the
     lease was lost; then nothing may be sent."""
     result = conn.execute(
-        update(touches)
-        .where(
-            touches.c.id == touch_id,
-            touches.c.status == TouchStatus.SENDING.value,
-            touches.c.lease_owner == owner,
-            touches.c.lease_expires_at >= now,
-        )
-        .values(lease_expires_at=now + lease, message_id=message_id, updated_at=now, **values)
+        _hand_off_statement(tuple(sorted(values))),
+        {
+            "_id": touch_id,
+            "_owner": owner,
+            "_now": now,
+            "lease_expires_at": now + lease,
+            "message_id": message_id,
+            "updated_at": now,
+            **values,
+        },
     )
     return result.rowcount == 1
+
+
+@functools.cache
+def _hand_off_statement(columns: tuple[str, ...]) -> Any:
+    return (
+        update(touches)
+        .where(
+            touches.c.id == bindparam("_id"),
+            touches.c.status == TouchStatus.SENDING.value,
+            touches.c.lease_owner == bindparam("_owner"),
+            touches.c.lease_expires_at >= bindparam("_now"),
+        )
+        .values(
+            lease_expires_at=bindparam("lease_expires_at"),
+            message_id=bindparam("message_id"),
+            updated_at=bindparam("updated_at"),
+            **{column: bindparam(column) for column in columns},
+        )
+    )
 
 
 def expire_leases(conn: Connection, now: datetime) -> int:

@@ -266,21 +266,22 @@ def test_touches_never_handed_to_the_mailer_are_released_when_dispatch_stops(
 ) -> None:
     app.plan(smtp_runtime, NOW)
     calls = 0
-    original = app.compose.load_facts
+    original = app.store.hand_off
 
-    def load_then_fail(*args: Any, **kwargs: Any) -> Any:
+    def hand_off_then_fail(*args: Any, **kwargs: Any) -> Any:
+        # The database goes away while the second touch is about to be handed to the mailer.
         nonlocal calls
         calls += 1
         if calls == 2:
             raise ConnectionResetError("the database went away")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(app.compose, "load_facts", load_then_fail)
+    monkeypatch.setattr(app.store, "hand_off", hand_off_then_fail)
     with pytest.raises(ConnectionResetError):
         send(smtp_runtime, NOW)
     # One sent; the two never handed to the mailer are back in the queue, not "sending".
     assert sorted(v[0] for v in ledger(smtp_runtime).values()) == ["planned", "planned", "sent"]
-    monkeypatch.setattr(app.compose, "load_facts", original)
+    monkeypatch.setattr(app.store, "hand_off", original)
     assert send(smtp_runtime, NOW).sent == 2
     assert len(smtp_server.handler.received) == 3
     assert len(set(smtp_server.handler.message_ids())) == 3

@@ -1,0 +1,178 @@
+"""End-to-end delivery into Postfix's smtp-sink, against smtp-source (ceiling) and a naive
+smtplib loop (floor).
+
+    .venv/bin/python bench/deliver.py --messages 20000 --connections 4
+
+Installs Debian's postfix package (for smtp-sink and smtp-source) when they are missing, starts
+smtp-sink on a free loopback port, then measures on the same sink:
+
+1. followup: --messages thank-yous due now in a temporary SQLite database (imported and planned
+   beforehand, not timed), sent by followup's dispatcher (claim, render, send, record) with
+   `[smtp] pool_size` = --connections: messages per second from the first claim to the last
+   record.
+2. ceiling: smtp-source (Postfix's C load generator) sending the same number of messages of the
+   same size over the same number of parallel sessions.
+3. floor: Python's smtplib, one new connection per message (what a naive script does), for
+   --naive messages (default 2,000), with a message of the same size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from followup import app, importer, store  # noqa: E402
+from followup.config import load_settings  # noqa: E402
+from followup.demo import write_bulk_shop  # noqa: E402
+
+NOW = datetime(2027, 1, 8, 16, 0, tzinfo=UTC)
+SINK = "/usr/sbin/smtp-sink"
+SOURCE = "/usr/sbin/smtp-source"
+
+
+def ensure_postfix() -> None:
+    if Path(SINK).exists() and Path(SOURCE).exists():
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(
+        ["debconf-set-selections"],
+        input=b"postfix postfix/main_mailer_type select No configuration\n",
+        check=False,
+    )
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "postfix"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_sink(port: int) -> subprocess.Popen[bytes]:
+    sink = subprocess.Popen([SINK, "-u", "nobody", f"127.0.0.1:{port}", "1024"])
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return sink
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("smtp-sink did not start")
+
+
+def followup_rate(port: int, messages: int, connections: int, folder: Path) -> float:
+    write_bulk_shop(folder, messages, date(2027, 1, 6))
+    env = {
+        "FOLLOWUP_DATABASE_URL": f"sqlite:///{folder / 'followup.db'}",
+        "FOLLOWUP_DELIVERY_MODE": "smtp",
+        "FOLLOWUP_DELIVERY_BATCH_SIZE": "500",
+        "FOLLOWUP_SMTP_HOST": "127.0.0.1",
+        "FOLLOWUP_SMTP_PORT": str(port),
+        "FOLLOWUP_SMTP_SECURITY": "none",
+        "FOLLOWUP_SMTP_POOL_SIZE": str(connections),
+        "FOLLOWUP_SECRET_KEY": "bench",
+        # Only the thank-you: one message per client.
+        "FOLLOWUP_CAMPAIGNS_SATISFACTION_SURVEY_ENABLED": "false",
+    }
+    settings = load_settings(ROOT / "config.toml", env)
+    rt = app.Runtime.open(settings, create=True)
+    store.upgrade(rt.engine)
+    for kind in ("reps", "clients", "purchases"):
+        importer.import_csv(
+            rt.engine, importer.Kind(kind), folder / f"{kind}.csv", now=NOW, strict=True
+        )
+    planned = app.plan(rt, NOW).planned
+    began = time.perf_counter()
+    report = asyncio.run(app.dispatch(rt, lambda: NOW))
+    seconds = time.perf_counter() - began
+    if report.sent != planned:
+        raise RuntimeError(f"sent {report.sent} of {planned}: {report}")
+    rt.engine.dispose()
+    return report.sent / seconds
+
+
+def smtp_source_rate(port: int, messages: int, connections: int, size: int) -> float:
+    began = time.perf_counter()
+    subprocess.run(
+        [
+            SOURCE,
+            "-s",
+            str(connections),
+            "-m",
+            str(messages),
+            "-l",
+            str(size),
+            "-f",
+            "bounces@example.com",
+            "-t",
+            "client@example.com",
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+    )
+    return messages / (time.perf_counter() - began)
+
+
+def naive_rate(port: int, messages: int, size: int) -> float:
+    body = ("Subject: hello\r\n\r\n" + "x" * 76 + "\r\n") * max(1, size // 78)
+    began = time.perf_counter()
+    for n in range(messages):
+        with smtplib.SMTP("127.0.0.1", port) as smtp:
+            smtp.sendmail("bounces@example.com", [f"client{n}@example.com"], body)
+    return messages / (time.perf_counter() - began)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--naive", type=int, default=2_000)
+    parser.add_argument("--size", type=int, default=3_300, help="bytes per message (ceiling)")
+    args = parser.parse_args()
+    ensure_postfix()
+    port = free_port()
+    sink = start_sink(port)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            ours = followup_rate(port, args.messages, args.connections, Path(folder))
+        ceiling = smtp_source_rate(port, args.messages, args.connections, args.size)
+        floor = naive_rate(port, args.naive, args.size)
+    finally:
+        sink.terminate()
+        sink.wait()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; smtp-sink on 127.0.0.1"
+    )
+    print(
+        f"followup: {args.messages} messages over {args.connections} connection(s): "
+        f"{ours:,.0f} messages/s"
+    )
+    print(f"ceiling (smtp-source, same count, size and sessions): {ceiling:,.0f} messages/s")
+    print(f"floor (smtplib, one connection per message, {args.naive} messages): {floor:,.0f}/s")
+    print(
+        f"followup is {ours / floor:.1f}x the naive loop and "
+        f"{100 * ours / ceiling:.0f}% of smtp-source"
+    )
+
+
+if __name__ == "__main__":
+    main()
