@@ -96,7 +96,9 @@ def test_reassigning_a_rep_changes_who_signs_later_messages_not_earlier_ones(
         for header in ("From", "Reply-To"):
             (address,) = message[header].addresses
             assert (address.display_name, address.addr_spec) == (lea[0], lea[1])
-    # What was sent before keeps its signer.
+    # What was sent before keeps its signer, in the history and in the export.
+    history = json.loads(followup(shop, "history", client, "--json").stdout)
+    assert "rep-sam" in {t["rep"] for t in history["touches"] if t["status"] == "sent"}
     export = json.loads(followup(shop, "client", "export", client).stdout)
     assert "rep-sam" in {t["rep"] for t in export["touches"] if t["status"] == "sent"}
     assert export["client"]["rep"]["external_id"] == "rep-lea"
