@@ -48,8 +48,11 @@ START = datetime(2024, 12, 1, tzinfo=UTC)
 CHUNK = 10_000
 
 
-def generate(engine: Engine, clients: int, seed: int = 7) -> tuple[int, int]:
-    """Fills a migrated, empty database. Returns (clients, purchases)."""
+def generate(
+    engine: Engine, clients: int, seed: int = 7, purchased_on: datetime | None = None
+) -> tuple[int, int]:
+    """Fills a migrated, empty database. Returns (clients, purchases). With `purchased_on`,
+    every client has exactly one paid purchase at that instant instead (a day of thank-yous)."""
     rng = random.Random(seed)
     now = datetime(2026, 12, 1, tzinfo=UTC)
     purchases = 0
@@ -96,6 +99,20 @@ def generate(engine: Engine, clients: int, seed: int = 7) -> tuple[int, int]:
             )
         purchase_rows = []
         for n in numbers:
+            if purchased_on is not None:
+                purchase_rows.append(
+                    {
+                        "external_id": f"P{n:07d}-0",
+                        "client_id": n,
+                        "purchased_at": purchased_on,
+                        "product": "Roadster",
+                        "amount_minor": 3_250_000,
+                        "currency": "EUR",
+                        "status": "paid",
+                        "updated_at": now,
+                    }
+                )
+                continue
             for k in range(1 + rng.randrange(5)):  # 1..5, about 3 on average
                 product, amount = PRODUCTS[rng.randrange(len(PRODUCTS))]
                 roll = rng.random()

@@ -1,0 +1,123 @@
+"""Peak memory of the daemon over a day of N touches, delivered into Postfix's smtp-sink.
+
+    .venv/bin/python bench/memory.py --clients 100000
+
+Generates a shop where each of N clients bought on 2027-01-06 (bench/generate.py), starts
+smtp-sink (bench/deliver.py installs Postfix when needed) and the real `followup daemon` with
+its clock at 2027-01-08 19:00 UTC: the daemon plans the day (a thank-you per client, and the
+calendar's other occasions of those days) and delivers over 4 connections. The daemon's peak
+RSS (VmHWM from /proc) is sampled until every thank-you is sent, then it is stopped with
+SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import deliver  # noqa: E402
+import generate  # noqa: E402
+
+from followup import store  # noqa: E402
+
+EXECUTABLE = Path(sys.executable).parent / "followup"
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=100_000)
+    args = parser.parse_args()
+    deliver.ensure_postfix()
+    port = deliver.free_port()
+    sink = deliver.start_sink(port)
+    with tempfile.TemporaryDirectory() as folder:
+        url = f"sqlite:///{folder}/bench.db"
+        engine = store.open_engine(url)
+        store.upgrade(engine)
+        generate.generate(
+            engine, args.clients, purchased_on=datetime(2027, 1, 6, 12, 0, tzinfo=UTC)
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUP_")}
+        env.update(
+            {
+                "FOLLOWUP_NOW": "2027-01-08T19:00:00+00:00",
+                # Every zone's thank-you is due by then; let the late ones go out at once.
+                "FOLLOWUP_POLITENESS_QUIET_HOURS": "",
+                "FOLLOWUP_CAMPAIGNS_THANK_YOU_WINDOW": "00:00-00:00",
+                "FOLLOWUP_DATABASE_URL": url,
+                "FOLLOWUP_DELIVERY_MODE": "smtp",
+                "FOLLOWUP_DELIVERY_BATCH_SIZE": "500",
+                "FOLLOWUP_SMTP_HOST": "127.0.0.1",
+                "FOLLOWUP_SMTP_PORT": str(port),
+                "FOLLOWUP_SMTP_SECURITY": "none",
+                "FOLLOWUP_SMTP_POOL_SIZE": "4",
+                "FOLLOWUP_SECRET_KEY": "bench",
+                "FOLLOWUP_HTTP_PORT": str(deliver.free_port()),
+                "FOLLOWUP_SCHEDULE_DISPATCH_INTERVAL_SECONDS": "1",
+            }
+        )
+        began = time.perf_counter()
+        daemon = subprocess.Popen(
+            [str(EXECUTABLE), "--config", str(ROOT / "config.toml"), "daemon"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        peak, sent, waiting = 0.0, 0, 1
+        t = store.touches
+        try:
+            while daemon.poll() is None:
+                peak = max(peak, peak_rss_mb(daemon.pid))
+                with store.reader(engine) as conn:
+                    counts = dict(
+                        conn.execute(
+                            select(t.c.status, func.count())
+                            .where(t.c.campaign == "thank_you")
+                            .group_by(t.c.status)
+                        ).all()
+                    )
+                sent = int(counts.get("sent", 0))
+                waiting = sum(int(counts.get(s, 0)) for s in ("planned", "sending", "retry"))
+                if sent and not waiting:
+                    break
+                time.sleep(0.5)
+        finally:
+            seconds = time.perf_counter() - began
+            peak = max(peak, peak_rss_mb(daemon.pid)) if daemon.poll() is None else peak
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=120)
+            sink.terminate()
+            sink.wait()
+            engine.dispose()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(
+        f"daemon: {args.clients} clients, {sent} touches sent in {seconds:.0f} s "
+        f"({sent / seconds:,.0f}/s, planning included); peak RSS {peak:.0f} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()
