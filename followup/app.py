@@ -117,6 +117,8 @@ def _client_chunks(
     earliest = min(window.since.values(), default=window.until)
     ahead = window.until + politeness.per
     needs_purchases = any(c.kind == "after_purchase" for c in campaigns)
+    needs_context = any(c.audience for c in campaigns)
+    no_stats = care.ClientStats()
     bought_from, bought_until = planner.purchase_window(rt.calendar.max_delay, earliest, ahead)
     ledger_from = earliest - politeness.per - timedelta(days=1)
     occurrence_from = (bought_from - timedelta(days=1)).date()
@@ -192,12 +194,24 @@ def _client_chunks(
             birthday = None
             if row.birthday_month and row.birthday_day:
                 birthday = (row.birthday_month, row.birthday_day, row.birthday_year)
-            zone = ZoneInfo(row.timezone)
-            client_stats_ = stats.get(row.id, care.ClientStats())
+            zone = calendars.zone(row.timezone)
+            client_stats_ = stats.get(row.id, no_stats)
             first_day = None
             if client_stats_.first_purchase is not None:
                 first_day = client_stats_.first_purchase.astimezone(zone).date()
-            tier = care.tier(client_stats_, window.now, rt.tier_rules, row.tier)
+            context: dict[str, Any] = {}
+            if needs_context:
+                # Only audience rules read these facts: built only when a campaign has one.
+                tier = care.tier(client_stats_, window.now, rt.tier_rules, row.tier)
+                context = {
+                    "id": row.external_id,
+                    "locale": row.locale,
+                    "country": row.country,
+                    "timezone": row.timezone,
+                    "status": row.status,
+                    "tags": [t.strip() for t in row.tags.split(",") if t.strip()],
+                    **care.client_context(client_stats_, tier, _local_date(zone)),
+                }
             facts.append(
                 calendars.ClientFacts(
                     client_id=row.id,
@@ -209,15 +223,7 @@ def _client_chunks(
                     purchases=tuple(bought.get(row.id, ())),
                     status=row.status,
                     stats=client_stats_,
-                    context={
-                        "id": row.external_id,
-                        "locale": row.locale,
-                        "country": row.country,
-                        "timezone": row.timezone,
-                        "status": row.status,
-                        "tags": [t.strip() for t in row.tags.split(",") if t.strip()],
-                        **care.client_context(client_stats_, tier, _local_date(zone)),
-                    },
+                    context=context,
                 )
             )
         yield facts, ledger

@@ -111,12 +111,10 @@ class Campaign:
         return self.countries is None or country.upper() in self.countries
 
 
-def _locale_chain(locale: str) -> list[str]:
+@lru_cache(maxsize=1024)
+def _locale_chain(locale: str) -> tuple[str, ...]:
     parts = locale.replace("_", "-").split("-")
-    chain = []
-    for n in range(len(parts), 0, -1):
-        chain.append("-".join(parts[:n]))
-    return chain
+    return tuple("-".join(parts[:n]) for n in range(len(parts), 0, -1))
 
 
 # ----------------------------------------------------------------------------- occurrences
@@ -282,6 +280,13 @@ def _shared(
                 yield Occurrence(campaign.name, day, day, summary or title)
 
 
+@lru_cache(maxsize=65536)
+def _add(day: date, after: relativedelta) -> date:
+    """`day` + a calendar delay (relativedelta arithmetic is slow; the same pairs recur)."""
+    result: date = day + after
+    return result
+
+
 def _after_purchase(
     campaign: Campaign, client: ClientFacts, first: date, last: date, title: str
 ) -> Iterator[Occurrence]:
@@ -293,7 +298,7 @@ def _after_purchase(
         if campaign.products is not None and purchase.product.lower() not in campaign.products:
             continue
         bought = purchase.purchased_at.astimezone(local).date()
-        day = bought + campaign.after
+        day = _add(bought, campaign.after)
         if not first <= day <= last or bought in seen:
             continue
         seen.add(bought)

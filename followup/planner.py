@@ -22,6 +22,7 @@ from bisect import insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from followup import calendars, care
@@ -131,6 +132,16 @@ def next_allowed(
     return None
 
 
+@lru_cache(maxsize=4096)
+def _local_span(earliest: datetime, ahead: datetime, timezone: str) -> tuple[date, date]:
+    """The local dates, with a day's margin each side, that [earliest, ahead] covers."""
+    zone = calendars.zone(timezone)
+    return (
+        local_date(earliest, zone) - timedelta(days=1),
+        local_date(ahead, zone) + timedelta(days=1),
+    )
+
+
 def nominal_due(campaign: Campaign, occurrence: Occurrence, zone: ZoneInfo) -> datetime:
     """When the occasion asks to be greeted: its day at the send time, local."""
     return local_instant(occurrence.day, campaign.send_time, zone)
@@ -212,8 +223,7 @@ def plan_client(
     ahead = until + politeness.per
     starts = since if isinstance(since, dict) else {c.name: since for c in campaigns}
     earliest = min(starts.values(), default=until)
-    first = local_date(earliest, zone) - timedelta(days=1)
-    last = local_date(ahead, zone) + timedelta(days=1)
+    first, last = _local_span(earliest, ahead, client.timezone)
 
     ledger = list(ledger)
     known = {(t.campaign, t.occurrence) for t in ledger}
@@ -227,10 +237,13 @@ def plan_client(
     candidates: list[_Candidate] = []
     for campaign in campaigns:
         start = starts.get(campaign.name, earliest)
+        found = occurrences(campaign, client, first, last)
+        if not found:
+            continue
         wanted, excluded = screen(campaign, client)
         if not wanted:
             continue
-        for occurrence in occurrences(campaign, client, first, last):
+        for occurrence in found:
             if (campaign.name, occurrence.occurrence) in known:
                 continue
             if (

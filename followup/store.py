@@ -276,25 +276,18 @@ def insert_touches(
             }
             for t in batch
         ]
-        stmt = (
-            _insert(conn, touches)
-            # No conflict target: any unique key (the touch key, or one touch per purchase)
-            # makes the row a duplicate.
-            .on_conflict_do_nothing()
-            .returning(touches.c.id, touches.c.status, touches.c.reason, touches.c.campaign)
-        )
-        # executemany: one cached statement, batched by SQLAlchemy's "insertmanyvalues".
-        created = conn.execute(stmt, rows).all()
+        insert = _insert_returning if is_postgres(conn) else _insert_sqlite
+        created = insert(conn, rows)
         if created:
             conn.execute(
                 touch_events.insert(),
                 [
                     {
-                        "touch_id": row.id,
+                        "touch_id": row[0],
                         "at": now,
                         "from_status": None,
-                        "to_status": row.status,
-                        "detail": row.reason,
+                        "to_status": row[1],
+                        "detail": row[2],
                     }
                     for row in created
                 ],
@@ -302,11 +295,44 @@ def insert_touches(
         inserted += len(created)
         if created_by_status is not None:
             for row in created:
-                created_by_status[row.status] = created_by_status.get(row.status, 0) + 1
+                created_by_status[row[1]] = created_by_status.get(row[1], 0) + 1
         if created_by_campaign is not None:
             for row in created:
-                created_by_campaign[row.campaign] = created_by_campaign.get(row.campaign, 0) + 1
+                created_by_campaign[row[3]] = created_by_campaign.get(row[3], 0) + 1
     return inserted
+
+
+def _insert_returning(conn: Connection, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """PostgreSQL: insert-if-absent, the new rows returned (several planners may be inserting
+    at once: only RETURNING says which rows are ours)."""
+    stmt = (
+        _insert(conn, touches)
+        # No conflict target: any unique key (the touch key, or one touch per purchase)
+        # makes the row a duplicate.
+        .on_conflict_do_nothing()
+        .returning(touches.c.id, touches.c.status, touches.c.reason, touches.c.campaign)
+    )
+    # executemany: one cached statement, batched by SQLAlchemy's "insertmanyvalues".
+    return [tuple(row) for row in conn.execute(stmt, rows)]
+
+
+_INSERT_SQLITE = sqlite.insert(touches).on_conflict_do_nothing()
+
+
+def _insert_sqlite(conn: Connection, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """SQLite: a plain executemany, then the new rows read back by id. Safe because a SQLite
+    writer holds the database's only write lock (BEGIN IMMEDIATE) for the whole transaction:
+    every id above the previous maximum is ours."""
+    before = conn.execute(select(func.coalesce(func.max(touches.c.id), 0))).scalar_one()
+    conn.execute(_INSERT_SQLITE, rows)
+    return [
+        tuple(row)
+        for row in conn.execute(
+            select(touches.c.id, touches.c.status, touches.c.reason, touches.c.campaign).where(
+                touches.c.id > before
+            )
+        )
+    ]
 
 
 def transition(
