@@ -226,7 +226,19 @@ class Templates:
             auto_reload=auto_reload,
         )
         self.env.filters.update(date=_date_filter, money=_money_filter, number=_number_filter)
+        self.auto_reload = auto_reload
         self._variants: dict[Path, tuple[float, tuple[Variant, ...]]] = {}
+        #: Without auto_reload (the dispatcher), what exists on disk is looked up once.
+        self._files: dict[str, bool] = {}
+        self._message_variants: dict[str, tuple[Variant, ...]] = {}
+
+    def _is_file(self, relative: str) -> bool:
+        if self.auto_reload:
+            return (self.root / relative).is_file()
+        found = self._files.get(relative)
+        if found is None:
+            found = self._files[relative] = (self.root / relative).is_file()
+        return found
 
     def messages(self) -> list[str]:
         return sorted(
@@ -240,6 +252,14 @@ class Templates:
 
     def variants(self, message: str) -> tuple[Variant, ...]:
         """The message's own variants.toml, else templates/_variants.toml, else one default."""
+        if not self.auto_reload and message in self._message_variants:
+            return self._message_variants[message]
+        found = self._read_variants(message)
+        if not self.auto_reload:
+            self._message_variants[message] = found
+        return found
+
+    def _read_variants(self, message: str) -> tuple[Variant, ...]:
         for path in (self.root / message / MESSAGE_VARIANTS_FILE, self.root / VARIANTS_FILE):
             try:
                 mtime = path.stat().st_mtime
@@ -268,7 +288,7 @@ class Templates:
 
     def resolve_locale(self, message: str, locale: str) -> str:
         for tag in locale_chain(locale, self.default_locale):
-            if (self.root / message / tag / "subject.txt").is_file():
+            if self._is_file(f"{message}/{tag}/subject.txt"):
                 return tag
         raise RenderError(
             f"{self._where(str(self.root / message))}: no templates for locale {locale!r} "
@@ -279,7 +299,7 @@ class Templates:
         """The template of one part: html.<variant>.html when the variant has its own."""
         stem, dot, ext = part.partition(".")
         own = f"{message}/{tag}/{stem}.{variant}{dot}{ext}"
-        return own if (self.root / own).is_file() else f"{message}/{tag}/{part}"
+        return own if self._is_file(own) else f"{message}/{tag}/{part}"
 
     def render(
         self,
