@@ -78,7 +78,9 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("smtp-sink did not start")
 
 
-def followup_rate(port: int, messages: int, connections: int, folder: Path) -> float:
+def followup_rate(
+    port: int, messages: int, connections: int, folder: Path, processes: int = 1
+) -> float:
     write_bulk_shop(folder, messages, date(2027, 1, 6))
     env = {
         "FOLLOWUP_DATABASE_URL": f"sqlite:///{folder / 'followup.db'}",
@@ -100,13 +102,33 @@ def followup_rate(port: int, messages: int, connections: int, folder: Path) -> f
             rt.engine, importer.Kind(kind), folder / f"{kind}.csv", now=NOW, strict=True
         )
     planned = app.plan(rt, NOW).planned
-    began = time.perf_counter()
-    report = asyncio.run(app.dispatch(rt, lambda: NOW))
-    seconds = time.perf_counter() - began
-    if report.sent != planned:
-        raise RuntimeError(f"sent {report.sent} of {planned}: {report}")
+    if processes == 1:
+        began = time.perf_counter()
+        report = asyncio.run(app.dispatch(rt, lambda: NOW))
+        seconds = time.perf_counter() - began
+        sent = report.sent
+    else:
+        # Several `followup send --once` processes share the queue through the ledger, as
+        # several daemons would.
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUP_")}
+        environment.update(env, FOLLOWUP_NOW=NOW.isoformat())
+        command = [str(Path(sys.executable).parent / "followup"), "--config"]
+        command += [str(ROOT / "config.toml"), "send", "--once"]
+        began = time.perf_counter()
+        runs = [
+            subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL)
+            for _ in range(processes)
+        ]
+        for run in runs:
+            if run.wait() != 0:
+                raise RuntimeError("followup send failed")
+        seconds = time.perf_counter() - began
+        with store.reader(rt.engine) as conn:
+            sent = store.touch_counts(conn).get("sent", 0)
+    if sent != planned:
+        raise RuntimeError(f"sent {sent} of {planned}")
     rt.engine.dispose()
-    return report.sent / seconds
+    return sent / seconds
 
 
 def smtp_source_rate(port: int, messages: int, connections: int, size: int) -> float:
@@ -143,7 +165,8 @@ def naive_rate(port: int, messages: int, size: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--connections", type=int, default=4, help="per process")
+    parser.add_argument("--processes", type=int, default=1, help="followup send processes")
     parser.add_argument("--naive", type=int, default=2_000)
     parser.add_argument("--size", type=int, default=3_300, help="bytes per message (ceiling)")
     args = parser.parse_args()
@@ -152,8 +175,11 @@ def main() -> None:
     sink = start_sink(port)
     try:
         with tempfile.TemporaryDirectory() as folder:
-            ours = followup_rate(port, args.messages, args.connections, Path(folder))
-        ceiling = smtp_source_rate(port, args.messages, args.connections, args.size)
+            ours = followup_rate(
+                port, args.messages, args.connections, Path(folder), args.processes
+            )
+        sessions = args.connections * args.processes
+        ceiling = smtp_source_rate(port, args.messages, sessions, args.size)
         floor = naive_rate(port, args.naive, args.size)
     finally:
         sink.terminate()
@@ -163,7 +189,8 @@ def main() -> None:
         f"Python {platform.python_version()}; smtp-sink on 127.0.0.1"
     )
     print(
-        f"followup: {args.messages} messages over {args.connections} connection(s): "
+        f"followup: {args.messages} messages, {args.processes} process(es) with "
+        f"{args.connections} connection(s) each: "
         f"{ours:,.0f} messages/s"
     )
     print(f"ceiling (smtp-source, same count, size and sessions): {ceiling:,.0f} messages/s")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Connection, Engine, Row, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, func, select
 
 from followup import calendars, care, compose, planner, store
 from followup.config import Settings
@@ -509,6 +509,7 @@ async def _dispatch_loop(
                 return
             with store.reader(rt.engine) as conn:
                 pre = _prefetch(conn, claimed)
+            recorder = _Recorder(rt, report, rng)
             pending = deque(claimed)
             handed: set[int] = set()
 
@@ -517,6 +518,7 @@ async def _dispatch_loop(
                 pending: deque[int] = pending,
                 handed: set[int] = handed,
                 pre: _Prefetched = pre,
+                recorder: _Recorder = recorder,
             ) -> None:
                 while pending and not hooks.should_stop():
                     touch_id = pending.popleft()
@@ -534,6 +536,7 @@ async def _dispatch_loop(
                             handed,
                             hooks,
                             pre,
+                            recorder,
                         )
                     except SmtpSetupError:
                         # Raised before any message data was sent: safe to give back.
@@ -554,6 +557,12 @@ async def _dispatch_loop(
                     raise group_error.exceptions[0] from None
                 done += len(claimed)
             finally:
+                try:
+                    recorder.flush()
+                except Exception:
+                    # Left "sending" with their Message-IDs: uncertain when the lease ends,
+                    # never resent on their own.
+                    log.exception("recording failed", extra={"event": "dispatch.record_error"})
                 if pending:
                     # Stopped early (an error, an interrupt): the touches never handed to the
                     # mailer go back to the queue now instead of turning uncertain later.
@@ -577,6 +586,7 @@ async def _deliver_one(
     handed: set[int],
     hooks: _Hooks,
     pre: _Prefetched,
+    recorder: _Recorder,
 ) -> None:
     """Prepare, hand off, send and record one claimed touch. Adds the touch to `handed` once
     it belongs to the mailer: before that, an exception leaves it safe to release."""
@@ -601,7 +611,7 @@ async def _deliver_one(
         hooks.on_delivery(delivery, monotonic_time.monotonic() - began)
     # From here on the touch is the mailer's: never released, only recorded (or, after a
     # crash, found uncertain when its lease expires).
-    _record(rt, touch, message, delivery, clock(), report, rng)
+    recorder.add(touch, message, delivery, clock())
 
 
 def _outside_window(rt: Runtime, touch: Any, timezone: str, now: datetime) -> datetime | None:
@@ -910,45 +920,84 @@ def _outcome(
     return TouchStatus.FAILED, f"refused: {reply}", {}
 
 
-def _record(
+class _Recorder:
+    """Writes SMTP outcomes in groups: one transaction for up to `size` touches instead of
+    one each. A touch sent but not yet recorded when the process dies is found "sending" with
+    its Message-ID set, and becomes uncertain (never resent on its own): batching widens
+    nothing that the ledger does not already account for."""
+
+    def __init__(
+        self, rt: Runtime, report: DispatchReport, rng: random.Random, size: int = 32
+    ) -> None:
+        self.rt, self.report, self.rng, self.size = rt, report, rng, size
+        self.pending: list[tuple[Any, compose.Composed, Delivery, datetime]] = []
+
+    def add(self, touch: Any, message: compose.Composed, delivery: Delivery, now: datetime) -> None:
+        self.pending.append((touch, message, delivery, now))
+        if len(self.pending) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        with self.rt.engine.begin() as conn:
+            done = [
+                _record_in(self.rt, conn, touch, message, delivery, now, self.rng)
+                for touch, message, delivery, now in batch
+            ]
+        for (touch, message, delivery, _), status in zip(batch, done, strict=True):
+            _count(self.report, touch, message, delivery, status)
+
+
+def _record_in(
     rt: Runtime,
-    touch: Row[Any],
+    conn: Connection,
+    touch: Any,
     message: compose.Composed,
     delivery: Delivery,
     now: datetime,
-    report: DispatchReport,
     rng: random.Random,
-) -> None:
-    """Write the outcome of one SMTP transaction, with its history row, in one transaction."""
+) -> TouchStatus:
+    """The ledger's writes for one SMTP outcome, in the caller's transaction."""
     reply = f"{delivery.code} {delivery.reply}".strip() if delivery.code else delivery.reply
     status, reason, extra = _outcome(
         delivery, reply, touch.attempts, touch.not_after, now, rt.settings, rng
     )
-    with rt.engine.begin() as conn:
-        store.transition(
-            conn,
-            touch.id,
-            TouchStatus.SENDING,
-            status,
-            now,
-            reply,
-            reason=reason,
-            lease_owner=None,
-            lease_expires_at=None,
-            smtp_reply=reply[:2000],
-            locale=message.locale,
-            variant=message.variant,
-            rep_id=message.rep_id,
-            message_id=message.message_id,
-            **extra,
+    store.transition(
+        conn,
+        touch.id,
+        TouchStatus.SENDING,
+        status,
+        now,
+        reply,
+        reason=reason,
+        lease_owner=None,
+        lease_expires_at=None,
+        smtp_reply=reply[:2000],
+        locale=message.locale,
+        variant=message.variant,
+        rep_id=message.rep_id,
+        message_id=message.message_id,
+        **extra,
+    )
+    if delivery.outcome is Outcome.BOUNCED:
+        store.suppress(conn, message.to, "bounced", now, detail=reply)
+        conn.execute(
+            store.clients.update()
+            .where(store.clients.c.id == touch.client_id)
+            .values(status=ClientStatus.BOUNCED.value, updated_at=now)
         )
-        if delivery.outcome is Outcome.BOUNCED:
-            store.suppress(conn, message.to, "bounced", now, detail=reply)
-            conn.execute(
-                store.clients.update()
-                .where(store.clients.c.id == touch.client_id)
-                .values(status=ClientStatus.BOUNCED.value, updated_at=now)
-            )
+    return status
+
+
+def _count(
+    report: DispatchReport,
+    touch: Any,
+    message: compose.Composed,
+    delivery: Delivery,
+    status: TouchStatus,
+) -> None:
     counter = {TouchStatus.SENT: "sent", TouchStatus.RETRY: "retry"}.get(status, "failed")
     setattr(report, counter, getattr(report, counter) + 1)
     if status is TouchStatus.SENT:
