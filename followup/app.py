@@ -19,14 +19,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Connection, Engine, func, select
 
 from followup import calendars, care, compose, planner, store
 from followup.config import Settings
-from followup.errors import DatabaseNotReady, RenderError
+from followup.errors import ConfigError, DatabaseNotReady, RenderError
 from followup.mailer import CaptureSink, Delivery, Outcome, SmtpMailer, SmtpSetupError
 from followup.models import ClientStatus, TouchStatus
 from followup.render import Templates
@@ -76,9 +76,18 @@ class Runtime:
 def load_calendar(settings: Settings) -> calendars.Calendar:
     """calendars/*.toml with the config's [campaigns.NAME] overrides applied."""
     overrides = {name: c.overrides() for name, c in settings.campaigns.items()}
-    return calendars.load_calendar(
+    calendar = calendars.load_calendar(
         settings.path(settings.calendars_dir), datetime.now(UTC).date(), overrides
     )
+    quiet = settings.politeness.quiet
+    for campaign in calendar.enabled:
+        if quiet is not None and quiet.contains(campaign.send_time):
+            raise ConfigError(
+                f"{campaign.source}: [occasions.{campaign.name}] send_time "
+                f"{campaign.send_time:%H:%M} is inside [politeness] quiet_hours {quiet}: "
+                "nothing would ever go out"
+            )
+    return calendar
 
 
 def log_event(event: str, **fields: object) -> None:
@@ -151,11 +160,14 @@ def _client_chunks(
             bought: dict[int, list[calendars.PurchaseFact]] = {}
             if needs_purchases:
                 for bought_row in conn.execute(
-                    select(p.c.id, p.c.client_id, p.c.purchased_at, p.c.status, p.c.product).where(
+                    select(p.c.id, p.c.client_id, p.c.purchased_at, p.c.status, p.c.product)
+                    .where(
                         p.c.client_id.between(lo, hi),
                         p.c.purchased_at.between(bought_from, bought_until),
                         p.c.status == "paid",
                     )
+                    # The same purchase wins a shared day in every planner.
+                    .order_by(p.c.client_id, p.c.purchased_at, p.c.id)
                 ):
                     bought.setdefault(bought_row.client_id, []).append(
                         calendars.PurchaseFact(
@@ -173,6 +185,8 @@ def _client_chunks(
                     t.c.campaign,
                     t.c.occurrence,
                     t.c.due_at,
+                    t.c.next_attempt_at,
+                    t.c.updated_at,
                     t.c.status,
                     t.c.purchase_id,
                 ).where(
@@ -227,6 +241,17 @@ def _client_chunks(
                 )
             )
         yield facts, ledger
+
+
+def _went_out_at(touch: Any) -> datetime:
+    """When a ledger touch reached (or will reach) the client, for the frequency cap: the
+    next attempt of a waiting one (moved by a retry or a send window), the last change of a
+    sent or uncertain one (its delivery), else its due time."""
+    if touch.status in (TouchStatus.PLANNED.value, TouchStatus.RETRY.value):
+        return cast(datetime, touch.next_attempt_at)
+    if touch.status in (TouchStatus.SENT.value, TouchStatus.UNCERTAIN.value):
+        return cast(datetime, touch.updated_at)
+    return cast(datetime, touch.due_at)
 
 
 def _local_date(zone: ZoneInfo) -> Callable[[datetime], date]:
@@ -678,7 +703,11 @@ def occasion_context(
                 p.c.client_id == client_id, p.c.status == "paid"
             )
         ).scalar()
-        year = first.year if first is not None else None
+        zone_name = conn.execute(
+            select(c.c.timezone).where(c.c.id == client_id)
+        ).scalar_one_or_none()
+        local = calendars.zone(zone_name or "UTC")
+        year = first.astimezone(local).year if first is not None else None
     if year is not None and occurrence.year > year:
         context["years"] = occurrence.year - year
     return context
@@ -692,6 +721,7 @@ class _Prefetched:
     touches: dict[int, Any] = field(default_factory=dict)
     facts: dict[int, compose.Facts] = field(default_factory=dict)
     birth_years: dict[int, int | None] = field(default_factory=dict)
+    facts_zone: dict[int, str] = field(default_factory=dict)
     suppressed: dict[str, str] = field(default_factory=dict)
     stats: dict[int, care.ClientStats] = field(default_factory=dict)
     #: Per client: (updated_at, touch id, variant) of touches that went or may have gone out.
@@ -736,6 +766,7 @@ def _prefetch(conn: Connection, ids: list[int]) -> _Prefetched:
             values = row._mapping
             found.facts[row.touch_id] = compose.Facts(**{n: values[n] for n in names})
             found.birth_years[row.client_id] = row.birthday_year
+            found.facts_zone[row.client_id] = row.timezone
     clients = sorted({f.client_id for f in found.facts.values()})
     emails = {f.email.lower() for f in found.facts.values()}
     keys = sorted(emails | {store.address_hash(e) for e in emails})
@@ -774,7 +805,8 @@ def _occasion_from(
             year = int(born) if born else None
         else:
             first = stats.first_purchase
-            year = first.year if first is not None else None
+            zone = calendars.zone(pre.facts_zone.get(touch.client_id, "UTC"))
+            year = first.astimezone(zone).year if first is not None else None
         if year is not None and occurrence.year > year:
             context["years"] = occurrence.year - year
     return context

@@ -268,7 +268,8 @@ def _shared(
             ):
                 if not first <= day <= last:
                     continue
-                if campaign.holidays is not None and english.lower() not in campaign.holidays:
+                base = english.lower().removesuffix(" (observed)")
+                if campaign.holidays is not None and base not in campaign.holidays:
                     continue
                 yield Occurrence(campaign.name, day, day, local)
     elif kind == "rrule":
@@ -628,7 +629,9 @@ def _rrule_text(dtstart: str, rule: str, exdates: Iterable[str]) -> str:
             return value.replace("-", "")
         return value.replace("-", "").replace(":", "")
 
-    lines = [f"DTSTART:{stamp(dtstart)}"]
+    start = stamp(dtstart)
+    at = start[8:] if "T" in start else ""
+    lines = [f"DTSTART:{start}"]
     rules = rule.strip()
     for part in re.split(r"\s*\n\s*", rules):
         if not part:
@@ -637,7 +640,8 @@ def _rrule_text(dtstart: str, rule: str, exdates: Iterable[str]) -> str:
         # Dates here are floating (each client's local calendar): a UTC UNTIL is read as local.
         part = re.sub(r"(UNTIL=\d{8}(?:T\d{6})?)Z", r"\1", part)
         lines.append(part if named else f"RRULE:{part}")
-    lines.extend(f"EXDATE:{stamp(d)}" for d in exdates)
+    # An exception given as a date drops that day's occurrence, whatever DTSTART's time.
+    lines.extend(f"EXDATE:{stamp(d)}{at if 'T' not in stamp(d) else ''}" for d in exdates)
     return "\n".join(lines)
 
 
@@ -684,6 +688,11 @@ def load_calendar(
         defaults = data.get("defaults", {})
         if not isinstance(defaults, dict):
             raise ConfigError(f"{path}: defaults must be a table")
+        known = set(_COMMON).union(*_BY_KIND.values())
+        for key in defaults:
+            if key not in known:
+                line = line_of(text, "defaults", key)
+                raise ConfigError(f"{path}:{line}: [defaults] {key}: unknown key")
         occasions = data.get("occasions", {})
         for name, values in occasions.items():
             table = f"occasions.{name}"

@@ -172,13 +172,18 @@ def record_survey(engine: Engine, touch_id: int, score: int, now: datetime) -> b
 
 
 def _client(conn: Connection, key: str) -> Any:
+    """The client with this external id, else the only client with this e-mail address."""
     c = store.clients
-    row = conn.execute(
-        select(c).where((c.c.external_id == key) | (func.lower(c.c.email) == key.strip().lower()))
-    ).first()
-    if row is None:
+    row = conn.execute(select(c).where(c.c.external_id == key)).first()
+    if row is not None:
+        return row
+    rows = conn.execute(select(c).where(func.lower(c.c.email) == key.strip().lower())).all()
+    if not rows:
         raise NotFound(f"no client with id or e-mail {key!r}")
-    return row
+    if len(rows) > 1:
+        ids = ", ".join(sorted(str(r.external_id) for r in rows))
+        raise FollowupError(f"{len(rows)} clients have the address {key!r} ({ids}): give the id")
+    return rows[0]
 
 
 def _plain(value: Any) -> Any:
@@ -276,6 +281,8 @@ def erase_client(engine: Engine, key: str, now: datetime) -> Erasure:
             .values(smtp_reply=None, reason=None, purchase_id=None, updated_at=now)
         )
         removed = conn.execute(delete(p).where(p.c.client_id == client_id)).rowcount
+        a = store.survey_answers
+        conn.execute(delete(a).where(a.c.client_id == client_id))
         digest = store.address_hash(email)
         conn.execute(delete(s).where(s.c.email == email.lower()))
         store.suppress(conn, digest, "erased", now)

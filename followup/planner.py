@@ -311,8 +311,12 @@ def _place(
             break
         if first_block is None:
             first_block = _blocker(taken, at, politeness.per)
-        day += timedelta(days=1)
         start = local_instant(day, campaign.send_time, zone)
+        if start <= at:
+            # Today's send time is behind us (a catch-up, or a window past midnight): try
+            # the next day's; otherwise today's send time comes first.
+            day += timedelta(days=1)
+            start = local_instant(day, campaign.send_time, zone)
         slot = next_allowed(campaign, start, zone, politeness.quiet, not_after)
         if slot is None:
             assert first_block is not None

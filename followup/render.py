@@ -488,11 +488,13 @@ def _address(name: str, email: str) -> str:
     email = header_safe(email)
     if not name:
         return email
-    if name.isascii():
+    # A name that looks like an encoded-word is encoded itself, so that clients show it as
+    # written instead of decoding it (some decode inside quotes too).
+    if name.isascii() and "=?" not in name:
         if not _ATOMS.fullmatch(name):
             name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
         return f"{name} <{email}>"
-    return f"{' '.join(_encoded_words(name))} <{email}>"
+    return "\r\n ".join(_encoded_words(name)) + f" <{email}>"
 
 
 def _encoded_words(text: str, size: int = 45) -> list[str]:

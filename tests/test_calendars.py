@@ -586,3 +586,32 @@ def test_windows_contain_their_hours(window: str, inside: list[str], outside: li
     parsed = calendars.parse_window(window)
     assert all(parsed.contains(calendars.parse_time(t)) for t in inside)
     assert not any(parsed.contains(calendars.parse_time(t)) for t in outside)
+
+
+def test_an_exdate_given_as_a_date_drops_that_day_whatever_dtstarts_time(
+    tmp_path: Path,
+) -> None:
+    calendar = _calendar(
+        tmp_path,
+        '[occasions.v]\nkind = "rrule"\ndtstart = "2020-02-14T09:00"\n'
+        'rrule = "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=14"\nexdate = ["2027-02-14"]\n',
+    )
+    assert _days(calendar["v"], _client(), date(2026, 1, 1), date(2028, 12, 31)) == [
+        date(2026, 2, 14),
+        date(2028, 2, 14),
+    ]
+
+
+def test_observed_days_of_named_holidays_are_greeted_when_asked(tmp_path: Path) -> None:
+    # Christmas 2027 is a Saturday: the US observes it on Friday the 24th.
+    text = '[occasions.c]\nkind = "holiday"\nholidays = ["Christmas Day"]\n'
+    plain = _calendar(tmp_path, text)
+    first, last = date(2027, 12, 1), date(2027, 12, 31)
+    assert _days(plain["c"], _client(), first, last) == [date(2027, 12, 25)]
+    observed = _calendar(tmp_path, text + "observed = true\n")
+    assert _days(observed["c"], _client(), first, last) == [date(2027, 12, 24), date(2027, 12, 25)]
+
+
+def test_an_unknown_default_key_names_file_and_line(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[defaults]\nsend_time = "10:00"\nlateness = 12\n')
+    assert message.startswith(f"{tmp_path / 'cal.toml'}:3: [defaults] lateness: unknown key")

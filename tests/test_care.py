@@ -196,3 +196,43 @@ def test_a_bad_audience_rule_names_file_line_and_occasion(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as caught:
         load_calendar(tmp_path, date(2027, 1, 1))
     assert str(caught.value).startswith(f"{tmp_path / 'c.toml'}:5: [occasions.vip_day] audience:")
+
+
+@pytest.mark.parametrize("rule", ["client.purchases ** 99999999", "client.tags * 1000000000"])
+def test_a_rule_cannot_build_huge_values(rule: str) -> None:
+    message = care.check_rule(rule)
+    assert message is not None
+    assert "audience rule" in message
+
+
+def test_a_send_time_inside_the_quiet_hours_stops_start_up(tmp_path: Path) -> None:
+    from followup import app
+    from tests.conftest import make_settings
+
+    settings = make_settings(
+        tmp_path, f"sqlite:///{tmp_path / 'x.db'}", politeness={"quiet_hours": "09:30-12:00"}
+    )
+    with pytest.raises(ConfigError, match=r"send_time 10:00 is inside \[politeness\] quiet_hours"):
+        app.load_calendar(settings)
+
+
+def test_erasing_by_an_address_two_clients_share_is_refused(
+    tmp_path: Path, runtime: object
+) -> None:
+    from followup import app, importer, people
+    from followup.errors import FollowupError
+
+    assert isinstance(runtime, app.Runtime)
+    (tmp_path / "clients.csv").write_text(
+        "id,email,first_name,last_name,locale,timezone,country\n"
+        "a1,same@example.com,Ann,Lee,en-US,America/New_York,US\n"
+        "a2,same@example.com,Al,Lee,en-US,America/New_York,US\n",
+        encoding="utf-8",
+    )
+    importer.import_csv(
+        runtime.engine, importer.Kind.CLIENTS, tmp_path / "clients.csv", now=NOW, strict=True
+    )
+    with pytest.raises(FollowupError, match=r"2 clients have the address .* \(a1, a2\): give"):
+        people.erase_client(runtime.engine, "same@example.com", NOW)
+    erased = people.erase_client(runtime.engine, "a1", NOW)
+    assert erased.touches_kept == 0

@@ -632,3 +632,25 @@ def test_distinct_keys_have_distinct_message_ids(
 ) -> None:
     assume(a != b)
     assert planner.message_id(*a, "example.com") != planner.message_id(*b, "example.com")
+
+
+def test_a_capped_catch_up_takes_the_same_days_send_time_when_the_cap_allows() -> None:
+    # Paris, one capped touch per day; another went out on 06-09 at 09:00. This one was due
+    # 06-09 at 10:00 and may be 30 h late; planning at 08:30 on 06-10 gives it 10:00 that day.
+    paris = ZoneInfo("Europe/Paris")
+    campaign = _campaign(
+        "greeting", rule="FREQ=YEARLY;BYMONTH=6;BYMONTHDAY=9", lateness=timedelta(hours=30)
+    )
+    other = LedgerTouch("other", date(2027, 6, 9), datetime(2027, 6, 9, 9, 0, tzinfo=paris), "sent")
+    now = datetime(2027, 6, 10, 8, 30, tzinfo=paris)
+    (touch,) = _plan(
+        _client(timezone="Europe/Paris"),
+        campaign,
+        ledger=(other,),
+        since=datetime(2027, 6, 1, tzinfo=UTC),
+        until=datetime(2027, 6, 12, tzinfo=UTC),
+        now=now,
+        politeness=Politeness(max_touches=1, per=timedelta(days=1), quiet=None),
+    )
+    assert touch.status is TouchStatus.PLANNED
+    assert touch.due_at == datetime(2027, 6, 10, 10, 0, tzinfo=paris)

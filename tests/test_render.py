@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import re
 from datetime import UTC, date, datetime
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.policy import default
 from pathlib import Path
@@ -642,3 +643,31 @@ def test_unicode_line_separators_cannot_break_a_header(
     message = _parse(_compose(settings, templates, _facts(first_name=f"An{separator}n")).mime)
     assert "\n" not in str(message["Subject"]) and separator not in str(message["Subject"])
     assert len(message.get_all("To") or []) == 1
+
+
+def test_a_name_that_looks_like_an_encoded_word_is_shown_as_written(
+    settings: Settings, templates: Templates
+) -> None:
+    facts = _facts(rep_name="=?utf-8?b?QWRtaW4=?=", first_name="=?utf-8?b?Qm9zcw==?=")
+    mime = _compose(settings, templates, facts).mime
+    assert _decoded(mime, "From").startswith("=?utf-8?b?QWRtaW4=?= <")
+    assert _decoded(mime, "To").startswith("=?utf-8?b?Qm9zcw==?= ")
+
+
+def _decoded(mime: bytes, name: str) -> str:
+    """A header as RFC 2047 says to show it (adjacent encoded-words joined; Python's address
+    parser keeps the folding space between them, which mail clients drop)."""
+    head = mime.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    raw = re.search(rf"^{name}: ([^\r\n]*(?:\r\n [^\r\n]*)*)", head, re.M)
+    assert raw is not None
+    return str(make_header(decode_header(raw.group(1).replace("\r\n", ""))))
+
+
+def test_long_names_in_any_script_keep_every_line_within_the_limit(
+    settings: Settings, templates: Templates
+) -> None:
+    facts = _facts(first_name="山" * 250, last_name="田" * 250, rep_name="Joé " * 60)
+    mime = _compose(settings, templates, facts).mime
+    assert max(len(line) for line in mime.split(b"\r\n")) <= 998
+    assert b"\n" not in mime.replace(b"\r\n", b"")
+    assert _decoded(mime, "To") == "山" * 250 + " " + "田" * 250 + f" <{facts.email}>"
