@@ -27,6 +27,7 @@ from sqlalchemy import (
     func,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -302,18 +303,38 @@ def insert_touches(
     return inserted
 
 
+_UNNEST_COLUMNS = (
+    ("client_id", "integer"),
+    ("campaign", "varchar"),
+    ("occurrence", "date"),
+    ("status", "varchar"),
+    ("due_at", "timestamptz"),
+    ("not_after", "timestamptz"),
+    ("next_attempt_at", "timestamptz"),
+    ("template", "varchar"),
+    ("occasion", "varchar"),
+    ("purchase_id", "integer"),
+    ("reason", "text"),
+    ("attempts", "integer"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+)
+_INSERT_UNNEST = text(
+    # Built from the constant column list above, never from data.
+    "INSERT INTO touches ("  # noqa: S608
+    + ", ".join(name for name, _ in _UNNEST_COLUMNS)
+    + ") SELECT * FROM unnest("
+    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _UNNEST_COLUMNS)
+    + ") ON CONFLICT DO NOTHING RETURNING id, status, reason, campaign"
+)
+
+
 def _insert_returning(conn: Connection, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """PostgreSQL: insert-if-absent, the new rows returned (several planners may be inserting
-    at once: only RETURNING says which rows are ours)."""
-    stmt = (
-        _insert(conn, touches)
-        # No conflict target: any unique key (the touch key, or one touch per purchase)
-        # makes the row a duplicate.
-        .on_conflict_do_nothing()
-        .returning(touches.c.id, touches.c.status, touches.c.reason, touches.c.campaign)
-    )
-    # executemany: one cached statement, batched by SQLAlchemy's "insertmanyvalues".
-    return [tuple(row) for row in conn.execute(stmt, rows)]
+    at once: only RETURNING says which rows are ours). One statement with one array per
+    column (unnest): the same SQL text for any number of rows, nothing to parse per batch."""
+    columns = {name: [row[name] for row in rows] for name, _ in _UNNEST_COLUMNS}
+    return [tuple(row) for row in conn.execute(_INSERT_UNNEST, columns)]
 
 
 _INSERT_SQLITE = sqlite.insert(touches).on_conflict_do_nothing()
