@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import multiprocessing
 import os
 import random
 import socket
 import time as monotonic_time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -116,7 +118,7 @@ class _Window:
 
 
 def _client_chunks(
-    rt: Runtime, window: _Window, chunk: int = 2000
+    rt: Runtime, window: _Window, chunk: int = 2000, ids: tuple[int, int] | None = None
 ) -> Iterator[tuple[list[calendars.ClientFacts], dict[int, list[planner.LedgerTouch]]]]:
     """The clients in id order, `chunk` at a time, each chunk read in its own short read
     transaction with the purchases and ledger touches the planner needs: memory stays flat
@@ -132,7 +134,7 @@ def _client_chunks(
     ledger_from = earliest - politeness.per - timedelta(days=1)
     occurrence_from = (bought_from - timedelta(days=1)).date()
     c, p, t = store.clients, store.purchases, store.touches
-    last_id = 0
+    last_id, highest = ids if ids is not None else (0, None)
     while True:
         with store.reader(rt.engine) as conn:
             rows = conn.execute(
@@ -149,7 +151,7 @@ def _client_chunks(
                     c.c.birthday_day,
                     c.c.birthday_year,
                 )
-                .where(c.c.id > last_id)
+                .where(c.c.id > last_id, *([] if highest is None else [c.c.id <= highest]))
                 .order_by(c.c.id)
                 .limit(chunk)
             ).all()
@@ -292,13 +294,14 @@ def client_stats(
 
 
 def _planned(
-    rt: Runtime, window: _Window
+    rt: Runtime, window: _Window, ids: tuple[int, int] | None = None
 ) -> Iterator[tuple[list[calendars.ClientFacts], list[planner.NewTouch]]]:
-    """The planner's touches, one list per chunk of clients (with the chunk's clients)."""
+    """The planner's touches, one list per chunk of clients (with the chunk's clients), for
+    every client or those with ids in (ids[0], ids[1]]."""
     campaigns = rt.calendar.enabled
     politeness = rt.politeness
     capped = {c.name: c.capped for c in rt.calendar.campaigns}
-    for clients, ledger in _client_chunks(rt, window):
+    for clients, ledger in _client_chunks(rt, window, ids=ids):
         touches: list[planner.NewTouch] = []
         for client in clients:
             touches.extend(
@@ -326,9 +329,12 @@ def plan(
     now: datetime,
     until: datetime | None = None,
     progress: Callable[[int], None] | None = None,
+    processes: int | None = None,
 ) -> PlanReport:
     """Insert every touch due up to `until` (default: the configured horizon). Idempotent, and
     safe to run from several processes at once: the ledger's unique keys refuse duplicates.
+    With `processes` (default `[schedule] plan_processes`) above 1, the clients are split by
+    id range over that many worker processes (the planner is CPU-bound Python).
 
     Occurrences missed while followup was down and past their lateness are recorded as
     skipped "too late", from each campaign's watermark on; the first plan starts at the
@@ -346,16 +352,12 @@ def plan(
         start = now - campaign.lateness
         mark = marks[campaign.name]
         since[campaign.name] = min(start, mark) if mark is not None else start
-    created: dict[str, int] = {}
-    for clients, touches in _planned(rt, _Window(since, until, now)):
-        if touches:
-            with rt.engine.begin() as conn:
-                store.insert_touches(conn, touches, now, created, report.by_campaign)
-        report.clients += len(clients)
-        if progress is not None:
-            progress(len(clients))
-    report.planned = created.get(TouchStatus.PLANNED.value, 0)
-    report.skipped = created.get(TouchStatus.SKIPPED.value, 0)
+    window = _Window(since, until, now)
+    processes = processes or rt.settings.schedule.plan_processes
+    if processes > 1:
+        _plan_in_processes(rt, window, processes, report, progress)
+    else:
+        _plan_range(rt, window, None, report, progress)
     with rt.engine.begin() as conn:
         for campaign in campaigns:
             mark = marks[campaign.name]
@@ -364,6 +366,65 @@ def plan(
     log_event("plan.done", planned=report.planned, skipped=report.skipped)
     record_run(rt, "plan", now, started, f"planned={report.planned} skipped={report.skipped}")
     return report
+
+
+def _plan_range(
+    rt: Runtime,
+    window: _Window,
+    ids: tuple[int, int] | None,
+    report: PlanReport,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Plans the clients with ids in (ids[0], ids[1]] (all when None) into `report`."""
+    created: dict[str, int] = {}
+    for clients, touches in _planned(rt, window, ids):
+        if touches:
+            with rt.engine.begin() as conn:
+                store.insert_touches(conn, touches, window.now, created, report.by_campaign)
+        report.clients += len(clients)
+        if progress is not None:
+            progress(len(clients))
+    report.planned += created.get(TouchStatus.PLANNED.value, 0)
+    report.skipped += created.get(TouchStatus.SKIPPED.value, 0)
+
+
+def _plan_worker(settings: Settings, window: _Window, ids: tuple[int, int]) -> PlanReport:
+    """One worker process of a parallel plan: its own engine, calendar and templates."""
+    rt = Runtime.open(settings)
+    try:
+        report = PlanReport()
+        _plan_range(rt, window, ids, report)
+        return report
+    finally:
+        rt.engine.dispose()
+
+
+def _plan_in_processes(
+    rt: Runtime,
+    window: _Window,
+    processes: int,
+    report: PlanReport,
+    progress: Callable[[int], None] | None,
+) -> None:
+    c = store.clients
+    with store.reader(rt.engine) as conn:
+        low, high = conn.execute(select(func.min(c.c.id), func.max(c.c.id))).one()
+    if low is None:
+        return
+    step = max(1, (high - low + 1) // processes + 1)
+    ranges = [(start - 1, min(start - 1 + step, high)) for start in range(low, high + 1, step)]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(ranges), mp_context=context) as pool:
+        futures = [pool.submit(_plan_worker, rt.settings, window, ids) for ids in ranges]
+        for future in futures:
+            part = future.result()
+            report.clients += part.clients
+            report.planned += part.planned
+            report.skipped += part.skipped
+            for name, count in part.by_campaign.items():
+                report.by_campaign[name] = report.by_campaign.get(name, 0) + count
+            if progress is not None:
+                progress(part.clients)
 
 
 def record_run(

@@ -310,7 +310,11 @@ def _parse_day(value: str, option: str) -> date:
         ) from None
 
 
-@cli.command(epilog=example("followup plan", "followup plan --until 2027-01-31"))
+@cli.command(
+    epilog=example(
+        "followup plan", "followup plan --until 2027-01-31", "followup plan --processes 2"
+    )
+)
 def plan(
     until: Annotated[
         str | None,
@@ -319,20 +323,30 @@ def plan(
             "of day); default: [schedule] plan_horizon_days."
         ),
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Plan in this many processes (default: [schedule] plan_processes).",
+        ),
+    ] = None,
 ) -> None:
     """Plan touches up to a horizon. Idempotent: planning twice plans nothing new."""
     horizon = None
     if until is not None:
         horizon = datetime.combine(_parse_day(until, "--until") + timedelta(days=1), time(), UTC)
     rt = app.Runtime.open(settings())
-    report = _plan_with_progress(rt, horizon)
+    report = _plan_with_progress(rt, horizon, processes)
     out.print(
         f"planned {report.planned} touch(es) for {report.clients} client(s), "
         f"{report.skipped} recorded as skipped (too late or capped)"
     )
 
 
-def _plan_with_progress(rt: app.Runtime, horizon: datetime | None) -> app.PlanReport:
+def _plan_with_progress(
+    rt: app.Runtime, horizon: datetime | None, processes: int | None = None
+) -> app.PlanReport:
     """Plans with a progress bar over the clients on a terminal (large shops)."""
     total = app.client_count(rt)
     progress = Progress(
@@ -346,7 +360,9 @@ def _plan_with_progress(rt: app.Runtime, horizon: datetime | None) -> app.PlanRe
     )
     with progress:
         task = progress.add_task("planning", total=total)
-        return app.plan(rt, now(), horizon, progress=lambda n: progress.advance(task, n))
+        return app.plan(
+            rt, now(), horizon, progress=lambda n: progress.advance(task, n), processes=processes
+        )
 
 
 def _send(rt: app.Runtime, *, resend_uncertain: bool = False) -> app.DispatchReport:

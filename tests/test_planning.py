@@ -66,6 +66,18 @@ def test_planning_twice_leaves_the_ledger_of_planning_once(tmp_path: Path) -> No
     assert any(row[3] == "skipped" and str(row[8]).startswith("capped: ") for row in ledger)
 
 
+def test_planning_in_several_processes_leaves_the_ledger_of_one(tmp_path: Path) -> None:
+    one, split = tmp_path / "one", tmp_path / "split"
+    one.mkdir()
+    split.mkdir()
+    env_one = _shop(one, f"sqlite:///{one / 'f.db'}")
+    env_split = _shop(split, f"sqlite:///{split / 'f.db'}")
+    followup(one, "plan", "--until", "2027-03-01", env=env_one)
+    result = followup(split, "plan", "--until", "2027-03-01", "--processes", "3", env=env_split)
+    assert "for 240 client(s)" in result.stdout
+    assert _ledger(env_one["FOLLOWUP_DATABASE_URL"]) == _ledger(env_split["FOLLOWUP_DATABASE_URL"])
+
+
 @pytest.mark.postgres
 def test_two_planners_at_once_on_postgresql_leave_the_ledger_of_one(
     tmp_path: Path, postgres_url: str, postgres_url_2: str
