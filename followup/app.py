@@ -225,7 +225,7 @@ def _client_chunks(
                     "country": row.country,
                     "timezone": row.timezone,
                     "status": row.status,
-                    "tags": [t.strip() for t in row.tags.split(",") if t.strip()],
+                    "tags": care.tag_list(row.tags),
                     **care.client_context(client_stats_, tier, _local_date(zone)),
                 }
             facts.append(
@@ -707,7 +707,7 @@ def _outside_window(rt: Runtime, touch: Any, timezone: str, now: datetime) -> da
     campaign = rt.calendar.get(touch.campaign)
     if campaign is None:
         return None
-    zone = ZoneInfo(timezone)
+    zone = calendars.zone(timezone)
     quiet = rt.politeness.quiet
     if planner.allowed(campaign, now, zone, quiet):
         return None
@@ -717,34 +717,32 @@ def _outside_window(rt: Runtime, touch: Any, timezone: str, now: datetime) -> da
     return later
 
 
-def screen_client(
-    rt: Runtime, conn: Connection, campaign_name: str, facts: compose.Facts, now: datetime
+def client_for(
+    rt: Runtime, campaign_name: str, facts: compose.Facts, stats: care.ClientStats, now: datetime
 ) -> dict[str, Any]:
     """Send-time exclusions (unpaid or disputed purchases, unless the campaign says otherwise)
     and the client's facts for the template (tier, purchases, total_spent, ...). Raises Skip
     with the reason when the client must not get this campaign now."""
-    stats = client_stats(conn, facts.client_id, facts.client_id).get(
-        facts.client_id, care.ClientStats()
-    )
     campaign = rt.calendar.get(campaign_name)
     exclude = campaign.exclude if campaign is not None else care.EXCLUSIONS
     reason = care.exclusion(facts.status, stats, exclude)
     if reason is not None:
         raise compose.Skip(reason)
     tier = care.tier(stats, now, rt.tier_rules, facts.tier)
-    return care.client_context(stats, tier, _local_date(ZoneInfo(facts.timezone)))
+    return care.client_context(stats, tier, _local_date(calendars.zone(facts.timezone)))
 
 
-def occasion_context(
+def occasion_for(
     rt: Runtime,
-    conn: Connection,
     campaign_name: str,
     occurrence: date,
     name: str | None,
-    client_id: int,
+    facts: compose.Facts,
+    stats: care.ClientStats,
 ) -> dict[str, Any]:
     """The template's `occasion`: campaign, kind, name in the client's language (as planned),
-    date, and for yearly occasions the years (age, or years since the first purchase)."""
+    date, and for yearly occasions the years (age, or years since the first purchase, both
+    counted in the client's zone)."""
     campaign = rt.calendar.get(campaign_name)
     context: dict[str, Any] = {"campaign": campaign_name, "date": occurrence, "years": None}
     if campaign is None:
@@ -753,22 +751,11 @@ def occasion_context(
     context.update(kind=campaign.kind, name=name or campaign.title)
     if campaign.kind != "yearly":
         return context
-    c, p = store.clients, store.purchases
-    year: int | None
+    year: int | None = None
     if campaign.client_date == "birthday":
-        born = conn.execute(select(c.c.birthday_year).where(c.c.id == client_id)).scalar()
-        year = int(born) if born else None
-    else:
-        first = conn.execute(
-            select(func.min(p.c.purchased_at)).where(
-                p.c.client_id == client_id, p.c.status == "paid"
-            )
-        ).scalar()
-        zone_name = conn.execute(
-            select(c.c.timezone).where(c.c.id == client_id)
-        ).scalar_one_or_none()
-        local = calendars.zone(zone_name or "UTC")
-        year = first.astimezone(local).year if first is not None else None
+        year = facts.birthday_year
+    elif stats.first_purchase is not None:
+        year = stats.first_purchase.astimezone(calendars.zone(facts.timezone)).year
     if year is not None and occurrence.year > year:
         context["years"] = occurrence.year - year
     return context
@@ -781,8 +768,6 @@ class _Prefetched:
 
     touches: dict[int, Any] = field(default_factory=dict)
     facts: dict[int, compose.Facts] = field(default_factory=dict)
-    birth_years: dict[int, int | None] = field(default_factory=dict)
-    facts_zone: dict[int, str] = field(default_factory=dict)
     suppressed: dict[str, str] = field(default_factory=dict)
     stats: dict[int, care.ClientStats] = field(default_factory=dict)
     #: Per client: (updated_at, touch id, variant) of touches that went or may have gone out.
@@ -817,7 +802,7 @@ def _prefetch(conn: Connection, ids: list[int]) -> _Prefetched:
             found.touches[row.id] = row
         query = (
             compose.facts_query()
-            .add_columns(t.c.id.label("touch_id"), c.c.birthday_year)
+            .add_columns(t.c.id.label("touch_id"))
             .join(t, t.c.client_id == c.c.id)
             .outerjoin(p, p.c.id == t.c.purchase_id)
             .where(t.c.id.in_(batch))
@@ -826,8 +811,6 @@ def _prefetch(conn: Connection, ids: list[int]) -> _Prefetched:
         for row in conn.execute(query):
             values = row._mapping
             found.facts[row.touch_id] = compose.Facts(**{n: values[n] for n in names})
-            found.birth_years[row.client_id] = row.birthday_year
-            found.facts_zone[row.client_id] = row.timezone
     clients = sorted({f.client_id for f in found.facts.values()})
     emails = {f.email.lower() for f in found.facts.values()}
     keys = sorted(emails | {store.address_hash(e) for e in emails})
@@ -846,31 +829,6 @@ def _prefetch(conn: Connection, ids: list[int]) -> _Prefetched:
         ):
             found.seen.setdefault(row.client_id, []).append((row.updated_at, row.id, row.variant))
     return found
-
-
-def _occasion_from(
-    rt: Runtime, touch: Any, pre: _Prefetched, stats: care.ClientStats
-) -> dict[str, Any]:
-    """`occasion_context` from prefetched facts."""
-    campaign = rt.calendar.get(touch.campaign)
-    occurrence: date = touch.occurrence
-    context: dict[str, Any] = {"campaign": touch.campaign, "date": occurrence, "years": None}
-    if campaign is None:
-        context.update(kind="after_purchase", name=touch.occasion or touch.campaign)
-        return context
-    context.update(kind=campaign.kind, name=touch.occasion or campaign.title)
-    if campaign.kind == "yearly":
-        year: int | None
-        if campaign.client_date == "birthday":
-            born = pre.birth_years.get(touch.client_id)
-            year = int(born) if born else None
-        else:
-            first = stats.first_purchase
-            zone = calendars.zone(pre.facts_zone.get(touch.client_id, "UTC"))
-            year = first.astimezone(zone).year if first is not None else None
-        if year is not None and occurrence.year > year:
-            context["years"] = occurrence.year - year
-    return context
 
 
 def _prepare(
@@ -894,14 +852,10 @@ def _prepare(
                 raise compose.Skip("client no longer exists")
             compose.check_audience_with(facts, pre.suppression(facts.email))
             stats = pre.stats.get(facts.client_id, care.ClientStats())
-            campaign = rt.calendar.get(touch.campaign)
-            exclude = campaign.exclude if campaign is not None else care.EXCLUSIONS
-            excluded = care.exclusion(facts.status, stats, exclude)
-            if excluded is not None:
-                raise compose.Skip(excluded)
-            tier = care.tier(stats, clock(), rt.tier_rules, facts.tier)
-            client = care.client_context(stats, tier, _local_date(ZoneInfo(facts.timezone)))
-            occasion = _occasion_from(rt, touch, pre, stats)
+            client = client_for(rt, touch.campaign, facts, stats, clock())
+            occasion = occasion_for(
+                rt, touch.campaign, touch.occurrence, touch.occasion, facts, stats
+            )
             later = _outside_window(rt, touch, facts.timezone, clock())
             if later is not None:
                 # Caught up after downtime at an hour the client should not get mail: wait
@@ -1270,16 +1224,12 @@ def dry_run(rt: Runtime, on: date, now: datetime | None = None) -> DryRun:
                     detail = f": {candidate.reason}" if candidate.reason else ""
                     raise compose.Skip(f"already {candidate.status}{detail}")
                 compose.check_audience(conn, facts)
-                client = screen_client(
-                    rt, conn, candidate.campaign, facts, now or candidate.send_at
+                stats = client_stats(conn, facts.client_id, facts.client_id).get(
+                    facts.client_id, care.ClientStats()
                 )
-                occasion = occasion_context(
-                    rt,
-                    conn,
-                    candidate.campaign,
-                    candidate.occurrence,
-                    candidate.occasion,
-                    candidate.client_id,
+                client = client_for(rt, candidate.campaign, facts, stats, now or candidate.send_at)
+                occasion = occasion_for(
+                    rt, candidate.campaign, candidate.occurrence, candidate.occasion, facts, stats
                 )
                 if candidate.client_id not in last_variant:
                     last_variant[candidate.client_id] = compose.previous_variant(

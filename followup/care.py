@@ -67,6 +67,11 @@ def tier(stats: ClientStats, now: datetime, rules: TierRules, assigned: str = ""
     return "regular"
 
 
+def tag_list(tags: str) -> list[str]:
+    """A client's tags column ("fleet, newsletter") as a list."""
+    return [t.strip() for t in tags.split(",") if t.strip()]
+
+
 def client_context(
     stats: ClientStats, tier_name: str, zone_date: Callable[[datetime], date]
 ) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Row, select
 
-from followup import store, tokens
+from followup import care, store, tokens
 from followup.config import Settings
 from followup.errors import ConfigError
 from followup.models import ClientStatus, TouchStatus
@@ -87,6 +87,7 @@ class Facts:
     amount_minor: int | None
     currency: str | None
     purchased_at: datetime | None
+    birthday_year: int | None = None
 
 
 def facts_query() -> Any:
@@ -103,6 +104,7 @@ def facts_query() -> Any:
             c.c.country,
             c.c.tier,
             c.c.tags,
+            c.c.birthday_year,
             c.c.status,
             r.c.id.label("rep_id"),
             r.c.name.label("rep_name"),
@@ -245,7 +247,7 @@ def compose(
             "email": facts.email,
             "locale": facts.locale,
             "country": facts.country,
-            "tags": [t.strip() for t in facts.tags.split(",") if t.strip()],
+            "tags": care.tag_list(facts.tags),
             **extra,
             "tier": tier,
         },

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from followup.calendars import Window, parse_delay, parse_weekdays, parse_window
+from followup.calendars import Window, parse_delay, parse_time, parse_weekdays, parse_window
 from followup.errors import ConfigError
 
 #: Keys that must never be written in a file: (section, key) -> environment variable.
@@ -183,10 +183,7 @@ class CampaignSettings(_Section):
     @field_validator("send_time", mode="before")
     @classmethod
     def _parse_time(cls, value: Any) -> Any:
-        if isinstance(value, str) and re.fullmatch(r"\d{1,2}:\d{2}", value):
-            hours, minutes = value.split(":")
-            return time(int(hours), int(minutes))
-        return value
+        return parse_time(value) if isinstance(value, str) else value
 
     @field_validator("after")
     @classmethod
