@@ -25,15 +25,19 @@ CLIENTS = (
 PURCHASES = "id,client,purchased_at,product,amount,currency,status\n"
 
 
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("year")
+def make_shop(folder: Path) -> Path:
+    """A project folder with the three clients above imported."""
     followup(folder, "init")
     followup(folder, "db", "upgrade")
     for kind, content in (("reps", REPS), ("clients", CLIENTS), ("purchases", PURCHASES)):
         (folder / f"{kind}.csv").write_text(content, encoding="utf-8")
         followup(folder, "import", kind, f"{kind}.csv", "--strict")
     return folder
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_shop(tmp_path_factory.mktemp("year"))
 
 
 def dry_run(folder: Path, day: str) -> dict[str, Any]:
@@ -110,12 +114,7 @@ def test_a_birthday_on_a_holiday_sends_one_message_and_says_why_not_the_other(
 def test_history_shows_why_a_colliding_occasion_did_not_go_out(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    folder = tmp_path_factory.mktemp("history")
-    followup(folder, "init")
-    followup(folder, "db", "upgrade")
-    for kind, content in (("reps", REPS), ("clients", CLIENTS), ("purchases", PURCHASES)):
-        (folder / f"{kind}.csv").write_text(content, encoding="utf-8")
-        followup(folder, "import", kind, f"{kind}.csv", "--strict")
+    folder = make_shop(tmp_path_factory.mktemp("history"))
     followup(folder, "plan", "--until", "2027-02-16")
     found = json.loads(followup(folder, "history", "us2", "--json").stdout)
     by_campaign = {t["campaign"]: t for t in found["touches"] if t["occurrence"] == "2027-02-15"}
