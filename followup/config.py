@@ -62,6 +62,8 @@ class SmtpSettings(_Section):
     rate_per_second: float = Field(default=0.0, ge=0)
     rate_per_hour: int = Field(default=0, ge=0)
     rate_per_day: int = Field(default=0, ge=0)
+    #: RFC 2920: MAIL, RCPT and DATA in one write when the server offers PIPELINING.
+    pipelining: bool = True
 
 
 class SenderSettings(_Section):

@@ -136,6 +136,17 @@ class RecordingHandler:
     mail_reply: str | None = None
     #: Seconds to wait before answering the end of DATA (the message is kept all the same).
     data_delay: float = 0.0
+    #: Offer PIPELINING (RFC 2920), as Postfix and the providers do; aiosmtpd reads the
+    #: pipelined commands one after the other, as it reads any input.
+    pipelining: bool = True
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
@@ -206,9 +217,10 @@ class SmtpServer:
 
 
 @pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
-    """A real SMTP server (aiosmtpd) on loopback that records every message."""
-    handler = RecordingHandler()
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on loopback that records every message. It offers
+    PIPELINING unless the test is parametrized indirectly with False."""
+    handler = RecordingHandler(pipelining=getattr(request, "param", True))
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:

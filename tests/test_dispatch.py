@@ -54,6 +54,12 @@ def seed(rt: app.Runtime, tmp_path: Path, purchases: str = PURCHASES) -> None:
 
 OpenRuntime = Callable[[Settings], app.Runtime]
 
+#: The server offers PIPELINING (the default, RFC 2920), or not (step by step): the outcomes
+#: must be the same.
+BOTH_WAYS = pytest.mark.parametrize(
+    "smtp_server", [True, False], indirect=True, ids=["pipelined", "step-by-step"]
+)
+
 
 @pytest.fixture
 def smtp_runtime(
@@ -109,6 +115,7 @@ def ledger(rt: app.Runtime) -> dict[str, tuple[str, str | None, str | None]]:
     return {row.external_id: (row.status, row.message_id, row.reason) for row in rows}
 
 
+@BOTH_WAYS
 def test_plan_twice_then_send_delivers_each_thank_you_exactly_once(
     smtp_runtime: app.Runtime, smtp_server: SmtpServer
 ) -> None:
@@ -151,6 +158,7 @@ def test_a_touch_is_not_sent_before_its_local_hour(
     assert len(smtp_server.handler.received) == 3
 
 
+@BOTH_WAYS
 def test_temporary_failures_are_retried_and_a_550_suppresses(
     smtp_runtime: app.Runtime, smtp_server: SmtpServer
 ) -> None:
@@ -173,6 +181,7 @@ def test_temporary_failures_are_retried_and_a_550_suppresses(
     assert len(set(handler.message_ids())) == len(handler.received)
 
 
+@BOTH_WAYS
 def test_retries_give_up_after_max_attempts(
     smtp_runtime: app.Runtime, smtp_server: SmtpServer
 ) -> None:
@@ -327,6 +336,7 @@ def test_a_corrected_time_zone_does_not_give_a_purchase_a_second_thank_you(
     assert len(smtp_server.handler.received) == 3
 
 
+@BOTH_WAYS
 def test_a_sender_refused_with_5xx_stops_the_run_and_fails_nothing(
     smtp_runtime: app.Runtime, smtp_server: SmtpServer
 ) -> None:
@@ -339,6 +349,7 @@ def test_a_sender_refused_with_5xx_stops_the_run_and_fails_nothing(
     assert send(smtp_runtime, NOW).sent == 3
 
 
+@BOTH_WAYS
 def test_no_reply_after_the_message_data_is_uncertain_and_not_resent(
     tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
 ) -> None:
@@ -397,6 +408,7 @@ def test_the_dry_run_follows_the_ledger_and_shows_the_catch_up_of_today(
     assert smtp_server.handler.received == []
 
 
+@BOTH_WAYS
 def test_a_pool_of_connections_sends_in_parallel_and_each_message_once(
     tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
 ) -> None:

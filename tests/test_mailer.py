@@ -1,0 +1,228 @@
+"""The SMTP client against real servers on loopback: aiosmtpd, and a scripted asyncio server for
+what aiosmtpd never does (replies out of the RFC, garbage, a 354 after a refused recipient)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from followup.config import SmtpSettings
+from followup.mailer import Delivery, Outcome, SmtpMailer, SmtpSetupError, data_block
+from tests.conftest import SmtpServer
+
+MESSAGE = b"Subject: hi\r\n\r\n.starts with a dot\r\nline\r\n"
+
+
+def unstuff(block: bytes) -> bytes:
+    assert block.endswith(b"\r\n.\r\n") or block == b".\r\n"
+    body = block[: -len(b".\r\n")]
+    return re.sub(rb"(?m)^\.", b"", body)
+
+
+@given(st.binary(max_size=400))
+def test_the_data_block_is_the_message_with_crlf_and_dots_doubled(message: bytes) -> None:
+    block = data_block(message)
+    lines = block.split(b"\r\n")
+    assert lines[-2:] == [b".", b""]
+    # No bare CR or LF, and no line of the message data is a lone "." before the end.
+    assert b"\r" not in b"".join(lines) and b"\n" not in b"".join(lines)
+    assert b"." not in lines[:-2]
+    expected = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
+    if not expected.endswith(b"\r\n"):
+        expected += b"\r\n"
+    assert unstuff(block) == expected
+
+
+def settings(port: int, **values: object) -> SmtpSettings:
+    return SmtpSettings(host="127.0.0.1", port=port, security="none", timeout=2, **values)
+
+
+@pytest.mark.parametrize("smtp_server", [True, False], indirect=True, ids=["offered", "not"])
+def test_pipelining_is_used_only_when_the_server_offers_it(smtp_server: SmtpServer) -> None:
+    async def run() -> tuple[bool, list[Outcome]]:
+        mailer = SmtpMailer(settings(smtp_server.port))
+        outcomes = []
+        for n in range(3):
+            delivery = await mailer.send("b@example.com", f"c{n}@example.com", MESSAGE)
+            outcomes.append(delivery.outcome)
+        pipelined = mailer._pipe is not None
+        await mailer.close()
+        return pipelined, outcomes
+
+    pipelined, outcomes = asyncio.run(run())
+    assert pipelined is smtp_server.handler.pipelining
+    assert outcomes == [Outcome.SENT] * 3
+    received = smtp_server.handler.received
+    assert [r.rcpt_tos for r in received] == [[f"c{n}@example.com"] for n in range(3)]
+    # The server got the message as it was, the leading dot included.
+    assert all(r.data.replace(b"\r\n", b"\n") == MESSAGE.replace(b"\r\n", b"\n") for r in received)
+
+
+def test_pipelining_can_be_turned_off(smtp_server: SmtpServer) -> None:
+    async def run() -> bool:
+        mailer = SmtpMailer(settings(smtp_server.port, pipelining=False))
+        assert (
+            await mailer.send("b@example.com", "c@example.com", MESSAGE)
+        ).outcome is Outcome.SENT
+        used = mailer._pipe is not None
+        await mailer.close()
+        return used
+
+    assert asyncio.run(run()) is False
+    assert len(smtp_server.handler.received) == 1
+
+
+# A scripted server: replies given in advance, what it read is kept.
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, list[bytes]], Awaitable[None]]
+
+
+async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"220 scripted ESMTP\r\n")
+    await reader.readline()  # EHLO
+    writer.write(b"250-scripted\r\n250-PIPELINING\r\n250 HELP\r\n")
+
+
+async def run_scripted(
+    script: Script, recipient: str = "c@example.com"
+) -> tuple[Delivery | SmtpSetupError, list[bytes]]:
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer)
+        try:
+            await script(reader, writer, seen)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mailer = SmtpMailer(settings(port))
+    try:
+        result: Delivery | SmtpSetupError = await mailer.send("b@example.com", recipient, MESSAGE)
+    except SmtpSetupError as exc:
+        result = exc
+    await mailer.close()
+    server.close()
+    await server.wait_closed()
+    return result, seen
+
+
+async def read_lines(reader: asyncio.StreamReader, n: int, seen: list[bytes]) -> None:
+    for _ in range(n):
+        seen.append(await reader.readline())
+
+
+def test_multiline_replies_are_read_whole() -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, 3, seen)
+        writer.write(b"250-sender\r\n250 ok\r\n250-rcpt\r\n250-still\r\n250 ok\r\n354 go\r\n")
+        data = await reader.readuntil(b"\r\n.\r\n")
+        seen.append(data)
+        writer.write(b"250-queued\r\n250 as 42\r\n")
+        seen.append(await reader.readline())  # QUIT
+        writer.write(b"221 bye\r\n")
+
+    delivery, seen = asyncio.run(run_scripted(script))
+    assert isinstance(delivery, Delivery)
+    assert delivery.outcome is Outcome.SENT
+    assert delivery.reply == "queued\nas 42"
+    assert seen[:3] == [
+        b"MAIL FROM:<b@example.com>\r\n",
+        b"RCPT TO:<c@example.com>\r\n",
+        b"DATA\r\n",
+    ]
+    assert seen[3] == b"Subject: hi\r\n\r\n..starts with a dot\r\nline\r\n.\r\n"
+
+
+def test_a_354_after_a_refused_recipient_sends_no_message() -> None:
+    """RFC 2920 says the server refuses DATA when no recipient was accepted; one that answers
+    354 anyway gets an empty message data, and the address is failed as refused."""
+
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, 3, seen)
+        writer.write(b"250 ok\r\n550 5.1.1 no such user\r\n354 go\r\n")
+        seen.append(await reader.readline())
+        writer.write(b"554 no valid recipients\r\n")
+        seen.append(await reader.readline())  # RSET
+        writer.write(b"250 reset\r\n")
+        seen.append(await reader.readline())  # QUIT
+        writer.write(b"221 bye\r\n")
+
+    delivery, seen = asyncio.run(run_scripted(script))
+    assert isinstance(delivery, Delivery)
+    assert delivery.outcome is Outcome.BOUNCED
+    assert seen[3:5] == [b".\r\n", b"RSET\r\n"]
+    assert not any(b"Subject" in line for line in seen)
+
+
+def test_garbage_before_the_message_data_is_retried() -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, 3, seen)
+        writer.write(b"hello there\r\n")
+        await asyncio.sleep(0.2)
+
+    delivery, seen = asyncio.run(run_scripted(script))
+    assert len(seen) == 3
+    assert isinstance(delivery, Delivery)
+    assert delivery.outcome is Outcome.RETRY
+    assert "malformed reply" in delivery.reply
+
+
+def test_a_connection_dropped_after_the_message_data_is_uncertain() -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, 3, seen)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        seen.append(await reader.readuntil(b"\r\n.\r\n"))
+
+    delivery, seen = asyncio.run(run_scripted(script))
+    assert isinstance(delivery, Delivery)
+    assert delivery.outcome is Outcome.UNCERTAIN
+    assert len(seen) == 4
+
+
+def test_a_sender_refused_while_pipelining_stops_the_run() -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, 3, seen)
+        writer.write(
+            b"553 5.7.1 sender refused\r\n503 5.5.1 no sender\r\n503 5.5.1 no recipient\r\n"
+        )
+        seen.append(await reader.readline())
+        writer.write(b"250 reset\r\n")
+        seen.append(await reader.readline())
+        writer.write(b"221 bye\r\n")
+
+    result, seen = asyncio.run(run_scripted(script))
+    assert isinstance(result, SmtpSetupError)
+    assert seen[3] == b"RSET\r\n"
+    assert "refused the sender 'b@example.com': 553" in str(result)
+
+
+@pytest.mark.parametrize(
+    "recipient", ["a b@example.com", "x@example.com>\r\nRCPT TO:<y@example.com"]
+)
+def test_an_address_that_cannot_go_between_angle_brackets_is_refused_unsent(recipient: str) -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        seen.append(await reader.readline())
+        writer.write(b"221 bye\r\n")
+
+    delivery, seen = asyncio.run(run_scripted(script, recipient))
+    assert isinstance(delivery, Delivery)
+    assert delivery.outcome is Outcome.FAILED
+    assert seen == [b"QUIT\r\n"]
