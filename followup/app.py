@@ -988,54 +988,49 @@ class _Recorder:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        changes = [
+            _change(self.rt, touch, message, delivery, now, self.rng)
+            for touch, message, delivery, now in batch
+        ]
         with self.rt.engine.begin() as conn:
-            done = [
-                _record_in(self.rt, conn, touch, message, delivery, now, self.rng)
-                for touch, message, delivery, now in batch
-            ]
-        for (touch, message, delivery, _), status in zip(batch, done, strict=True):
-            _count(self.report, touch, message, delivery, status)
+            store.transition_many(conn, TouchStatus.SENDING, changes)
+            for (touch, message, delivery, now), change in zip(batch, changes, strict=True):
+                if delivery.outcome is Outcome.BOUNCED:
+                    store.suppress(conn, message.to, "bounced", now, detail=change.detail)
+                    conn.execute(
+                        store.clients.update()
+                        .where(store.clients.c.id == touch.client_id)
+                        .values(status=ClientStatus.BOUNCED.value, updated_at=now)
+                    )
+        for (touch, message, delivery, _), change in zip(batch, changes, strict=True):
+            _count(self.report, touch, message, delivery, change.to_status)
 
 
-def _record_in(
+def _change(
     rt: Runtime,
-    conn: Connection,
     touch: Any,
     message: compose.Composed,
     delivery: Delivery,
     now: datetime,
     rng: random.Random,
-) -> TouchStatus:
-    """The ledger's writes for one SMTP outcome, in the caller's transaction."""
+) -> store.Change:
+    """The ledger's state change for one SMTP outcome."""
     reply = f"{delivery.code} {delivery.reply}".strip() if delivery.code else delivery.reply
     status, reason, extra = _outcome(
         delivery, reply, touch.attempts, touch.not_after, now, rt.settings, rng
     )
-    store.transition(
-        conn,
-        touch.id,
-        TouchStatus.SENDING,
-        status,
-        now,
-        reply,
-        reason=reason,
-        lease_owner=None,
-        lease_expires_at=None,
-        smtp_reply=reply[:2000],
-        locale=message.locale,
-        variant=message.variant,
-        rep_id=message.rep_id,
-        message_id=message.message_id,
+    values = {
+        "reason": reason,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "smtp_reply": reply[:2000],
+        "locale": message.locale,
+        "variant": message.variant,
+        "rep_id": message.rep_id,
+        "message_id": message.message_id,
         **extra,
-    )
-    if delivery.outcome is Outcome.BOUNCED:
-        store.suppress(conn, message.to, "bounced", now, detail=reply)
-        conn.execute(
-            store.clients.update()
-            .where(store.clients.c.id == touch.client_id)
-            .values(status=ClientStatus.BOUNCED.value, updated_at=now)
-        )
-    return status
+    }
+    return store.Change(touch.id, status, now, reply, values)
 
 
 def _count(

@@ -13,6 +13,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -406,6 +407,68 @@ def transition(
 _EVENT = touch_events.insert()
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One touch's state change for `transition_many`."""
+
+    touch_id: int
+    to_status: TouchStatus
+    at: datetime
+    detail: str | None
+    values: dict[str, Any]
+
+
+def transition_many(
+    conn: Connection, from_status: TouchStatus, changes: Sequence[Change]
+) -> list[bool]:
+    """`transition` for many touches in the caller's transaction: touches that change the same
+    columns share one executemany. Returns, per change, whether the touch was still in
+    `from_status` (if not, it is left as it is, without a history row)."""
+    ids = [change.touch_id for change in changes]
+    current = select(touches.c.id).where(
+        touches.c.id.in_(ids), touches.c.status == from_status.value
+    )
+    if is_postgres(conn):
+        # Locked until the end of the transaction: nobody else moves them in between (on
+        # SQLite this transaction holds the only write lock).
+        current = current.with_for_update()
+    still = {row.id for row in conn.execute(current)}
+    groups: dict[tuple[str, ...], list[Change]] = {}
+    for change in changes:
+        if change.touch_id in still:
+            groups.setdefault(tuple(sorted(change.values)), []).append(change)
+    for columns, group in groups.items():
+        conn.execute(
+            _transition_statement(columns),
+            [
+                {
+                    "_id": change.touch_id,
+                    "_from": from_status.value,
+                    "status": change.to_status.value,
+                    "updated_at": change.at,
+                    **change.values,
+                }
+                for change in group
+            ],
+        )
+    if still:
+        conn.execute(
+            _EVENT,
+            [
+                {
+                    "touch_id": change.touch_id,
+                    "at": change.at,
+                    "from_status": from_status.value,
+                    "to_status": change.to_status.value,
+                    "detail": change.detail,
+                }
+                for change in changes
+                if change.touch_id in still
+            ],
+        )
+    return [change.touch_id in still for change in changes]
+
+
 @functools.cache
 def _transition_statement(columns: tuple[str, ...]) -> Any:
     """One statement per set of columns, built once: the dispatcher runs it for every touch."""
@@ -584,27 +647,44 @@ def claim_due(
     )
     if is_postgres(conn):
         due = due.with_for_update(skip_locked=True)
-    ids = [row.id for row in conn.execute(due)]
-    if not ids:
+    found = conn.execute(due.add_columns(touches.c.status)).all()
+    if not found:
         return []
-    rows = conn.execute(select(touches.c.id, touches.c.status).where(touches.c.id.in_(ids))).all()
-    claimed: list[int] = []
-    for row in rows:
-        if transition(
-            conn,
-            row.id,
-            TouchStatus(row.status),
-            TouchStatus.SENDING,
-            now,
-            detail=f"claimed by {owner}",
+    ids = [row.id for row in found]
+    # One UPDATE for the batch. The rows cannot change in between: on SQLite this
+    # transaction holds the only write lock (BEGIN IMMEDIATE), on PostgreSQL the rows are
+    # locked FOR UPDATE.
+    waiting = [TouchStatus.PLANNED.value, TouchStatus.RETRY.value]
+    result = conn.execute(
+        update(touches)
+        .where(touches.c.id.in_(ids), touches.c.status.in_(waiting))
+        .values(
+            status=TouchStatus.SENDING.value,
+            updated_at=now,
             lease_owner=owner,
             lease_expires_at=now + lease,
             attempts=touches.c.attempts + 1,
             # Set again at hand-off: a claimed touch without one was never given to the mailer.
             message_id=None,
-        ):
-            claimed.append(row.id)
-    return claimed
+        )
+    )
+    if result.rowcount != len(ids):
+        raise RuntimeError(f"claimed {result.rowcount} of {len(ids)} locked touches")
+    detail = f"claimed by {owner}"
+    conn.execute(
+        _EVENT,
+        [
+            {
+                "touch_id": row.id,
+                "at": now,
+                "from_status": row.status,
+                "to_status": TouchStatus.SENDING.value,
+                "detail": detail,
+            }
+            for row in found
+        ],
+    )
+    return ids
 
 
 def address_hash(email: str) -> str:

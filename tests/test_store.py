@@ -181,6 +181,70 @@ def test_transition_is_guarded_by_the_current_status(runtime: app.Runtime) -> No
         assert store.transition(conn, touch_id, TouchStatus.PLANNED, TouchStatus.SKIPPED, NOW)
 
 
+def test_transition_many_moves_only_the_touches_still_in_the_state(
+    runtime: app.Runtime,
+) -> None:
+    client_id = _client(runtime)
+    lease = timedelta(minutes=5)
+    with runtime.engine.begin() as conn:
+        store.insert_touches(conn, [_touch(client_id, date(2027, 1, d)) for d in (1, 2, 3)], NOW)
+        a, b, c = sorted(store.claim_due(conn, "me", NOW, lease, 10))
+        # Someone else settled b in the meantime (an expired lease, say).
+        assert store.transition(conn, b, TouchStatus.SENDING, TouchStatus.UNCERTAIN, NOW)
+    later = NOW + timedelta(seconds=3)
+    changes = [
+        store.Change(a, TouchStatus.SENT, later, "250 ok", {"message_id": "<a@x>"}),
+        store.Change(b, TouchStatus.SENT, later, "250 ok", {"message_id": "<b@x>"}),
+        store.Change(c, TouchStatus.RETRY, later, "451 later", {"next_attempt_at": later}),
+    ]
+    with runtime.engine.begin() as conn:
+        assert store.transition_many(conn, TouchStatus.SENDING, changes) == [True, False, True]
+        t, e = store.touches, store.touch_events
+        rows = {
+            r.id: (r.status, r.message_id, r.updated_at.replace(tzinfo=UTC))
+            for r in conn.execute(select(t.c.id, t.c.status, t.c.message_id, t.c.updated_at))
+        }
+        events = conn.execute(
+            select(e.c.touch_id, e.c.from_status, e.c.to_status, e.c.detail).where(
+                e.c.from_status == "sending"
+            )
+        ).all()
+    assert rows[a] == ("sent", "<a@x>", later)
+    assert rows[b] == ("uncertain", None, NOW)
+    assert rows[c] == ("retry", None, later)
+    assert sorted(tuple(r) for r in events) == sorted(
+        [
+            (a, "sending", "sent", "250 ok"),
+            (b, "sending", "uncertain", None),
+            (c, "sending", "retry", "451 later"),
+        ]
+    )
+
+
+def test_a_claim_records_where_each_touch_came_from(runtime: app.Runtime) -> None:
+    client_id = _client(runtime)
+    lease = timedelta(minutes=5)
+    with runtime.engine.begin() as conn:
+        store.insert_touches(conn, [_touch(client_id, date(2027, 1, d)) for d in (1, 2)], NOW)
+        first, second = sorted(store.claim_due(conn, "me", NOW, lease, 10))
+        store.transition(conn, second, TouchStatus.SENDING, TouchStatus.RETRY, NOW)
+        store.transition(conn, first, TouchStatus.SENDING, TouchStatus.PLANNED, NOW)
+    with runtime.engine.begin() as conn:
+        assert sorted(store.claim_due(conn, "again", NOW, lease, 10)) == [first, second]
+        e = store.touch_events
+        claims = conn.execute(
+            select(e.c.touch_id, e.c.from_status, e.c.detail)
+            .where(e.c.to_status == "sending", e.c.detail == "claimed by again")
+            .order_by(e.c.touch_id)
+        ).all()
+        attempts = conn.execute(select(store.touches.c.attempts)).scalars().all()
+    assert [tuple(r) for r in claims] == [
+        (first, "planned", "claimed by again"),
+        (second, "retry", "claimed by again"),
+    ]
+    assert sorted(attempts) == [2, 2]
+
+
 def test_suppression_is_case_insensitive_and_idempotent(runtime: app.Runtime) -> None:
     with runtime.engine.begin() as conn:
         store.suppress(conn, "Ann@Example.com", "unsubscribed", NOW)
