@@ -606,32 +606,31 @@ async def _dispatch_loop(
                 pre: _Prefetched = pre,
                 recorder: _Recorder = recorder,
             ) -> None:
+                size = settings.delivery.group_size
                 while pending and not hooks.should_stop():
-                    touch_id = pending.popleft()
+                    # A fair share when little is left: every connection gets some.
+                    share = -(-len(pending) // len(mailers))
+                    ids = [pending.popleft() for _ in range(min(size, share))]
                     try:
-                        await _deliver_one(
+                        unsent = await _deliver_group(
                             rt,
-                            touch_id,
+                            ids,
                             clock,
                             owner,
                             lease,
                             key,
                             mailer,
                             report,
-                            rng,
                             handed,
                             hooks,
                             pre,
                             recorder,
                         )
-                    except SmtpSetupError:
-                        # Raised before any message data was sent: safe to give back.
-                        pending.appendleft(touch_id)
-                        raise
                     except BaseException:
-                        if touch_id not in handed:
-                            pending.appendleft(touch_id)
+                        # Those never given to the mailer are safe to give back.
+                        pending.extendleft(reversed([t for t in ids if t not in handed]))
                         raise
+                    pending.extendleft(reversed(unsent))
 
             try:
                 try:
@@ -659,45 +658,83 @@ async def _dispatch_loop(
             await mailer.close()
 
 
-async def _deliver_one(
+async def _deliver_group(
     rt: Runtime,
-    touch_id: int,
+    touch_ids: list[int],
     clock: Callable[[], datetime],
     owner: str,
     lease: timedelta,
     key: str,
     mailer: SmtpMailer,
     report: DispatchReport,
-    rng: random.Random,
     handed: set[int],
     hooks: _Hooks,
     pre: _Prefetched,
     recorder: _Recorder,
-) -> None:
-    """Prepare, hand off, send and record one claimed touch. Adds the touch to `handed` once
-    it belongs to the mailer: before that, an exception leaves it safe to release."""
-    prepared = _prepare(rt, touch_id, clock, key, report, pre)
-    if prepared is None:
-        return
-    touch, message = prepared
+) -> list[int]:
+    """Prepare a few claimed touches, hand them off in one transaction, then send and record
+    each. Adds a touch to `handed` when it is given to the mailer; before that, an exception
+    leaves it safe to release. Returns the touches left unsent because the run is stopping.
+
+    A touch handed off is "sending" with its Message-ID: if the process dies before the
+    mailer gets it, it turns uncertain (never resent on its own), so a crash can leave up to
+    `[delivery] group_size` touches per connection uncertain that were not sent."""
+    prepared: list[tuple[Any, compose.Composed]] = []
+    for touch_id in touch_ids:
+        found = _prepare(rt, touch_id, clock, key, report, pre)
+        if found is not None:
+            touch, message = found
+            # The client's next touch in this batch must look different from this one.
+            pre.seen.setdefault(touch.client_id, []).append((clock(), touch.id, message.variant))
+            prepared.append(found)
+    ready = deque(_hand_off(rt, prepared, owner, clock(), lease))
+    # Renew the lease of the rest of the group when half of it has gone (a slow server).
+    renew_at = clock() + lease / 2
+    while ready:
+        if hooks.should_stop():
+            return [t.id for t, _ in ready]
+        if clock() >= renew_at:
+            ready = deque(_hand_off(rt, list(ready), owner, clock(), lease))
+            renew_at = clock() + lease / 2
+            continue
+        touch, message = ready.popleft()
+        handed.add(touch.id)
+        began = monotonic_time.monotonic()
+        try:
+            delivery = await mailer.send(rt.settings.sender.envelope_from, message.to, message.mime)
+        except SmtpSetupError:
+            # Raised before any message data was sent: safe to give back.
+            handed.discard(touch.id)
+            raise
+        if hooks.on_delivery is not None:
+            hooks.on_delivery(delivery, monotonic_time.monotonic() - began)
+        # From here on the touch is the mailer's: never released, only recorded (or, after a
+        # crash, found uncertain when its lease expires).
+        recorder.add(touch, message, delivery, clock())
+    return []
+
+
+def _hand_off(
+    rt: Runtime,
+    prepared: list[tuple[Any, compose.Composed]],
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+) -> list[tuple[Any, compose.Composed]]:
+    """Mark the touches as handed to the mailer, in one transaction; returns those still ours
+    (a touch whose lease ran out has been settled by another worker)."""
+    if not prepared:
+        return []
+    hand_offs = [
+        store.HandOff(touch.id, message.message_id, {"variant": message.variant})
+        for touch, message in prepared
+    ]
     with rt.engine.begin() as conn:
-        held = store.hand_off(
-            conn, touch.id, owner, clock(), lease, message.message_id, variant=message.variant
-        )
-    if not held:
-        # Our lease ran out and another worker has settled this touch.
-        log_event("touch.lease_lost", touch=touch.id, campaign=touch.campaign)
-        return
-    handed.add(touch.id)
-    # The client's next touch in this batch must look different from this one.
-    pre.seen.setdefault(touch.client_id, []).append((clock(), touch.id, message.variant))
-    began = monotonic_time.monotonic()
-    delivery = await mailer.send(rt.settings.sender.envelope_from, message.to, message.mime)
-    if hooks.on_delivery is not None:
-        hooks.on_delivery(delivery, monotonic_time.monotonic() - began)
-    # From here on the touch is the mailer's: never released, only recorded (or, after a
-    # crash, found uncertain when its lease expires).
-    recorder.add(touch, message, delivery, clock())
+        held = store.hand_off_many(conn, hand_offs, owner, now, lease)
+    for (touch, _), ours in zip(prepared, held, strict=True):
+        if not ours:
+            log_event("touch.lease_lost", touch=touch.id, campaign=touch.campaign)
+    return [item for item, ours in zip(prepared, held, strict=True) if ours]
 
 
 def _outside_window(rt: Runtime, touch: Any, timezone: str, now: datetime) -> datetime | None:

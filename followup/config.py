@@ -45,6 +45,9 @@ class DeliverySettings(_Section):
     mode: Literal["capture", "smtp"] = "capture"
     capture_dir: str = "var/outbox"
     batch_size: int = Field(default=200, ge=1, le=10_000)
+    #: Messages one connection hands to the mailer per database transaction. After a crash,
+    #: up to this many per connection may be reported uncertain without having been sent.
+    group_size: int = Field(default=8, ge=1, le=500)
     max_attempts: int = Field(default=8, ge=1)
     retry_base_seconds: float = Field(default=60.0, gt=0)
 

@@ -495,19 +495,58 @@ def hand_off(
     """Just before the SMTP transaction: renew our lease, and mark the touch as handed to the
     mailer (its Message-ID is set, with any other `values`, e.g. the variant). False if the
     lease was lost; then nothing may be sent."""
-    result = conn.execute(
-        _hand_off_statement(tuple(sorted(values))),
-        {
-            "_id": touch_id,
-            "_owner": owner,
-            "_now": now,
-            "lease_expires_at": now + lease,
-            "message_id": message_id,
-            "updated_at": now,
-            **values,
-        },
-    )
-    return result.rowcount == 1
+    return hand_off_many(conn, [HandOff(touch_id, message_id, values)], owner, now, lease)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    touch_id: int
+    message_id: str
+    values: dict[str, Any]
+
+
+def hand_off_many(
+    conn: Connection, hand_offs: Sequence[HandOff], owner: str, now: datetime, lease: timedelta
+) -> list[bool]:
+    """`hand_off` for several touches in one executemany (the caller's transaction). Returns,
+    per touch, whether it is ours to send."""
+    groups: dict[tuple[str, ...], list[HandOff]] = {}
+    for item in hand_offs:
+        groups.setdefault(tuple(sorted(item.values)), []).append(item)
+    expires = now + lease
+    changed = 0
+    for columns, group in groups.items():
+        result = conn.execute(
+            _hand_off_statement(columns),
+            [
+                {
+                    "_id": item.touch_id,
+                    "_owner": owner,
+                    "_now": now,
+                    "lease_expires_at": expires,
+                    "message_id": item.message_id,
+                    "updated_at": now,
+                    **item.values,
+                }
+                for item in group
+            ],
+        )
+        changed += result.rowcount
+    if changed == len(hand_offs):
+        return [True] * len(hand_offs)
+    # Some lease was lost: ours are the rows that now carry our lease and Message-ID.
+    ours = {
+        (row.id, row.message_id)
+        for row in conn.execute(
+            select(touches.c.id, touches.c.message_id).where(
+                touches.c.id.in_([item.touch_id for item in hand_offs]),
+                touches.c.status == TouchStatus.SENDING.value,
+                touches.c.lease_owner == owner,
+                touches.c.updated_at == now,
+            )
+        )
+    }
+    return [(item.touch_id, item.message_id) in ours for item in hand_offs]
 
 
 @functools.cache

@@ -270,28 +270,46 @@ def test_downtime_past_lateness_is_recorded_as_too_late(
     assert {v[2] for v in ledger(smtp_runtime).values()} == {"too late"}
 
 
+@pytest.mark.parametrize(
+    ("group_size", "left"), [(1, ["planned", "planned", "sent"]), (2, ["planned", "sent", "sent"])]
+)
 def test_touches_never_handed_to_the_mailer_are_released_when_dispatch_stops(
-    smtp_runtime: app.Runtime, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    database_url: str,
+    smtp_server: SmtpServer,
+    open_runtime: OpenRuntime,
+    monkeypatch: pytest.MonkeyPatch,
+    group_size: int,
+    left: list[str],
 ) -> None:
-    app.plan(smtp_runtime, NOW)
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        delivery={"mode": "smtp", "group_size": group_size},
+        smtp={"host": smtp_server.host, "port": smtp_server.port, "security": "none"},
+    )
+    rt = open_runtime(settings)
+    seed(rt, tmp_path)
+    app.plan(rt, NOW)
     calls = 0
-    original = app.store.hand_off
+    original = app.store.hand_off_many
 
     def hand_off_then_fail(*args: Any, **kwargs: Any) -> Any:
-        # The database goes away while the second touch is about to be handed to the mailer.
+        # The database goes away while the second group is about to be handed to the mailer.
         nonlocal calls
         calls += 1
         if calls == 2:
             raise ConnectionResetError("the database went away")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(app.store, "hand_off", hand_off_then_fail)
+    monkeypatch.setattr(app.store, "hand_off_many", hand_off_then_fail)
     with pytest.raises(ConnectionResetError):
-        send(smtp_runtime, NOW)
-    # One sent; the two never handed to the mailer are back in the queue, not "sending".
-    assert sorted(v[0] for v in ledger(smtp_runtime).values()) == ["planned", "planned", "sent"]
-    monkeypatch.setattr(app.store, "hand_off", original)
-    assert send(smtp_runtime, NOW).sent == 2
+        send(rt, NOW)
+    # The first group sent; the touches never handed to the mailer are back in the queue, not
+    # "sending" (nor uncertain later).
+    assert sorted(v[0] for v in ledger(rt).values()) == left
+    monkeypatch.setattr(app.store, "hand_off_many", original)
+    assert send(rt, NOW).sent == left.count("planned")
     assert len(smtp_server.handler.received) == 3
     assert len(set(smtp_server.handler.message_ids())) == 3
 
