@@ -471,8 +471,56 @@ class DispatchReport:
     too_late: int = 0
     requeued: int = 0
     rate_limited: bool = False
-    message_ids: list[str] = field(default_factory=list)
     capture_dir: Path | None = None
+
+    def add(self, other: DispatchReport) -> None:
+        """Adds the counts of another process's run."""
+        for name in ("sent", "retry", "failed", "skipped", "uncertain", "too_late", "requeued"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.rate_limited = self.rate_limited or other.rate_limited
+        self.capture_dir = self.capture_dir or other.capture_dir
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """Real time shifted by `offset` (FOLLOWUP_NOW): a clock that can go to another process."""
+
+    offset: timedelta = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    @classmethod
+    def starting_at(cls, start: datetime | None) -> Clock:
+        return cls() if start is None else cls(start - datetime.now(UTC))
+
+
+def dispatch_in_processes(
+    rt: Runtime, clock: Clock, processes: int, *, resend_uncertain: bool = False
+) -> DispatchReport:
+    """`dispatch` in `processes` processes at once, each with its own database connection and
+    `[smtp] pool_size` connections: rendering is CPU work that one Python process does on one
+    core. The processes share the queue through the ledger's leases, as several daemons do."""
+    if processes <= 1:
+        return asyncio.run(dispatch(rt, clock, resend_uncertain=resend_uncertain))
+    report = DispatchReport()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+        futures = [
+            pool.submit(_dispatch_worker, rt.settings, clock, resend_uncertain and n == 0)
+            for n in range(processes)
+        ]
+        for future in futures:
+            report.add(future.result())
+    return report
+
+
+def _dispatch_worker(settings: Settings, clock: Clock, resend_uncertain: bool) -> DispatchReport:
+    rt = Runtime.open(settings)
+    try:
+        return asyncio.run(dispatch(rt, clock, resend_uncertain=resend_uncertain))
+    finally:
+        rt.engine.dispose()
 
 
 async def dispatch(
@@ -1079,8 +1127,6 @@ def _count(
 ) -> None:
     counter = {TouchStatus.SENT: "sent", TouchStatus.RETRY: "retry"}.get(status, "failed")
     setattr(report, counter, getattr(report, counter) + 1)
-    if status is TouchStatus.SENT:
-        report.message_ids.append(message.message_id)
     event = "touch.bounced" if delivery.outcome is Outcome.BOUNCED else f"touch.{status.value}"
     log_event(event, touch=touch.id, campaign=touch.campaign, code=delivery.code)
 

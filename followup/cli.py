@@ -99,11 +99,9 @@ def now() -> datetime:
     return state.now if state.now is not None else datetime.now(UTC)
 
 
-def clock() -> Callable[[], datetime]:
-    if state.now is None:
-        return lambda: datetime.now(UTC)
-    start_real, start = datetime.now(UTC), state.now
-    return lambda: start + (datetime.now(UTC) - start_real)
+def clock() -> app.Clock:
+    """Real time, or from FOLLOWUP_NOW / --now on as time passes."""
+    return app.Clock.starting_at(state.now)
 
 
 def _parse_now(value: str | None) -> datetime | None:
@@ -365,8 +363,11 @@ def _plan_with_progress(
         )
 
 
-def _send(rt: app.Runtime, *, resend_uncertain: bool = False) -> app.DispatchReport:
-    return asyncio.run(app.dispatch(rt, clock(), resend_uncertain=resend_uncertain))
+def _send(
+    rt: app.Runtime, *, resend_uncertain: bool = False, processes: int | None = None
+) -> app.DispatchReport:
+    count = processes or rt.settings.delivery.processes
+    return app.dispatch_in_processes(rt, clock(), count, resend_uncertain=resend_uncertain)
 
 
 def _print_dispatch(report: app.DispatchReport) -> None:
@@ -376,9 +377,24 @@ def _print_dispatch(report: app.DispatchReport) -> None:
     )
 
 
-@cli.command(epilog=example("followup send --once", "followup send --once --resend-uncertain"))
+@cli.command(
+    epilog=example(
+        "followup send --once",
+        "followup send --once --resend-uncertain",
+        "followup send --once --processes 2",
+    )
+)
 def send(
     once: Annotated[bool, typer.Option("--once", help="Send what is due now, then exit.")] = False,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            min=1,
+            max=64,
+            help="Send from this many processes at once (default: [delivery] processes).",
+        ),
+    ] = None,
     resend_uncertain: Annotated[
         bool,
         typer.Option(
@@ -391,7 +407,7 @@ def send(
     """Dispatch what is due now. Without --once, keep dispatching until interrupted."""
     rt = app.Runtime.open(settings())
     while True:
-        report = _send(rt, resend_uncertain=resend_uncertain)
+        report = _send(rt, resend_uncertain=resend_uncertain, processes=processes)
         resend_uncertain = False
         if report.requeued:
             out.print(f"{report.requeued} uncertain touch(es) sent again")

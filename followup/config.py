@@ -48,6 +48,9 @@ class DeliverySettings(_Section):
     #: Messages one connection hands to the mailer per database transaction. After a crash,
     #: up to this many per connection may be reported uncertain without having been sent.
     group_size: int = Field(default=8, ge=1, le=500)
+    #: Processes `followup send` and `followup run` deliver from (each renders on its own core
+    #: with its own pool of connections).
+    processes: int = Field(default=1, ge=1, le=64)
     max_attempts: int = Field(default=8, ge=1)
     retry_base_seconds: float = Field(default=60.0, gt=0)
 

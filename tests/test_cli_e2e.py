@@ -177,6 +177,37 @@ def test_plan_twice_then_send_once_delivers_each_thank_you_once(
     assert "sent" in status
 
 
+def test_send_from_two_processes_delivers_each_message_once(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    followup(tmp_path, "init")
+    followup(tmp_path, "demo")
+    env = {
+        "FOLLOWUP_DELIVERY_MODE": "smtp",
+        # Small batches and a slow server: the second process finds work left when it starts.
+        "FOLLOWUP_DELIVERY_BATCH_SIZE": "2",
+        "FOLLOWUP_SMTP_HOST": smtp_server.host,
+        "FOLLOWUP_SMTP_PORT": str(smtp_server.port),
+        "FOLLOWUP_SMTP_SECURITY": "none",
+        "FOLLOWUP_SECRET_KEY": "e2e-secret",
+    }
+    followup(tmp_path, "plan", env=env)
+    smtp_server.handler.data_delay = 0.3
+    result = followup(tmp_path, "send", "--once", "--processes", "2", env=env)
+    sent = db_rows(tmp_path, "select message_id from touches where status = 'sent'")
+    assert len(sent) > 4
+    assert f"sent {len(sent)}," in result.stdout
+    received = smtp_server.handler.message_ids()
+    assert sorted(received) == sorted(str(r[0]) for r in sent)
+    assert len(set(received)) == len(received)
+    claims = db_rows(
+        tmp_path, "select distinct detail from touch_events where detail like 'claimed by %'"
+    )
+    pids = {str(detail).split(":")[1] for (detail,) in claims}
+    assert len(pids) == 2, f"two processes claimed touches: {claims}"
+    assert db_rows(tmp_path, "select count(*) from touches where status = 'sending'") == [(0,)]
+
+
 def test_import_rejects_bad_rows_with_line_and_reason(shop: Path, tmp_path: Path) -> None:
     path = tmp_path / "clients.csv"
     rows = [
