@@ -22,6 +22,7 @@ renders in every variant: the layout takes its colours from the `variant` object
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import re
 import tomllib
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import css_inline
+from babel import Locale
 from babel.dates import format_date
 from babel.dates import format_datetime as babel_datetime
 from babel.numbers import format_currency, format_decimal, get_currency_precision
@@ -84,22 +86,60 @@ def _babel_locale(context: Context) -> str:
     return str(context.get("locale", "en")).replace("-", "_")
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed_locale(tag: str) -> Locale:
+    """babel.Locale.parse, once per locale string (the filters run several times a message)."""
+    return Locale.parse(tag)
+
+
+def _locale(tag: str) -> Locale | str:
+    # An empty tag is passed on as is: Babel reads it as its default locale.
+    return _parsed_locale(tag) if tag else tag
+
+
+# Formatted values repeat across messages (same purchase dates, amounts, locales): the
+# filters' results are cached for the exact types whose equality implies the same output.
+@functools.lru_cache(maxsize=4096)
+def _cached_date(value: date, format: str, tag: str) -> str:
+    return format_date(value, format=format, locale=_locale(tag))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_money(minor: int, currency: str, tag: str) -> str:
+    amount = minor / 10 ** get_currency_precision(currency)
+    return format_currency(amount, currency, locale=_locale(tag))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_number(value: int, tag: str) -> str:
+    return format_decimal(value, locale=_locale(tag))
+
+
 @pass_context
 def _date_filter(context: Context, value: date | datetime, format: str = "long") -> str:
+    tag = _babel_locale(context)
+    if type(value) is date and type(format) is str:
+        return _cached_date(value, format, tag)
     if isinstance(value, datetime):
-        return babel_datetime(value, format=format, locale=_babel_locale(context))
-    return format_date(value, format=format, locale=_babel_locale(context))
+        return babel_datetime(value, format=format, locale=_locale(tag))
+    return format_date(value, format=format, locale=_locale(tag))
 
 
 @pass_context
 def _money_filter(context: Context, minor: int, currency: str) -> str:
+    tag = _babel_locale(context)
+    if type(minor) is int and type(currency) is str:
+        return _cached_money(minor, currency, tag)
     amount = minor / 10 ** get_currency_precision(currency)
-    return format_currency(amount, currency, locale=_babel_locale(context))
+    return format_currency(amount, currency, locale=_locale(tag))
 
 
 @pass_context
 def _number_filter(context: Context, value: float | int) -> str:
-    return format_decimal(value, locale=_babel_locale(context))
+    tag = _babel_locale(context)
+    if type(value) is int:
+        return _cached_number(value, tag)
+    return format_decimal(value, locale=_locale(tag))
 
 
 VARIANTS_FILE = "_variants.toml"
@@ -199,11 +239,26 @@ def choose_variant(names: Sequence[str], key: str, previous: str | None) -> str:
     return names[index]
 
 
+#: Every name getattr() finds on a dict (its methods, object's): these go through the sandbox.
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
 class Sandbox(ImmutableSandboxedEnvironment):
     """Jinja2's immutable sandbox, stricter in one way: reaching an unsafe attribute is an
     error at once. Jinja2 returns an undefined value there, which StrictUndefined turns into
     an error only when printed; through a filter chain (`map('attr', '__class__')|list`) it
     would render silently. A template that tries is broken, and says so."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """`client.name` on a plain dict without the AttributeError Jinja2 raises and catches
+        before falling back to the item: the same result, since a name that is not an
+        attribute of dict is never an attribute of a dict."""
+        if type(obj) is dict and type(attribute) is str and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
         raise SecurityError(

@@ -1,0 +1,146 @@
+"""The shortcuts of rendering give exactly what the plain way gives: the Babel filters' caches,
+the sandbox's direct item access on dicts."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_currency, format_decimal, get_currency_precision
+from jinja2 import StrictUndefined
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from followup.errors import RenderError
+from followup.render import Sandbox, Templates
+
+LOCALES = ["en", "en-US", "fr", "fr-CA", "de-CH", "ja"]
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def _render(tmp_path: Path, locale: str, text: str, context: dict[str, Any]) -> str:
+    folder = tmp_path / "templates" / "filters" / locale
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "subject.txt").write_text("Subject", encoding="utf-8")
+    (folder / "html.html").write_text("<p>HTML</p>", encoding="utf-8")
+    (folder / "text.txt").write_text(text, encoding="utf-8")
+    return (
+        Templates(tmp_path / "templates", default_locale=locale)
+        .render("filters", locale, context)
+        .text
+    )
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_the_filters_give_babels_own_results_twice_over(tmp_path: Path, locale: str) -> None:
+    tag = locale.replace("-", "_")
+    values: list[tuple[str, Any, str]] = [
+        ("{{ v|date }}", date(2026, 11, 5), format_date(date(2026, 11, 5), "long", tag)),
+        ("{{ v|date('short') }}", date(2027, 1, 2), format_date(date(2027, 1, 2), "short", tag)),
+        ("{{ v|date('EEEE d') }}", date(2027, 1, 2), format_date(date(2027, 1, 2), "EEEE d", tag)),
+        (
+            "{{ v|date('full') }}",
+            datetime(2027, 1, 8, 15, 0, tzinfo=UTC).astimezone(PARIS),
+            format_datetime(
+                datetime(2027, 1, 8, 15, 0, tzinfo=UTC).astimezone(PARIS), "full", locale=tag
+            ),
+        ),
+        ("{{ v|money('EUR') }}", 123456, format_currency(1234.56, "EUR", locale=tag)),
+        ("{{ v|money('JPY') }}", 123456, format_currency(123456, "JPY", locale=tag)),
+        ("{{ v|money('USD') }}", 99.5, format_currency(99.5 / 100, "USD", locale=tag)),
+        ("{{ v|number }}", 1234567, format_decimal(1234567, locale=tag)),
+        ("{{ v|number }}", 1234.5, format_decimal(1234.5, locale=tag)),
+        ("{{ v|number }}", -0.0, format_decimal(-0.0, locale=tag)),
+        ("{{ v|number }}", Decimal("1.10"), format_decimal(Decimal("1.10"), locale=tag)),
+    ]
+    assert get_currency_precision("JPY") == 0
+    for template, value, expected in values:
+        # Twice, and after the other values: a cached result must be the one Babel gives.
+        for _ in range(2):
+            assert _render(tmp_path, locale, template, {"v": value}).strip() == expected
+
+
+def test_equal_numbers_of_other_types_are_not_confused(tmp_path: Path) -> None:
+    # 1 == 1.0: the cache must not hand one's formatting to the other.
+    text = "{{ a|number }} {{ b|number }} {{ a|number }} {{ b|money('EUR') }} {{ a|money('EUR') }}"
+    rendered = _render(tmp_path, "en", text, {"a": 1, "b": 1.0}).strip()
+    one, one_float = format_decimal(1, locale="en"), format_decimal(1.0, locale="en")
+    cent = format_currency(0.01, "EUR", locale="en")
+    assert rendered == f"{one} {one_float} {one} {cent} {cent}"
+
+
+def test_an_unknown_locale_in_a_filter_is_still_an_error(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="xx"):
+        _render(tmp_path, "xx", "{{ d|date }}", {"d": date(2026, 1, 1)})
+    # Not cached as a success either: it fails again.
+    with pytest.raises(Exception, match="xx"):
+        _render(tmp_path, "xx", "{{ d|date }}", {"d": date(2026, 1, 1)})
+
+
+# ----------------------------------------------------------------------------- dict attributes
+
+NAMES = [
+    "name",
+    "items",
+    "keys",
+    "get",
+    "update",
+    "pop",
+    "clear",
+    "setdefault",
+    "__class__",
+    "__dict__",
+    "__init__",
+    "__len__",
+    "fromkeys",
+    "copy",
+    "missing",
+    "mro",
+    "__name__",
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dict_attributes_are_what_jinja2s_sandbox_gives(name: str) -> None:
+    ours = Sandbox(undefined=StrictUndefined)
+    theirs = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
+    data = {"name": "Zoé", "items": "shadowed", "update": "shadowed", "__class__": "shadowed"}
+
+    def outcome(env: ImmutableSandboxedEnvironment) -> tuple[str, str]:
+        try:
+            value = env.getattr(data, name)
+        except SecurityError as exc:
+            return ("security", str(exc))
+        if isinstance(value, StrictUndefined):
+            return ("undefined", value._undefined_message)
+        return ("value", repr(value))
+
+    mine, jinja = outcome(ours), outcome(theirs)
+    if jinja[0] == "undefined" and "unsafe" in jinja[1]:
+        # Our sandbox raises at once where Jinja2 returns an undefined (see Sandbox).
+        assert mine == ("security", jinja[1])
+    else:
+        assert mine == jinja
+
+
+def test_a_key_named_like_a_dict_method_is_the_method_in_templates(tmp_path: Path) -> None:
+    text = "{{ d.items()|list|length }} {{ d['items'] }} {{ d.name }}"
+    assert _render(tmp_path, "en", text, {"d": {"items": "x", "name": "n"}}).strip() == "2 x n"
+
+
+def test_a_missing_key_of_a_dict_is_still_an_error(tmp_path: Path) -> None:
+    with pytest.raises(RenderError, match="has no attribute 'nope'"):
+        _render(tmp_path, "en", "{{ d.nope }}", {"d": {"name": "n"}})
+
+
+def test_a_dict_method_that_would_change_the_dict_is_still_refused(tmp_path: Path) -> None:
+    context: dict[str, Any] = {"d": {"name": "n"}}
+    with pytest.raises(RenderError) as caught:
+        _render(tmp_path, "en", "{{ d.update({'name': 'x'}) }}", context)
+    assert isinstance(caught.value.__cause__, SecurityError)
+    assert context["d"] == {"name": "n"}
