@@ -27,7 +27,7 @@ import hashlib
 import re
 import tomllib
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from email.headerregistry import Address
@@ -66,6 +66,9 @@ _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
 
 def header_safe(value: str) -> str:
     """One line, no control characters: nothing can be injected into a header through it."""
+    if value.isprintable():
+        # No character of _CONTROL is printable: nothing to replace.
+        return value.strip()
     return _CONTROL.sub(" ", value).strip()
 
 
@@ -259,6 +262,13 @@ class Sandbox(ImmutableSandboxedEnvironment):
             except KeyError:
                 return self.undefined(obj=obj, name=attribute)
         return super().getattr(obj, attribute)
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        """A template's globals over the environment's, as one dict in ChainMap's key order.
+        Jinja2 returns a ChainMap, which it iterates in Python twice per context (five
+        contexts a message: three parts, two includes). The environment's globals are set
+        once, in Templates(), before any template is loaded."""
+        return {**self.globals, **(d or {})}
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
         raise SecurityError(
@@ -488,7 +498,7 @@ def build_mime(parts: RenderedParts, envelope: Envelope) -> bytes:
         return _build_mime_email_package(parts, envelope)
     sender = _address(envelope.from_name, envelope.from_email)
     boundary = "=_" + hashlib.sha256(envelope.message_id.encode()).hexdigest()[:32]
-    lines = [
+    headers = [
         _header("Subject", parts.subject),
         f"From: {sender}",
         f"Reply-To: {sender}",
@@ -500,21 +510,28 @@ def build_mime(parts: RenderedParts, envelope: Envelope) -> bytes:
         "MIME-Version: 1.0",
         f'Content-Type: multipart/alternative; boundary="{boundary}"',
         f"Content-Language: {header_safe(parts.locale)}",
-        "",
-        f"--{boundary}",
-        'Content-Type: text/plain; charset="utf-8"',
-        "Content-Transfer-Encoding: quoted-printable",
-        "",
-        _quoted_printable(parts.text),
-        f"--{boundary}",
-        'Content-Type: text/html; charset="utf-8"',
-        "Content-Transfer-Encoding: quoted-printable",
-        "",
-        _quoted_printable(parts.html),
-        f"--{boundary}--",
-        "",
     ]
-    return "\r\n".join(lines).encode("ascii")
+    # Joined as bytes: the bodies are bytes from binascii, and stay so.
+    return b"".join(
+        (
+            "\r\n".join(headers).encode("ascii"),
+            f"\r\n\r\n--{boundary}\r\n{_TEXT_PART}".encode("ascii"),
+            _quoted_printable(parts.text),
+            f"\r\n--{boundary}\r\n{_HTML_PART}".encode("ascii"),
+            _quoted_printable(parts.html),
+            f"\r\n--{boundary}--\r\n".encode("ascii"),
+        )
+    )
+
+
+_TEXT_PART = (
+    'Content-Type: text/plain; charset="utf-8"\r\n'
+    "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+)
+_HTML_PART = (
+    'Content-Type: text/html; charset="utf-8"\r\n'
+    "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+)
 
 
 def _unsubscribe_targets(envelope: Envelope) -> list[str]:
@@ -524,13 +541,13 @@ def _unsubscribe_targets(envelope: Envelope) -> list[str]:
     return targets
 
 
-def _quoted_printable(text: str) -> str:
-    """UTF-8 quoted-printable with CRLF line ends (binascii, in C)."""
+def _quoted_printable(text: str) -> bytes:
+    """UTF-8 quoted-printable with CRLF line ends, without the last one (binascii, in C)."""
     body = text.replace("\r\n", "\n").replace("\r", "\n")
     if not body.endswith("\n"):
         body += "\n"
     encoded = binascii.b2a_qp(body.encode("utf-8"), istext=True)
-    return encoded.decode("ascii").replace("\n", "\r\n").removesuffix("\r\n")
+    return encoded.replace(b"\n", b"\r\n").removesuffix(b"\r\n")
 
 
 #: A display name that needs neither quoting nor encoding (RFC 5322 atoms and spaces).
@@ -555,6 +572,11 @@ def _address(name: str, email: str) -> str:
 def _encoded_words(text: str, size: int = 45) -> list[str]:
     """RFC 2047 "B" encoded-words of at most `size` UTF-8 bytes each, never splitting a
     character (so each word stays under 75 characters)."""
+    whole = text.encode("utf-8")
+    if len(whole) <= size:
+        return (
+            [f"=?utf-8?b?{binascii.b2a_base64(whole, newline=False).decode()}?="] if whole else []
+        )
     words: list[str] = []
     chunk = b""
     for char in text:

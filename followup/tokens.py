@@ -7,12 +7,11 @@ a forged or altered token does not verify and changes nothing.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 
 
 def _sign(secret: str, purpose: str, subject: str) -> str:
-    mac = hmac.new(secret.encode(), f"{purpose}:{subject}".encode(), hashlib.sha256).digest()
+    mac = hmac.digest(secret.encode(), f"{purpose}:{subject}".encode(), "sha256")
     return base64.urlsafe_b64encode(mac[:18]).decode().rstrip("=")
 
 

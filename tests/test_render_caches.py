@@ -1,8 +1,11 @@
 """The shortcuts of rendering give exactly what the plain way gives: the Babel filters' caches,
-the sandbox's direct item access on dicts."""
+the sandbox's direct item access on dicts, flat template globals, header fast paths."""
 
 from __future__ import annotations
 
+import binascii
+import re
+from collections import ChainMap
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -12,12 +15,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from babel.dates import format_date, format_datetime
 from babel.numbers import format_currency, format_decimal, get_currency_precision
+from hypothesis import given
+from hypothesis import strategies as st
 from jinja2 import StrictUndefined
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from followup.errors import RenderError
-from followup.render import Sandbox, Templates
+from followup.render import Sandbox, Templates, _encoded_words, header_safe
 
 LOCALES = ["en", "en-US", "fr", "fr-CA", "de-CH", "ja"]
 PARIS = ZoneInfo("Europe/Paris")
@@ -144,3 +149,62 @@ def test_a_dict_method_that_would_change_the_dict_is_still_refused(tmp_path: Pat
         _render(tmp_path, "en", "{{ d.update({'name': 'x'}) }}", context)
     assert isinstance(caught.value.__cause__, SecurityError)
     assert context["d"] == {"name": "n"}
+
+
+# ----------------------------------------------------------------------------- globals
+
+
+def test_template_globals_are_the_environments_with_the_templates_own_over_them(
+    tmp_path: Path,
+) -> None:
+    env = Templates(tmp_path).env
+    before = dict(env.globals)
+    own = {"x": 1, "range": "shadowed"}
+    template = env.from_string("{{ range }} {{ x }}", globals=own)
+
+    assert list(template.globals.items()) == list(ChainMap(own, env.globals).items())
+    assert template.render() == "shadowed 1"
+    assert env.from_string("{{ range(2)|list }} {{ namespace(a=1).a }}").render() == "[0, 1] 1"
+    assert env.globals == before
+
+
+# ----------------------------------------------------------------------------- headers
+
+
+def _header_safe_by_regex(value: str) -> str:
+    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]+", " ", value).strip()
+
+
+@given(st.text())
+def test_header_safe_is_the_regex_replacement(value: str) -> None:
+    assert header_safe(value) == _header_safe_by_regex(value)
+
+
+@pytest.mark.parametrize("value", ["a\x85b", "a\u2028b", " a\tb ", "a\xa0b", "\u200bx", "é"])
+def test_header_safe_on_the_edges_of_printable(value: str) -> None:
+    assert header_safe(value) == _header_safe_by_regex(value)
+
+
+def _encoded_words_char_by_char(text: str, size: int = 45) -> list[str]:
+    words, chunk = [], b""
+    for char in text:
+        encoded = char.encode("utf-8")
+        if chunk and len(chunk) + len(encoded) > size:
+            words.append(f"=?utf-8?b?{binascii.b2a_base64(chunk, newline=False).decode()}?=")
+            chunk = b""
+        chunk += encoded
+    if chunk:
+        words.append(f"=?utf-8?b?{binascii.b2a_base64(chunk, newline=False).decode()}?=")
+    return words
+
+
+@given(st.text(max_size=80))
+def test_encoded_words_are_those_of_the_character_by_character_split(text: str) -> None:
+    assert _encoded_words(text) == _encoded_words_char_by_char(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "é", "é" * 22, "é" * 22 + "a", "é" * 23, "李" * 15, "李" * 16]
+)
+def test_encoded_words_around_the_size_limit(text: str) -> None:
+    assert _encoded_words(text) == _encoded_words_char_by_char(text)
