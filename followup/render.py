@@ -29,7 +29,7 @@ import tomllib
 import traceback
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -45,6 +45,7 @@ from babel.numbers import format_currency, format_decimal, get_currency_precisio
 from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
+    Template,
     TemplateError,
     TemplateNotFound,
     TemplateSyntaxError,
@@ -296,6 +297,9 @@ class Templates:
         #: Without auto_reload (the dispatcher), what exists on disk is looked up once.
         self._files: dict[str, bool] = {}
         self._message_variants: dict[str, tuple[Variant, ...]] = {}
+        #: Without auto_reload, each part's compiled template (Jinja2 would give the same one
+        #: from its cache, through a weak reference and a locked LRU on every call).
+        self._compiled: dict[str, Template] = {}
 
     def _is_file(self, relative: str) -> bool:
         if self.auto_reload:
@@ -405,7 +409,12 @@ class Templates:
     def _render_one(self, name: str, values: Mapping[str, Any]) -> str:
         """One template file, with every error turned into a RenderError naming file and line."""
         try:
-            return self.env.get_template(name).render(values)
+            template = self._compiled.get(name)
+            if template is None:
+                template = self.env.get_template(name)
+                if not self.auto_reload:
+                    self._compiled[name] = template
+            return template.render(values)
         except TemplateSyntaxError as exc:
             raise self._error(
                 self._where(exc.filename or name), exc.lineno, exc.message or str(exc)
@@ -503,7 +512,7 @@ def build_mime(parts: RenderedParts, envelope: Envelope) -> bytes:
         f"From: {sender}",
         f"Reply-To: {sender}",
         f"To: {_address(envelope.to_name, envelope.to_email)}",
-        f"Date: {format_datetime(envelope.date)}",
+        f"Date: {_date_header(envelope.date, envelope.date.utcoffset())}",
         f"Message-ID: {header_safe(envelope.message_id)}",
         "List-Unsubscribe: " + ",\r\n ".join(_unsubscribe_targets(envelope)),
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
@@ -532,6 +541,13 @@ _HTML_PART = (
     'Content-Type: text/html; charset="utf-8"\r\n'
     "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
 )
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _date_header(when: datetime, offset: timedelta | None) -> str:
+    """email.utils.format_datetime; the offset is in the key since equal instants in other
+    zones are equal datetimes (messages of one batch share their send time)."""
+    return format_datetime(when)
 
 
 def _unsubscribe_targets(envelope: Envelope) -> list[str]:

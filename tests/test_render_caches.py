@@ -1,13 +1,19 @@
 """The shortcuts of rendering give exactly what the plain way gives: the Babel filters' caches,
-the sandbox's direct item access on dicts, flat template globals, header fast paths."""
+the sandbox's direct item access on dicts, flat template globals, header fast paths, tokens
+signed with precomputed HMAC pads, compiled parts kept."""
 
 from __future__ import annotations
 
+import base64
 import binascii
+import hashlib
+import hmac
+import os
 import re
 from collections import ChainMap
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from email.utils import format_datetime as format_datetime_header
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,8 +27,9 @@ from jinja2 import StrictUndefined
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from followup import tokens
 from followup.errors import RenderError
-from followup.render import Sandbox, Templates, _encoded_words, header_safe
+from followup.render import Sandbox, Templates, _date_header, _encoded_words, header_safe
 
 LOCALES = ["en", "en-US", "fr", "fr-CA", "de-CH", "ja"]
 PARIS = ZoneInfo("Europe/Paris")
@@ -208,3 +215,56 @@ def test_encoded_words_are_those_of_the_character_by_character_split(text: str) 
 )
 def test_encoded_words_around_the_size_limit(text: str) -> None:
     assert _encoded_words(text) == _encoded_words_char_by_char(text)
+
+
+# ----------------------------------------------------------------------------- tokens, dates
+
+
+def _token_by_hmac_new(secret: str, purpose: str, subject: str) -> str:
+    mac = hmac.new(secret.encode(), f"{purpose}:{subject}".encode(), hashlib.sha256).digest()
+    return f"{subject}.{base64.urlsafe_b64encode(mac[:18]).decode().rstrip('=')}"
+
+
+@given(st.text(min_size=1, max_size=200), st.text(max_size=20), st.text(max_size=40))
+def test_tokens_are_the_hmac_modules_signature(secret: str, purpose: str, subject: str) -> None:
+    assert tokens.make(secret, purpose, subject) == _token_by_hmac_new(secret, purpose, subject)
+
+
+@pytest.mark.parametrize("size", [1, 63, 64, 65, 200])
+def test_tokens_with_keys_around_the_block_size(size: int) -> None:
+    secret = "k" * size
+    for subject in ("42", "7-20270105-thank_you", "é"):
+        token = tokens.make(secret, "unsubscribe", subject)
+        assert token == _token_by_hmac_new(secret, "unsubscribe", subject)
+        assert tokens.verify(secret, "unsubscribe", token) == subject
+        assert tokens.verify(secret + "x", "unsubscribe", token) is None
+
+
+def test_the_date_header_of_one_instant_in_two_zones() -> None:
+    utc = datetime(2027, 1, 8, 15, 0, tzinfo=UTC)
+    paris, new_york = utc.astimezone(PARIS), utc.astimezone(ZoneInfo("America/New_York"))
+    assert utc == paris == new_york
+    for when in (utc, paris, new_york, paris, utc, datetime(2027, 1, 8, 15, 0)):
+        assert _date_header(when, when.utcoffset()) == format_datetime_header(when)
+    # The repeated hour when clocks go back: same wall time, two offsets.
+    first = datetime(2026, 10, 25, 2, 30, tzinfo=PARIS)
+    second = first.replace(fold=1)
+    assert _date_header(first, first.utcoffset()).endswith("+0200")
+    assert _date_header(second, second.utcoffset()).endswith("+0100")
+
+
+def test_templates_without_auto_reload_compile_each_part_once(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    text = root / "m" / "en" / "text.txt"
+    text.parent.mkdir(parents=True)
+    (text.parent / "subject.txt").write_text("Subject", encoding="utf-8")
+    (text.parent / "html.html").write_text("<p>HTML</p>", encoding="utf-8")
+    text.write_text("first", encoding="utf-8")
+    fixed, reloading = Templates(root), Templates(root, auto_reload=True)
+    assert fixed.render("m", "en", {}).text == reloading.render("m", "en", {}).text == "first\n"
+
+    text.write_text("second, saved later", encoding="utf-8")
+    os.utime(text, (text.stat().st_mtime + 5, text.stat().st_mtime + 5))
+
+    assert fixed.render("m", "en", {}).text == "first\n"
+    assert reloading.render("m", "en", {}).text == "second, saved later\n"
