@@ -557,13 +557,33 @@ def _unsubscribe_targets(envelope: Envelope) -> list[str]:
     return targets
 
 
+#: Encoded lines by line: most lines of a message (the layout, styled paragraphs, footers)
+#: are the same in every message of its template, locale and variant.
+_QP_LINES: dict[bytes, bytes] = {}
+QP_LINES_SIZE = 8192
+
+
 def _quoted_printable(text: str) -> bytes:
-    """UTF-8 quoted-printable with CRLF line ends, without the last one (binascii, in C)."""
+    """UTF-8 quoted-printable with CRLF line ends, without the last one (binascii, in C).
+
+    binascii.b2a_qp encodes each line on its own (its line length starts again at each line
+    feed; a line's last space, a lone dot, depend only on the line), so a body is encoded line
+    by line and each line's encoding is kept."""
     body = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not body.endswith("\n"):
-        body += "\n"
-    encoded = binascii.b2a_qp(body.encode("utf-8"), istext=True)
-    return encoded.replace(b"\n", b"\r\n").removesuffix(b"\r\n")
+    lines = body.encode("utf-8").split(b"\n")
+    if len(lines) > 1 and not lines[-1]:
+        lines.pop()  # the body ends with a line feed
+    cache = _QP_LINES
+    encoded: list[bytes] = []
+    for line in lines:
+        found = cache.get(line)
+        if found is None:
+            found = binascii.b2a_qp(line + b"\n", istext=True)[:-1].replace(b"\n", b"\r\n")
+            if len(cache) >= QP_LINES_SIZE:
+                cache.clear()
+            cache[line] = found
+        encoded.append(found)
+    return b"\r\n".join(encoded)
 
 
 #: A display name that needs neither quoting nor encoding (RFC 5322 atoms and spaces).

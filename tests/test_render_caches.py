@@ -1,6 +1,6 @@
 """The shortcuts of rendering give exactly what the plain way gives: the Babel filters' caches,
 the sandbox's direct item access on dicts, flat template globals, header fast paths, tokens
-signed with precomputed HMAC pads, compiled parts kept."""
+signed with precomputed HMAC pads, compiled parts kept, quoted-printable line by line."""
 
 from __future__ import annotations
 
@@ -29,7 +29,14 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from followup import tokens
 from followup.errors import RenderError
-from followup.render import Sandbox, Templates, _date_header, _encoded_words, header_safe
+from followup.render import (
+    Sandbox,
+    Templates,
+    _date_header,
+    _encoded_words,
+    _quoted_printable,
+    header_safe,
+)
 
 LOCALES = ["en", "en-US", "fr", "fr-CA", "de-CH", "ja"]
 PARIS = ZoneInfo("Europe/Paris")
@@ -268,3 +275,56 @@ def test_templates_without_auto_reload_compile_each_part_once(tmp_path: Path) ->
 
     assert fixed.render("m", "en", {}).text == "first\n"
     assert reloading.render("m", "en", {}).text == "second, saved later\n"
+
+
+# ----------------------------------------------------------------------------- quoted-printable
+
+
+def _quoted_printable_whole(text: str) -> bytes:
+    """The body encoded in one call, as build_mime did before encoding line by line."""
+    body = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not body.endswith("\n"):
+        body += "\n"
+    encoded = binascii.b2a_qp(body.encode("utf-8"), istext=True)
+    return encoded.replace(b"\n", b"\r\n").removesuffix(b"\r\n")
+
+
+QP_TEXT = st.text(alphabet=st.sampled_from(list("ab =.\t\r\n\x00\x7fé€😀")) | st.characters())
+
+
+@given(st.lists(QP_TEXT, max_size=6), st.integers(min_value=0, max_value=90))
+def test_quoted_printable_line_by_line_is_the_whole_body_encoded_at_once(
+    pieces: list[str], width: int
+) -> None:
+    # Lines around the 76-character limit, with spaces, dots and = where it matters.
+    text = ("x" * width).join(pieces)
+    for _ in range(2):  # the second time from the cache
+        assert _quoted_printable(text) == _quoted_printable_whole(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "\n",
+        "\n\n",
+        "a",
+        "a\n",
+        "a\n\n",
+        ".",
+        ".\n",
+        "a.\n.",
+        "a \nb\t",
+        " ",
+        "\r",
+        "\r\n",
+        "x" * 75 + "=",
+        "x" * 74 + "é",
+        "x" * 76 + " ",
+        "=" * 30,
+        ("y" * 75 + "\n") * 3,
+    ],
+)
+def test_quoted_printable_edges(text: str) -> None:
+    for _ in range(2):
+        assert _quoted_printable(text) == _quoted_printable_whole(text)
