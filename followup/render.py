@@ -56,13 +56,12 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from followup import inline
 from followup.errors import RenderError
 
 PARTS = ("subject.txt", "text.txt", "html.html")
 # Control characters and every other character that str.splitlines() breaks on.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
-# Templates may not pull in files or URLs: the CSS inliner loads no stylesheet.
-_INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
 
 
 def header_safe(value: str) -> str:
@@ -394,7 +393,7 @@ class Templates:
             name = self.part_name(message, tag, part, chosen.name)
             rendered[part] = self._render_one(name, values)
         try:
-            html = _INLINER.inline(rendered["html.html"])
+            html = inline.inline(rendered["html.html"])
         except (css_inline.InlineError, ValueError) as exc:
             where = self._where(str(self.root / message / tag / "html.html"))
             raise RenderError(f"{where}: CSS: {exc}", file=where, detail=f"CSS: {exc}") from exc
