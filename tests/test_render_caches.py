@@ -289,7 +289,11 @@ def _quoted_printable_whole(text: str) -> bytes:
     return encoded.replace(b"\n", b"\r\n").removesuffix(b"\r\n")
 
 
-QP_TEXT = st.text(alphabet=st.sampled_from(list("ab =.\t\r\n\x00\x7fé€😀")) | st.characters())
+# Text as str holds no lone surrogate once rendered: both ways would fail to encode it alike.
+QP_TEXT = st.text(
+    alphabet=st.sampled_from(list("ab =.\t\r\n\x00\x7fé€😀"))
+    | st.characters(exclude_categories=["Cs"])
+)
 
 
 @given(st.lists(QP_TEXT, max_size=6), st.integers(min_value=0, max_value=90))
