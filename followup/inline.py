@@ -62,6 +62,8 @@ _OTHER_AMPERSAND = re.compile(r"&(?!(?:amp|lt|gt|quot|#34|#39);)")
 
 #: skeleton -> (pieces, placeholder index after each piece); None: inline such pages directly.
 _cache: dict[str, tuple[tuple[str, ...], tuple[int, ...]] | None] = {}
+#: In the skeleton (the build numbers them).
+_SLOT = _OPEN + _CLOSE
 
 
 def inline(html: str) -> str:
@@ -69,7 +71,7 @@ def inline(html: str) -> str:
     found = _skeleton(html)
     if found is None:
         return INLINER.inline(html)
-    key, values, attributes = found
+    key, values = found
     entry = _cache.get(key, _MISSING)
     if entry is _MISSING:
         if len(_cache) >= CACHE_SIZE:
@@ -80,7 +82,7 @@ def inline(html: str) -> str:
     pieces, order = entry
     out = [pieces[0]]
     for index, piece in zip(order, pieces[1:], strict=True):
-        out.append(_attribute(values[index]) if attributes[index] else _text(values[index]))
+        out.append(values[index])
         out.append(piece)
     return "".join(out)
 
@@ -89,20 +91,34 @@ _MISSING: tuple[tuple[str, ...], tuple[int, ...]] = ((), ())
 
 
 def _build(key: str, count: int) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
+    """The skeleton inlined, as the pieces between its placeholders and their order."""
+    parts = key.split(_SLOT)
+    numbered = [parts[0]]
+    for number, part in enumerate(parts[1:]):
+        numbered.append(f"{_OPEN}{number}{_CLOSE}{part}")
     try:
-        inlined = INLINER.inline(key)
+        inlined = INLINER.inline("".join(numbered))
     except (css_inline.InlineError, ValueError):
         return None  # the page itself will say what is wrong
-    parts = _PLACEHOLDER.split(inlined)
-    order = tuple(int(index) for index in parts[1::2])
+    pieces = _PLACEHOLDER.split(inlined)
+    order = tuple(int(index) for index in pieces[1::2])
     if sorted(order) != list(range(count)):
         return None
-    return tuple(parts[0::2]), order
+    return tuple(pieces[0::2]), order
 
 
-def _skeleton(html: str) -> tuple[str, list[str], list[bool]] | None:
-    """The page with placeholders, the text and links they stand for (as written in the page)
-    and which of them are attributes; None when the page is not of the shape this handles."""
+# What a piece of the page between two `<` is, for _skeleton.
+_START, _END, _RAW_START, _TITLE, _OTHER = range(5)
+#: piece -> (what, element name, its part of the skeleton, its text and link as css-inline
+#: writes them, whether it has a link placeholder or a raw text with `[`)
+_Piece = tuple[int, str, str, tuple[str, ...], bool]
+_pieces: dict[str, _Piece] = {}
+PIECES_SIZE = 4096
+
+
+def _skeleton(html: str) -> tuple[str, list[str]] | None:
+    """The page with placeholders and what they stand for, as css-inline writes it; None
+    when the page is not of the shape this handles."""
     if _OPEN in html or _CLOSE in html:
         return None
     chunks = html.split("<")
@@ -111,73 +127,78 @@ def _skeleton(html: str) -> tuple[str, list[str], list[bool]] | None:
         return None
     key = [first]
     values: list[str] = []
-    attributes: list[bool] = []
     raw = ""  # inside this raw-text element (or title)
-    selectors = False
-    tags = _tags
+    selectors = links = False
+    known = _pieces
     for chunk in chunks[1:]:
-        tag, found, text = chunk.partition(">")
-        if not found:
-            return None
-        kind = tags.get(tag)
-        if kind is None:
-            kind = _tag(tag)
-            if len(tags) >= TAGS_SIZE:
-                tags.clear()
-            tags[tag] = kind
-        what, name = kind
+        found = known.get(chunk)
+        if found is None:
+            found = _piece(chunk)
+            if len(known) >= PIECES_SIZE:
+                known.clear()
+            known[chunk] = found
+        what, name, part, texts, flag = found
         if raw:
-            if what != "end" or name != raw:
+            if what != _END or name != raw:
                 return None
             raw = ""
-        elif what == "start":
-            if name in _RAW:
-                # Raw text, kept as is (it may hold `>`); an attribute selector could see a link.
-                raw = name
-                selectors = selectors or "[" in text
-                key.append(f"<{tag}>{text}")
-                continue
-            if name == "title":
-                raw = name
-            elif name == "a":
-                tag = _link(tag, values, attributes)
-        elif what == "other":
+        elif what == _RAW_START:
+            raw = name
+            selectors = selectors or flag
+        elif what == _TITLE:
+            raw = name
+        elif what == _OTHER:
             return None
-        if ">" in text:
-            return None
-        middle = text.strip(_HTML_SPACE)
-        if not middle or not _free(middle, _NOT_FREE):
-            key.append(f"<{tag}>{text}")
-            continue
-        start = text.index(middle[0])
-        rest = text[start + len(middle) :]
-        key.append(f"<{tag}>{text[:start]}{_OPEN}{len(values)}{_CLOSE}{rest}")
-        values.append(middle)
-        attributes.append(False)
-    if raw or (selectors and any(attributes)):
+        else:
+            links = links or flag
+        key.append(part)
+        values += texts
+    if raw or (selectors and links):
         return None
-    return "".join(key), values, attributes
+    return "".join(key), values
 
 
-#: tag (between < and >) -> ("start", "end", "doctype" or "other"; its name in lower case)
-_tags: dict[str, tuple[str, str]] = {}
-TAGS_SIZE = 4096
+def _piece(chunk: str) -> _Piece:
+    """One tag and the text after it (up to the next `<`)."""
+    tag, found, text = chunk.partition(">")
+    if not found:
+        return _OTHER, "", "", (), False
+    what, name = _tag(tag)
+    if what == _RAW_START:
+        return what, name, f"<{chunk}", (), "[" in text
+    if what == _OTHER or ">" in text:
+        return _OTHER, "", "", (), False
+    texts: list[str] = []
+    link = False
+    if what == _START and name == "a":
+        tag, link = _link(tag, texts)
+    middle = text.strip(_HTML_SPACE)
+    if not middle or not _free(middle, _NOT_FREE):
+        return what, name, f"<{tag}>{text}", tuple(texts), link
+    start = text.index(middle[0])
+    texts.append(_text(middle))
+    rest = text[start + len(middle) :]
+    return what, name, f"<{tag}>{text[:start]}{_SLOT}{rest}", tuple(texts), link
 
 
-def _tag(tag: str) -> tuple[str, str]:
-    """What a tag is: "start", "end", "doctype", or "other" (comments, anything unusual, and
-    elements that change how the parser reads what follows: not handled)."""
+def _tag(tag: str) -> tuple[int, str]:
+    """What a tag (between < and >) is, and its name in lower case. Comments, anything
+    unusual and elements that change how the parser reads what follows are _OTHER."""
     end = _END_TAG.fullmatch(tag)
     if end is not None:
-        return "end", end.group(1).lower()
+        return _END, end.group(1).lower()
     start = _START_TAG.fullmatch(tag)
     if start is not None:
         name = start.group(1).lower()
-        return ("other" if name in _DIRECT else "start"), name
-    return ("doctype" if tag.lower() == "!doctype html" else "other"), ""
+        if name in _DIRECT:
+            return _OTHER, name
+        if name in _RAW:
+            return _RAW_START, name
+        return (_TITLE if name == "title" else _START), name
+    return (_END if tag.lower() == "!doctype html" else _OTHER), ""
 
 
-def _link(tag: str, values: list[str], attributes: list[bool]) -> str:
+def _link(tag: str, texts: list[str]) -> tuple[str, bool]:
     """An `<a>` tag (between < and >) with the value of its href (the first: the parser drops
     the others) as a placeholder, when it is double-quoted and plain."""
     for attribute in _ATTRIBUTES.finditer(tag, 1):
@@ -185,12 +206,11 @@ def _link(tag: str, values: list[str], attributes: list[bool]) -> str:
             continue
         value = attribute.group(2) or ""
         if len(value) > 2 and value[0] == '"' and _free(value[1:-1], _NOT_FREE_ATTRIBUTE):
-            values.append(value[1:-1])
-            attributes.append(True)
+            texts.append(_attribute(value[1:-1]))
             start, end = attribute.span(2)
-            return f'{tag[:start]}"{_OPEN}{len(values) - 1}{_CLOSE}"{tag[end:]}'
+            return f'{tag[:start]}"{_SLOT}"{tag[end:]}', True
         break
-    return tag
+    return tag, False
 
 
 def _free(value: str, not_free: re.Pattern[str]) -> bool:
