@@ -299,6 +299,8 @@ class Templates:
         #: Without auto_reload, each part's compiled template (Jinja2 would give the same one
         #: from its cache, through a weak reference and a locked LRU on every call).
         self._compiled: dict[str, Template] = {}
+        #: Without auto_reload, (message, client locale) -> the locale folder it gets.
+        self._locales: dict[tuple[str, str], str] = {}
 
     def _is_file(self, relative: str) -> bool:
         if self.auto_reload:
@@ -355,6 +357,14 @@ class Templates:
         )
 
     def resolve_locale(self, message: str, locale: str) -> str:
+        if not self.auto_reload:
+            found = self._locales.get((message, locale))
+            if found is None:
+                found = self._locales[(message, locale)] = self._resolve_locale(message, locale)
+            return found
+        return self._resolve_locale(message, locale)
+
+    def _resolve_locale(self, message: str, locale: str) -> str:
         for tag in locale_chain(locale, self.default_locale):
             if self._is_file(f"{message}/{tag}/subject.txt"):
                 return tag

@@ -332,3 +332,21 @@ def test_quoted_printable_line_by_line_is_the_whole_body_encoded_at_once(
 def test_quoted_printable_edges(text: str) -> None:
     for _ in range(2):
         assert _quoted_printable(text) == _quoted_printable_whole(text)
+
+
+def test_the_locale_folder_is_looked_up_once_without_auto_reload(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    for locale in ("en", "fr"):
+        folder = root / "m" / locale
+        folder.mkdir(parents=True)
+        for name in ("subject.txt", "text.txt", "html.html"):
+            (folder / name).write_text(locale, encoding="utf-8")
+    fixed, reloading = Templates(root), Templates(root, auto_reload=True)
+    assert fixed.resolve_locale("m", "fr-CA") == reloading.resolve_locale("m", "fr-CA") == "fr"
+
+    (root / "m" / "fr-CA").mkdir()
+    (root / "m" / "fr-CA" / "subject.txt").write_text("fr-CA", encoding="utf-8")
+
+    assert fixed.resolve_locale("m", "fr-CA") == "fr"
+    assert reloading.resolve_locale("m", "fr-CA") == "fr-CA"
+    assert fixed.resolve_locale("m", "de") == fixed.resolve_locale("m", "de") == "en"
