@@ -55,6 +55,7 @@ from jinja2 import (
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import internalcode
 
 from followup import inline
 from followup.errors import RenderError
@@ -252,6 +253,21 @@ class Sandbox(ImmutableSandboxedEnvironment):
     an error only when printed; through a filter chain (`map('attr', '__class__')|list`) it
     would render silently. A template that tries is broken, and says so."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loaded: dict[str, Template] = {}
+
+    @internalcode
+    def _load_template(self, name: str, globals: MutableMapping[str, Any] | None) -> Template:
+        """Without auto_reload, a template once loaded comes from a plain dict: Jinja2's cache
+        takes a weak reference and a locked LRU lookup on every include."""
+        if self.auto_reload or globals:
+            return super()._load_template(name, globals)
+        template = self._loaded.get(name)
+        if template is None:
+            template = self._loaded[name] = super()._load_template(name, globals)
+        return template
+
     def getattr(self, obj: Any, attribute: str) -> Any:
         """`client.name` on a plain dict without the AttributeError Jinja2 raises and catches
         before falling back to the item: the same result, since a name that is not an
@@ -286,7 +302,10 @@ class Templates:
         self.env = Sandbox(
             loader=FileSystemLoader(str(root)),
             undefined=StrictUndefined,
-            autoescape=select_autoescape(["html", "htm"], default_for_string=False),
+            # Asked for every context (five a message): the answer for each name is kept.
+            autoescape=functools.lru_cache(maxsize=1024)(
+                select_autoescape(["html", "htm"], default_for_string=False)
+            ),
             keep_trailing_newline=False,
             auto_reload=auto_reload,
         )

@@ -350,3 +350,30 @@ def test_the_locale_folder_is_looked_up_once_without_auto_reload(tmp_path: Path)
     assert fixed.resolve_locale("m", "fr-CA") == "fr"
     assert reloading.resolve_locale("m", "fr-CA") == "fr-CA"
     assert fixed.resolve_locale("m", "de") == fixed.resolve_locale("m", "de") == "en"
+
+
+def test_included_partials_are_loaded_once_without_auto_reload(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    folder = root / "m" / "en"
+    folder.mkdir(parents=True)
+    (root / "_partials").mkdir()
+    partial = root / "_partials" / "sign.txt"
+    partial.write_text("first", encoding="utf-8")
+    (folder / "subject.txt").write_text("Subject", encoding="utf-8")
+    (folder / "html.html").write_text("<p>{% include '_partials/sign.txt' %}</p>", encoding="utf-8")
+    (folder / "text.txt").write_text(
+        "{% include ['_partials/missing.txt', '_partials/sign.txt'] %} {{ '<' }}", encoding="utf-8"
+    )
+    fixed, reloading = Templates(root), Templates(root, auto_reload=True)
+    for templates in (fixed, reloading):
+        parts = templates.render("m", "en", {})
+        assert (parts.text, parts.html) == (
+            "first <\n",
+            "<html><head></head><body><p>first</p></body></html>",
+        )
+
+    partial.write_text("second", encoding="utf-8")
+    os.utime(partial, (partial.stat().st_mtime + 5, partial.stat().st_mtime + 5))
+
+    assert fixed.render("m", "en", {}).text == "first <\n"
+    assert reloading.render("m", "en", {}).text == "second <\n"
