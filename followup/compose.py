@@ -226,6 +226,7 @@ def compose(
     extra = dict(client or {})
     tier = str(extra.get("tier", facts.tier))
     zone = ZoneInfo(facts.timezone)
+    local_send_at = send_at.astimezone(zone)
     from_name, from_email = settings.sender.default_from
     if facts.rep_email:
         from_name, from_email = facts.rep_name or from_name, facts.rep_email
@@ -267,16 +268,17 @@ def compose(
             **(occasion or {}),
         },
         "links": {"unsubscribe": unsubscribe_url, "survey": f"{public_url}/survey/{survey}"},
-        "send_at": send_at.astimezone(zone),
+        "send_at": local_send_at,
     }
     if facts.purchase_external_id is not None and facts.purchased_at is not None:
+        purchased_at = facts.purchased_at.astimezone(zone)
         context["purchase"] = {
             "id": facts.purchase_external_id,
             "product": facts.product,
             "amount": facts.amount_minor,
             "currency": facts.currency,
-            "purchased_at": facts.purchased_at.astimezone(zone),
-            "date": facts.purchased_at.astimezone(zone).date(),
+            "purchased_at": purchased_at,
+            "date": purchased_at.date(),
         }
     parts = templates.render(template, facts.locale, context, variant)
     mid = message_id(facts.client_id, campaign, occurrence, settings.sender.domain)
@@ -286,7 +288,7 @@ def compose(
         to_name=f"{facts.first_name} {facts.last_name}".strip(),
         to_email=facts.email,
         message_id=mid,
-        date=send_at.astimezone(zone),
+        date=local_send_at,
         unsubscribe_url=unsubscribe_url,
         unsubscribe_mailto=settings.sender.unsubscribe_mailto,
     )

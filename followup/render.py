@@ -22,13 +22,14 @@ renders in every variant: the layout takes its colours from the `variant` object
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import re
 import tomllib
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -37,12 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import css_inline
+from babel import Locale
 from babel.dates import format_date
 from babel.dates import format_datetime as babel_datetime
 from babel.numbers import format_currency, format_decimal, get_currency_precision
 from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
+    Template,
     TemplateError,
     TemplateNotFound,
     TemplateSyntaxError,
@@ -52,18 +55,21 @@ from jinja2 import (
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import internalcode
 
+from followup import inline
 from followup.errors import RenderError
 
 PARTS = ("subject.txt", "text.txt", "html.html")
 # Control characters and every other character that str.splitlines() breaks on.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
-# Templates may not pull in files or URLs: the CSS inliner loads no stylesheet.
-_INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
 
 
 def header_safe(value: str) -> str:
     """One line, no control characters: nothing can be injected into a header through it."""
+    if value.isprintable():
+        # No character of _CONTROL is printable: nothing to replace.
+        return value.strip()
     return _CONTROL.sub(" ", value).strip()
 
 
@@ -84,22 +90,60 @@ def _babel_locale(context: Context) -> str:
     return str(context.get("locale", "en")).replace("-", "_")
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed_locale(tag: str) -> Locale:
+    """babel.Locale.parse, once per locale string (the filters run several times a message)."""
+    return Locale.parse(tag)
+
+
+def _locale(tag: str) -> Locale | str:
+    # An empty tag is passed on as is: Babel reads it as its default locale.
+    return _parsed_locale(tag) if tag else tag
+
+
+# Formatted values repeat across messages (same purchase dates, amounts, locales): the
+# filters' results are cached for the exact types whose equality implies the same output.
+@functools.lru_cache(maxsize=4096)
+def _cached_date(value: date, format: str, tag: str) -> str:
+    return format_date(value, format=format, locale=_locale(tag))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_money(minor: int, currency: str, tag: str) -> str:
+    amount = minor / 10 ** get_currency_precision(currency)
+    return format_currency(amount, currency, locale=_locale(tag))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_number(value: int, tag: str) -> str:
+    return format_decimal(value, locale=_locale(tag))
+
+
 @pass_context
 def _date_filter(context: Context, value: date | datetime, format: str = "long") -> str:
+    tag = _babel_locale(context)
+    if type(value) is date and type(format) is str:
+        return _cached_date(value, format, tag)
     if isinstance(value, datetime):
-        return babel_datetime(value, format=format, locale=_babel_locale(context))
-    return format_date(value, format=format, locale=_babel_locale(context))
+        return babel_datetime(value, format=format, locale=_locale(tag))
+    return format_date(value, format=format, locale=_locale(tag))
 
 
 @pass_context
 def _money_filter(context: Context, minor: int, currency: str) -> str:
+    tag = _babel_locale(context)
+    if type(minor) is int and type(currency) is str:
+        return _cached_money(minor, currency, tag)
     amount = minor / 10 ** get_currency_precision(currency)
-    return format_currency(amount, currency, locale=_babel_locale(context))
+    return format_currency(amount, currency, locale=_locale(tag))
 
 
 @pass_context
 def _number_filter(context: Context, value: float | int) -> str:
-    return format_decimal(value, locale=_babel_locale(context))
+    tag = _babel_locale(context)
+    if type(value) is int:
+        return _cached_number(value, tag)
+    return format_decimal(value, locale=_locale(tag))
 
 
 VARIANTS_FILE = "_variants.toml"
@@ -199,11 +243,48 @@ def choose_variant(names: Sequence[str], key: str, previous: str | None) -> str:
     return names[index]
 
 
+#: Every name getattr() finds on a dict (its methods, object's): these go through the sandbox.
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
 class Sandbox(ImmutableSandboxedEnvironment):
     """Jinja2's immutable sandbox, stricter in one way: reaching an unsafe attribute is an
     error at once. Jinja2 returns an undefined value there, which StrictUndefined turns into
     an error only when printed; through a filter chain (`map('attr', '__class__')|list`) it
     would render silently. A template that tries is broken, and says so."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loaded: dict[str, Template] = {}
+
+    @internalcode
+    def _load_template(self, name: str, globals: MutableMapping[str, Any] | None) -> Template:
+        """Without auto_reload, a template once loaded comes from a plain dict: Jinja2's cache
+        takes a weak reference and a locked LRU lookup on every include."""
+        if self.auto_reload or globals:
+            return super()._load_template(name, globals)
+        template = self._loaded.get(name)
+        if template is None:
+            template = self._loaded[name] = super()._load_template(name, globals)
+        return template
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """`client.name` on a plain dict without the AttributeError Jinja2 raises and catches
+        before falling back to the item: the same result, since a name that is not an
+        attribute of dict is never an attribute of a dict."""
+        if type(obj) is dict and type(attribute) is str and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        """A template's globals over the environment's, as one dict in ChainMap's key order.
+        Jinja2 returns a ChainMap, which it iterates in Python twice per context (five
+        contexts a message: three parts, two includes). The environment's globals are set
+        once, in Templates(), before any template is loaded."""
+        return {**self.globals, **(d or {})}
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
         raise SecurityError(
@@ -221,7 +302,10 @@ class Templates:
         self.env = Sandbox(
             loader=FileSystemLoader(str(root)),
             undefined=StrictUndefined,
-            autoescape=select_autoescape(["html", "htm"], default_for_string=False),
+            # Asked for every context (five a message): the answer for each name is kept.
+            autoescape=functools.lru_cache(maxsize=1024)(
+                select_autoescape(["html", "htm"], default_for_string=False)
+            ),
             keep_trailing_newline=False,
             auto_reload=auto_reload,
         )
@@ -231,6 +315,11 @@ class Templates:
         #: Without auto_reload (the dispatcher), what exists on disk is looked up once.
         self._files: dict[str, bool] = {}
         self._message_variants: dict[str, tuple[Variant, ...]] = {}
+        #: Without auto_reload, each part's compiled template (Jinja2 would give the same one
+        #: from its cache, through a weak reference and a locked LRU on every call).
+        self._compiled: dict[str, Template] = {}
+        #: Without auto_reload, (message, client locale) -> the locale folder it gets.
+        self._locales: dict[tuple[str, str], str] = {}
 
     def _is_file(self, relative: str) -> bool:
         if self.auto_reload:
@@ -287,6 +376,14 @@ class Templates:
         )
 
     def resolve_locale(self, message: str, locale: str) -> str:
+        if not self.auto_reload:
+            found = self._locales.get((message, locale))
+            if found is None:
+                found = self._locales[(message, locale)] = self._resolve_locale(message, locale)
+            return found
+        return self._resolve_locale(message, locale)
+
+    def _resolve_locale(self, message: str, locale: str) -> str:
         for tag in locale_chain(locale, self.default_locale):
             if self._is_file(f"{message}/{tag}/subject.txt"):
                 return tag
@@ -325,7 +422,7 @@ class Templates:
             name = self.part_name(message, tag, part, chosen.name)
             rendered[part] = self._render_one(name, values)
         try:
-            html = _INLINER.inline(rendered["html.html"])
+            html = inline.inline(rendered["html.html"])
         except (css_inline.InlineError, ValueError) as exc:
             where = self._where(str(self.root / message / tag / "html.html"))
             raise RenderError(f"{where}: CSS: {exc}", file=where, detail=f"CSS: {exc}") from exc
@@ -340,7 +437,12 @@ class Templates:
     def _render_one(self, name: str, values: Mapping[str, Any]) -> str:
         """One template file, with every error turned into a RenderError naming file and line."""
         try:
-            return self.env.get_template(name).render(values)
+            template = self._compiled.get(name)
+            if template is None:
+                template = self.env.get_template(name)
+                if not self.auto_reload:
+                    self._compiled[name] = template
+            return template.render(values)
         except TemplateSyntaxError as exc:
             raise self._error(
                 self._where(exc.filename or name), exc.lineno, exc.message or str(exc)
@@ -433,33 +535,47 @@ def build_mime(parts: RenderedParts, envelope: Envelope) -> bytes:
         return _build_mime_email_package(parts, envelope)
     sender = _address(envelope.from_name, envelope.from_email)
     boundary = "=_" + hashlib.sha256(envelope.message_id.encode()).hexdigest()[:32]
-    lines = [
+    headers = [
         _header("Subject", parts.subject),
         f"From: {sender}",
         f"Reply-To: {sender}",
         f"To: {_address(envelope.to_name, envelope.to_email)}",
-        f"Date: {format_datetime(envelope.date)}",
+        f"Date: {_date_header(envelope.date, envelope.date.utcoffset())}",
         f"Message-ID: {header_safe(envelope.message_id)}",
         "List-Unsubscribe: " + ",\r\n ".join(_unsubscribe_targets(envelope)),
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
         "MIME-Version: 1.0",
         f'Content-Type: multipart/alternative; boundary="{boundary}"',
         f"Content-Language: {header_safe(parts.locale)}",
-        "",
-        f"--{boundary}",
-        'Content-Type: text/plain; charset="utf-8"',
-        "Content-Transfer-Encoding: quoted-printable",
-        "",
-        _quoted_printable(parts.text),
-        f"--{boundary}",
-        'Content-Type: text/html; charset="utf-8"',
-        "Content-Transfer-Encoding: quoted-printable",
-        "",
-        _quoted_printable(parts.html),
-        f"--{boundary}--",
-        "",
     ]
-    return "\r\n".join(lines).encode("ascii")
+    # Joined as bytes: the bodies are bytes from binascii, and stay so.
+    return b"".join(
+        (
+            "\r\n".join(headers).encode("ascii"),
+            f"\r\n\r\n--{boundary}\r\n{_TEXT_PART}".encode("ascii"),
+            _quoted_printable(parts.text),
+            f"\r\n--{boundary}\r\n{_HTML_PART}".encode("ascii"),
+            _quoted_printable(parts.html),
+            f"\r\n--{boundary}--\r\n".encode("ascii"),
+        )
+    )
+
+
+_TEXT_PART = (
+    'Content-Type: text/plain; charset="utf-8"\r\n'
+    "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+)
+_HTML_PART = (
+    'Content-Type: text/html; charset="utf-8"\r\n'
+    "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _date_header(when: datetime, offset: timedelta | None) -> str:
+    """email.utils.format_datetime; the offset is in the key since equal instants in other
+    zones are equal datetimes (messages of one batch share their send time)."""
+    return format_datetime(when)
 
 
 def _unsubscribe_targets(envelope: Envelope) -> list[str]:
@@ -469,13 +585,33 @@ def _unsubscribe_targets(envelope: Envelope) -> list[str]:
     return targets
 
 
-def _quoted_printable(text: str) -> str:
-    """UTF-8 quoted-printable with CRLF line ends (binascii, in C)."""
+#: Encoded lines by line: most lines of a message (the layout, styled paragraphs, footers)
+#: are the same in every message of its template, locale and variant.
+_QP_LINES: dict[bytes, bytes] = {}
+QP_LINES_SIZE = 8192
+
+
+def _quoted_printable(text: str) -> bytes:
+    """UTF-8 quoted-printable with CRLF line ends, without the last one (binascii, in C).
+
+    binascii.b2a_qp encodes each line on its own (its line length starts again at each line
+    feed; a line's last space, a lone dot, depend only on the line), so a body is encoded line
+    by line and each line's encoding is kept."""
     body = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not body.endswith("\n"):
-        body += "\n"
-    encoded = binascii.b2a_qp(body.encode("utf-8"), istext=True)
-    return encoded.decode("ascii").replace("\n", "\r\n").removesuffix("\r\n")
+    lines = body.encode("utf-8").split(b"\n")
+    if len(lines) > 1 and not lines[-1]:
+        lines.pop()  # the body ends with a line feed
+    cache = _QP_LINES
+    encoded: list[bytes] = []
+    for line in lines:
+        found = cache.get(line)
+        if found is None:
+            found = binascii.b2a_qp(line + b"\n", istext=True)[:-1].replace(b"\n", b"\r\n")
+            if len(cache) >= QP_LINES_SIZE:
+                cache.clear()
+            cache[line] = found
+        encoded.append(found)
+    return b"\r\n".join(encoded)
 
 
 #: A display name that needs neither quoting nor encoding (RFC 5322 atoms and spaces).
@@ -500,6 +636,11 @@ def _address(name: str, email: str) -> str:
 def _encoded_words(text: str, size: int = 45) -> list[str]:
     """RFC 2047 "B" encoded-words of at most `size` UTF-8 bytes each, never splitting a
     character (so each word stays under 75 characters)."""
+    whole = text.encode("utf-8")
+    if len(whole) <= size:
+        return (
+            [f"=?utf-8?b?{binascii.b2a_base64(whole, newline=False).decode()}?="] if whole else []
+        )
     words: list[str] = []
     chunk = b""
     for char in text:

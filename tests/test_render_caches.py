@@ -1,0 +1,379 @@
+"""The shortcuts of rendering give exactly what the plain way gives: the Babel filters' caches,
+the sandbox's direct item access on dicts, flat template globals, header fast paths, tokens
+signed with precomputed HMAC pads, compiled parts kept, quoted-printable line by line."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+from collections import ChainMap
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from email.utils import format_datetime as format_datetime_header
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_currency, format_decimal, get_currency_precision
+from hypothesis import given
+from hypothesis import strategies as st
+from jinja2 import StrictUndefined
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from followup import tokens
+from followup.errors import RenderError
+from followup.render import (
+    Sandbox,
+    Templates,
+    _date_header,
+    _encoded_words,
+    _quoted_printable,
+    header_safe,
+)
+
+LOCALES = ["en", "en-US", "fr", "fr-CA", "de-CH", "ja"]
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def _render(tmp_path: Path, locale: str, text: str, context: dict[str, Any]) -> str:
+    folder = tmp_path / "templates" / "filters" / locale
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "subject.txt").write_text("Subject", encoding="utf-8")
+    (folder / "html.html").write_text("<p>HTML</p>", encoding="utf-8")
+    (folder / "text.txt").write_text(text, encoding="utf-8")
+    return (
+        Templates(tmp_path / "templates", default_locale=locale)
+        .render("filters", locale, context)
+        .text
+    )
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_the_filters_give_babels_own_results_twice_over(tmp_path: Path, locale: str) -> None:
+    tag = locale.replace("-", "_")
+    values: list[tuple[str, Any, str]] = [
+        ("{{ v|date }}", date(2026, 11, 5), format_date(date(2026, 11, 5), "long", tag)),
+        ("{{ v|date('short') }}", date(2027, 1, 2), format_date(date(2027, 1, 2), "short", tag)),
+        ("{{ v|date('EEEE d') }}", date(2027, 1, 2), format_date(date(2027, 1, 2), "EEEE d", tag)),
+        (
+            "{{ v|date('full') }}",
+            datetime(2027, 1, 8, 15, 0, tzinfo=UTC).astimezone(PARIS),
+            format_datetime(
+                datetime(2027, 1, 8, 15, 0, tzinfo=UTC).astimezone(PARIS), "full", locale=tag
+            ),
+        ),
+        ("{{ v|money('EUR') }}", 123456, format_currency(1234.56, "EUR", locale=tag)),
+        ("{{ v|money('JPY') }}", 123456, format_currency(123456, "JPY", locale=tag)),
+        ("{{ v|money('USD') }}", 99.5, format_currency(99.5 / 100, "USD", locale=tag)),
+        ("{{ v|number }}", 1234567, format_decimal(1234567, locale=tag)),
+        ("{{ v|number }}", 1234.5, format_decimal(1234.5, locale=tag)),
+        ("{{ v|number }}", -0.0, format_decimal(-0.0, locale=tag)),
+        ("{{ v|number }}", Decimal("1.10"), format_decimal(Decimal("1.10"), locale=tag)),
+    ]
+    assert get_currency_precision("JPY") == 0
+    for template, value, expected in values:
+        # Twice, and after the other values: a cached result must be the one Babel gives.
+        for _ in range(2):
+            assert _render(tmp_path, locale, template, {"v": value}).strip() == expected
+
+
+def test_equal_numbers_of_other_types_are_not_confused(tmp_path: Path) -> None:
+    # 1 == 1.0: the cache must not hand one's formatting to the other.
+    text = "{{ a|number }} {{ b|number }} {{ a|number }} {{ b|money('EUR') }} {{ a|money('EUR') }}"
+    rendered = _render(tmp_path, "en", text, {"a": 1, "b": 1.0}).strip()
+    one, one_float = format_decimal(1, locale="en"), format_decimal(1.0, locale="en")
+    cent = format_currency(0.01, "EUR", locale="en")
+    assert rendered == f"{one} {one_float} {one} {cent} {cent}"
+
+
+def test_an_unknown_locale_in_a_filter_is_still_an_error(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="xx"):
+        _render(tmp_path, "xx", "{{ d|date }}", {"d": date(2026, 1, 1)})
+    # Not cached as a success either: it fails again.
+    with pytest.raises(Exception, match="xx"):
+        _render(tmp_path, "xx", "{{ d|date }}", {"d": date(2026, 1, 1)})
+
+
+# ----------------------------------------------------------------------------- dict attributes
+
+NAMES = [
+    "name",
+    "items",
+    "keys",
+    "get",
+    "update",
+    "pop",
+    "clear",
+    "setdefault",
+    "__class__",
+    "__dict__",
+    "__init__",
+    "__len__",
+    "fromkeys",
+    "copy",
+    "missing",
+    "mro",
+    "__name__",
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dict_attributes_are_what_jinja2s_sandbox_gives(name: str) -> None:
+    ours = Sandbox(undefined=StrictUndefined)
+    theirs = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
+    data = {"name": "Zoé", "items": "shadowed", "update": "shadowed", "__class__": "shadowed"}
+
+    def outcome(env: ImmutableSandboxedEnvironment) -> tuple[str, str]:
+        try:
+            value = env.getattr(data, name)
+        except SecurityError as exc:
+            return ("security", str(exc))
+        if isinstance(value, StrictUndefined):
+            return ("undefined", value._undefined_message)
+        return ("value", repr(value))
+
+    mine, jinja = outcome(ours), outcome(theirs)
+    if jinja[0] == "undefined" and "unsafe" in jinja[1]:
+        # Our sandbox raises at once where Jinja2 returns an undefined (see Sandbox).
+        assert mine == ("security", jinja[1])
+    else:
+        assert mine == jinja
+
+
+def test_a_key_named_like_a_dict_method_is_the_method_in_templates(tmp_path: Path) -> None:
+    text = "{{ d.items()|list|length }} {{ d['items'] }} {{ d.name }}"
+    assert _render(tmp_path, "en", text, {"d": {"items": "x", "name": "n"}}).strip() == "2 x n"
+
+
+def test_a_missing_key_of_a_dict_is_still_an_error(tmp_path: Path) -> None:
+    with pytest.raises(RenderError, match="has no attribute 'nope'"):
+        _render(tmp_path, "en", "{{ d.nope }}", {"d": {"name": "n"}})
+
+
+def test_a_dict_method_that_would_change_the_dict_is_still_refused(tmp_path: Path) -> None:
+    context: dict[str, Any] = {"d": {"name": "n"}}
+    with pytest.raises(RenderError) as caught:
+        _render(tmp_path, "en", "{{ d.update({'name': 'x'}) }}", context)
+    assert isinstance(caught.value.__cause__, SecurityError)
+    assert context["d"] == {"name": "n"}
+
+
+# ----------------------------------------------------------------------------- globals
+
+
+def test_template_globals_are_the_environments_with_the_templates_own_over_them(
+    tmp_path: Path,
+) -> None:
+    env = Templates(tmp_path).env
+    before = dict(env.globals)
+    own = {"x": 1, "range": "shadowed"}
+    template = env.from_string("{{ range }} {{ x }}", globals=own)
+
+    assert list(template.globals.items()) == list(ChainMap(own, env.globals).items())
+    assert template.render() == "shadowed 1"
+    assert env.from_string("{{ range(2)|list }} {{ namespace(a=1).a }}").render() == "[0, 1] 1"
+    assert env.globals == before
+
+
+# ----------------------------------------------------------------------------- headers
+
+
+def _header_safe_by_regex(value: str) -> str:
+    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]+", " ", value).strip()
+
+
+@given(st.text())
+def test_header_safe_is_the_regex_replacement(value: str) -> None:
+    assert header_safe(value) == _header_safe_by_regex(value)
+
+
+@pytest.mark.parametrize("value", ["a\x85b", "a\u2028b", " a\tb ", "a\xa0b", "\u200bx", "é"])
+def test_header_safe_on_the_edges_of_printable(value: str) -> None:
+    assert header_safe(value) == _header_safe_by_regex(value)
+
+
+def _encoded_words_char_by_char(text: str, size: int = 45) -> list[str]:
+    words, chunk = [], b""
+    for char in text:
+        encoded = char.encode("utf-8")
+        if chunk and len(chunk) + len(encoded) > size:
+            words.append(f"=?utf-8?b?{binascii.b2a_base64(chunk, newline=False).decode()}?=")
+            chunk = b""
+        chunk += encoded
+    if chunk:
+        words.append(f"=?utf-8?b?{binascii.b2a_base64(chunk, newline=False).decode()}?=")
+    return words
+
+
+@given(st.text(max_size=80))
+def test_encoded_words_are_those_of_the_character_by_character_split(text: str) -> None:
+    assert _encoded_words(text) == _encoded_words_char_by_char(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "é", "é" * 22, "é" * 22 + "a", "é" * 23, "李" * 15, "李" * 16]
+)
+def test_encoded_words_around_the_size_limit(text: str) -> None:
+    assert _encoded_words(text) == _encoded_words_char_by_char(text)
+
+
+# ----------------------------------------------------------------------------- tokens, dates
+
+
+def _token_by_hmac_new(secret: str, purpose: str, subject: str) -> str:
+    mac = hmac.new(secret.encode(), f"{purpose}:{subject}".encode(), hashlib.sha256).digest()
+    return f"{subject}.{base64.urlsafe_b64encode(mac[:18]).decode().rstrip('=')}"
+
+
+@given(st.text(min_size=1, max_size=200), st.text(max_size=20), st.text(max_size=40))
+def test_tokens_are_the_hmac_modules_signature(secret: str, purpose: str, subject: str) -> None:
+    assert tokens.make(secret, purpose, subject) == _token_by_hmac_new(secret, purpose, subject)
+
+
+@pytest.mark.parametrize("size", [1, 63, 64, 65, 200])
+def test_tokens_with_keys_around_the_block_size(size: int) -> None:
+    secret = "k" * size
+    for subject in ("42", "7-20270105-thank_you", "é"):
+        token = tokens.make(secret, "unsubscribe", subject)
+        assert token == _token_by_hmac_new(secret, "unsubscribe", subject)
+        assert tokens.verify(secret, "unsubscribe", token) == subject
+        assert tokens.verify(secret + "x", "unsubscribe", token) is None
+
+
+def test_the_date_header_of_one_instant_in_two_zones() -> None:
+    utc = datetime(2027, 1, 8, 15, 0, tzinfo=UTC)
+    paris, new_york = utc.astimezone(PARIS), utc.astimezone(ZoneInfo("America/New_York"))
+    assert utc == paris == new_york
+    for when in (utc, paris, new_york, paris, utc, datetime(2027, 1, 8, 15, 0)):
+        assert _date_header(when, when.utcoffset()) == format_datetime_header(when)
+    # The repeated hour when clocks go back: same wall time, two offsets.
+    first = datetime(2026, 10, 25, 2, 30, tzinfo=PARIS)
+    second = first.replace(fold=1)
+    assert _date_header(first, first.utcoffset()).endswith("+0200")
+    assert _date_header(second, second.utcoffset()).endswith("+0100")
+
+
+def test_templates_without_auto_reload_compile_each_part_once(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    text = root / "m" / "en" / "text.txt"
+    text.parent.mkdir(parents=True)
+    (text.parent / "subject.txt").write_text("Subject", encoding="utf-8")
+    (text.parent / "html.html").write_text("<p>HTML</p>", encoding="utf-8")
+    text.write_text("first", encoding="utf-8")
+    fixed, reloading = Templates(root), Templates(root, auto_reload=True)
+    assert fixed.render("m", "en", {}).text == reloading.render("m", "en", {}).text == "first\n"
+
+    text.write_text("second, saved later", encoding="utf-8")
+    os.utime(text, (text.stat().st_mtime + 5, text.stat().st_mtime + 5))
+
+    assert fixed.render("m", "en", {}).text == "first\n"
+    assert reloading.render("m", "en", {}).text == "second, saved later\n"
+
+
+# ----------------------------------------------------------------------------- quoted-printable
+
+
+def _quoted_printable_whole(text: str) -> bytes:
+    """The body encoded in one call, as build_mime did before encoding line by line."""
+    body = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not body.endswith("\n"):
+        body += "\n"
+    encoded = binascii.b2a_qp(body.encode("utf-8"), istext=True)
+    return encoded.replace(b"\n", b"\r\n").removesuffix(b"\r\n")
+
+
+# Text as str holds no lone surrogate once rendered: both ways would fail to encode it alike.
+QP_TEXT = st.text(
+    alphabet=st.sampled_from(list("ab =.\t\r\n\x00\x7fé€😀"))
+    | st.characters(exclude_categories=["Cs"])
+)
+
+
+@given(st.lists(QP_TEXT, max_size=6), st.integers(min_value=0, max_value=90))
+def test_quoted_printable_line_by_line_is_the_whole_body_encoded_at_once(
+    pieces: list[str], width: int
+) -> None:
+    # Lines around the 76-character limit, with spaces, dots and = where it matters.
+    text = ("x" * width).join(pieces)
+    for _ in range(2):  # the second time from the cache
+        assert _quoted_printable(text) == _quoted_printable_whole(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "\n",
+        "\n\n",
+        "a",
+        "a\n",
+        "a\n\n",
+        ".",
+        ".\n",
+        "a.\n.",
+        "a \nb\t",
+        " ",
+        "\r",
+        "\r\n",
+        "x" * 75 + "=",
+        "x" * 74 + "é",
+        "x" * 76 + " ",
+        "=" * 30,
+        ("y" * 75 + "\n") * 3,
+    ],
+)
+def test_quoted_printable_edges(text: str) -> None:
+    for _ in range(2):
+        assert _quoted_printable(text) == _quoted_printable_whole(text)
+
+
+def test_the_locale_folder_is_looked_up_once_without_auto_reload(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    for locale in ("en", "fr"):
+        folder = root / "m" / locale
+        folder.mkdir(parents=True)
+        for name in ("subject.txt", "text.txt", "html.html"):
+            (folder / name).write_text(locale, encoding="utf-8")
+    fixed, reloading = Templates(root), Templates(root, auto_reload=True)
+    assert fixed.resolve_locale("m", "fr-CA") == reloading.resolve_locale("m", "fr-CA") == "fr"
+
+    (root / "m" / "fr-CA").mkdir()
+    (root / "m" / "fr-CA" / "subject.txt").write_text("fr-CA", encoding="utf-8")
+
+    assert fixed.resolve_locale("m", "fr-CA") == "fr"
+    assert reloading.resolve_locale("m", "fr-CA") == "fr-CA"
+    assert fixed.resolve_locale("m", "de") == fixed.resolve_locale("m", "de") == "en"
+
+
+def test_included_partials_are_loaded_once_without_auto_reload(tmp_path: Path) -> None:
+    root = tmp_path / "templates"
+    folder = root / "m" / "en"
+    folder.mkdir(parents=True)
+    (root / "_partials").mkdir()
+    partial = root / "_partials" / "sign.txt"
+    partial.write_text("first", encoding="utf-8")
+    (folder / "subject.txt").write_text("Subject", encoding="utf-8")
+    (folder / "html.html").write_text("<p>{% include '_partials/sign.txt' %}</p>", encoding="utf-8")
+    (folder / "text.txt").write_text(
+        "{% include ['_partials/missing.txt', '_partials/sign.txt'] %} {{ '<' }}", encoding="utf-8"
+    )
+    fixed, reloading = Templates(root), Templates(root, auto_reload=True)
+    for templates in (fixed, reloading):
+        parts = templates.render("m", "en", {})
+        assert (parts.text, parts.html) == (
+            "first <\n",
+            "<html><head></head><body><p>first</p></body></html>",
+        )
+
+    partial.write_text("second", encoding="utf-8")
+    os.utime(partial, (partial.stat().st_mtime + 5, partial.stat().st_mtime + 5))
+
+    assert fixed.render("m", "en", {}).text == "first <\n"
+    assert reloading.render("m", "en", {}).text == "second <\n"
