@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import os
@@ -59,7 +60,7 @@ class Runtime:
         templates = Templates(settings.path(settings.templates_dir), settings.sender.default_locale)
         return cls(settings, engine, templates, calendar)
 
-    @property
+    @functools.cached_property
     def tier_rules(self) -> care.TierRules:
         t = self.settings.tiers
         return care.TierRules(
@@ -69,8 +70,9 @@ class Runtime:
             lapsed_after=timedelta(days=t.lapsed_after_days),
         )
 
-    @property
+    @functools.cached_property
     def politeness(self) -> planner.Politeness:
+        """Built once (the settings are frozen): the dispatcher asks for every touch."""
         p = self.settings.politeness
         return planner.Politeness(p.max_touches, timedelta(days=p.per_days), p.quiet)
 
