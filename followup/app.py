@@ -301,12 +301,26 @@ def _planned(
     campaigns = rt.calendar.enabled
     politeness = rt.politeness
     capped = {c.name: c.capped for c in rt.calendar.campaigns}
+    # The campaigns that can fire, by zone, country and language (a handful of groups).
+    relevant: dict[tuple[str, str, str], list[calendars.Campaign]] = {}
     for clients, ledger in _client_chunks(rt, window, ids=ids):
         touches: list[planner.NewTouch] = []
         for client in clients:
+            group = (client.timezone, client.country, client.locale)
+            some = relevant.get(group)
+            if some is None:
+                some = relevant[group] = planner.campaigns_for(
+                    campaigns,
+                    client,
+                    since=window.since,
+                    until=window.until,
+                    politeness=politeness,
+                )
+            if not some:
+                continue
             touches.extend(
                 planner.plan_client(
-                    campaigns,
+                    some,
                     client,
                     ledger.get(client.client_id, ()),
                     since=window.since,

@@ -197,6 +197,43 @@ def screen(campaign: Campaign, client: ClientFacts) -> tuple[bool, str | None]:
         return True, f"audience rule failed: {exc}"
 
 
+#: Kinds whose occurrences depend on the client's own dates (purchases, birthday).
+PER_CLIENT_KINDS = frozenset({"after_purchase", "yearly"})
+
+
+def campaigns_for(
+    campaigns: Iterable[Campaign],
+    client: ClientFacts,
+    *,
+    since: dict[str, datetime],
+    until: datetime,
+    politeness: Politeness,
+) -> list[Campaign]:
+    """The campaigns that can give `client` a candidate in `plan_client`'s window. The answer
+    depends only on the client's zone, country and language: after-purchase and yearly
+    campaigns are kept if they apply to the country, the others if one of their occurrences
+    is due in the window. `plan_client` with these (and `capped` naming every campaign)
+    returns what it returns with all of them."""
+    zone = calendars.zone(client.timezone)
+    ahead = until + politeness.per
+    earliest = min(since.values(), default=until)
+    first, last = _local_span(earliest, ahead, client.timezone)
+    kept = []
+    for campaign in campaigns:
+        if not campaign.enabled or not campaign.applies_to(client.country):
+            continue
+        if campaign.kind in PER_CLIENT_KINDS:
+            kept.append(campaign)
+            continue
+        start = since.get(campaign.name, earliest)
+        if any(
+            start <= nominal_due(campaign, occurrence, zone) <= ahead
+            for occurrence in occurrences(campaign, client, first, last)
+        ):
+            kept.append(campaign)
+    return kept
+
+
 def plan_client(
     campaigns: Iterable[Campaign],
     client: ClientFacts,
