@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import func, select
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
@@ -83,6 +87,23 @@ def test_an_empty_database_is_refused_with_the_fix(database_url: str) -> None:
     with pytest.raises(DatabaseNotReady, match="followup db upgrade"):
         store.check_ready(engine)
     engine.dispose()
+
+
+@given(
+    instant=st.datetimes(
+        min_value=datetime(1900, 1, 2),
+        max_value=datetime(2200, 12, 30),
+        timezones=st.sampled_from([UTC, ZoneInfo("Europe/Paris"), ZoneInfo("Pacific/Apia")]),
+    )
+)
+def test_touches_go_into_sqlite_as_sqlalchemy_would_write_them(instant: datetime) -> None:
+    # insert_touches writes SQLite's text itself: the same text as the columns' types.
+    dialect = sqlite.dialect()
+    due = store.touches.c.due_at.type.dialect_impl(dialect).bind_processor(dialect)
+    day = store.touches.c.occurrence.type.dialect_impl(dialect).bind_processor(dialect)
+    assert due is not None and day is not None
+    assert store._sqlite_stamp(instant) == due(instant)
+    assert store._sqlite_day(instant.date()) == day(instant.date())
 
 
 def test_insert_touches_is_insert_if_absent(runtime: app.Runtime) -> None:
