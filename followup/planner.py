@@ -254,22 +254,26 @@ def plan_client(
     """
     zone = calendars.zone(client.timezone)
     campaigns = list(campaigns)
-    is_capped = {c.name: c.capped for c in campaigns}
-    if capped:
-        is_capped.update(capped)
     ahead = until + politeness.per
     starts = since if isinstance(since, dict) else {c.name: since for c in campaigns}
     earliest = min(starts.values(), default=until)
     first, last = _local_span(earliest, ahead, client.timezone)
 
     ledger = list(ledger)
-    known = {(t.campaign, t.occurrence) for t in ledger}
-    known_purchases = {(t.campaign, t.purchase_id) for t in ledger if t.purchase_id is not None}
-    taken: list[tuple[datetime, str]] = sorted(
-        (t.at, t.campaign)
-        for t in ledger
-        if t.status in COUNTING and is_capped.get(t.campaign, True)
-    )
+    known: set[tuple[str, date]] = set()
+    known_purchases: set[tuple[str, int]] = set()
+    taken: list[tuple[datetime, str]] = []
+    if ledger:
+        is_capped = {c.name: c.capped for c in campaigns}
+        if capped:
+            is_capped.update(capped)
+        known = {(t.campaign, t.occurrence) for t in ledger}
+        known_purchases = {(t.campaign, t.purchase_id) for t in ledger if t.purchase_id is not None}
+        taken = sorted(
+            (t.at, t.campaign)
+            for t in ledger
+            if t.status in COUNTING and is_capped.get(t.campaign, True)
+        )
 
     candidates: list[_Candidate] = []
     for campaign in campaigns:
