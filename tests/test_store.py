@@ -106,6 +106,50 @@ def test_touches_go_into_sqlite_as_sqlalchemy_would_write_them(instant: datetime
     assert store._sqlite_day(instant.date()) == day(instant.date())
 
 
+def test_the_planner_reads_purchase_facts_and_instants_as_sqlalchemy_does(
+    runtime: app.Runtime,
+) -> None:
+    ann, bob = _client(runtime, "C1"), _client(runtime, "C2", "b@example.com")
+    cay = _client(runtime, "C3", "c@example.com")
+    paris = ZoneInfo("Europe/Paris")
+    bought = [
+        (ann, datetime(2026, 3, 29, 4, 30, 0, 123456, tzinfo=paris), "paid"),
+        (ann, datetime(2026, 12, 31, 23, 59, tzinfo=UTC), "paid"),
+        (ann, datetime(2025, 1, 1, tzinfo=UTC), "unpaid"),
+        (bob, datetime(2026, 6, 1, 12, tzinfo=paris), "disputed"),
+    ]
+    with runtime.engine.begin() as conn:
+        store.upsert(
+            conn,
+            store.purchases,
+            [
+                {
+                    "external_id": f"P{n}",
+                    "client_id": client_id,
+                    "purchased_at": at,
+                    "product": "Roadster",
+                    "amount_minor": 100 * n,
+                    "currency": "EUR",
+                    "status": status,
+                    "updated_at": NOW,
+                }
+                for n, (client_id, at, status) in enumerate(bought)
+            ],
+            key="external_id",
+        )
+        store.insert_touches(conn, [_touch(cay, due=datetime(2027, 1, 8, 10, 0, 1, 5, paris))], NOW)
+    with runtime.engine.connect() as conn:
+        stats = app._chunk_stats(conn, ann, cay)
+        assert stats == app.client_stats(conn, ann, cay)
+        assert stats[ann].first_purchase == bought[0][1]
+        assert stats[bob].first_purchase is None and stats[bob].has_disputed
+        t = store.touches.c
+        for column in (t.due_at, t.not_after, t.created_at):
+            raw = conn.execute(select(app._raw(column))).scalar_one()
+            assert app._utc(raw) == conn.execute(select(column)).scalar_one()
+            assert app._utc(raw).tzinfo is UTC
+
+
 def test_insert_touches_is_insert_if_absent(runtime: app.Runtime) -> None:
     client_id = _client(runtime)
     with runtime.engine.begin() as conn:
