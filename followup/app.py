@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Connection, Engine, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, String, func, select, type_coerce
 
 from followup import calendars, care, compose, planner, store
 from followup.config import Settings
@@ -137,6 +137,7 @@ def _client_chunks(
     occurrence_from = (bought_from - timedelta(days=1)).date()
     c, p, t = store.clients, store.purchases, store.touches
     last_id, highest = ids if ids is not None else (0, None)
+    zone = calendars.zone
     while True:
         with store.reader(rt.engine) as conn:
             rows = conn.execute(
@@ -163,8 +164,14 @@ def _client_chunks(
             last_id = hi
             bought: dict[int, list[calendars.PurchaseFact]] = {}
             if needs_purchases:
-                for bought_row in conn.execute(
-                    select(p.c.id, p.c.client_id, p.c.purchased_at, p.c.status, p.c.product)
+                for purchase_id, client_id, purchased_at, status, product in conn.execute(
+                    select(
+                        p.c.id,
+                        p.c.client_id,
+                        _raw(p.c.purchased_at),
+                        p.c.status,
+                        p.c.product,
+                    )
                     .where(
                         p.c.client_id.between(lo, hi),
                         p.c.purchased_at.between(bought_from, bought_until),
@@ -173,24 +180,17 @@ def _client_chunks(
                     # The same purchase wins a shared day in every planner.
                     .order_by(p.c.client_id, p.c.purchased_at, p.c.id)
                 ):
-                    bought.setdefault(bought_row.client_id, []).append(
-                        calendars.PurchaseFact(
-                            bought_row.id,
-                            bought_row.purchased_at,
-                            bought_row.status,
-                            bought_row.product,
-                        )
+                    bought.setdefault(client_id, []).append(
+                        calendars.PurchaseFact(purchase_id, _utc(purchased_at), status, product)
                     )
-            stats = client_stats(conn, lo, hi)
+            stats = _chunk_stats(conn, lo, hi)
             ledger: dict[int, list[planner.LedgerTouch]] = {}
-            for touch in conn.execute(
+            for client_id, campaign, occurrence, due_at, status, purchase_id in conn.execute(
                 select(
                     t.c.client_id,
                     t.c.campaign,
                     t.c.occurrence,
-                    t.c.due_at,
-                    t.c.next_attempt_at,
-                    t.c.updated_at,
+                    _raw(t.c.due_at),
                     t.c.status,
                     t.c.purchase_id,
                 ).where(
@@ -198,53 +198,103 @@ def _client_chunks(
                     (t.c.occurrence >= occurrence_from) | (t.c.due_at >= ledger_from),
                 )
             ):
-                ledger.setdefault(touch.client_id, []).append(
-                    planner.LedgerTouch(
-                        touch.campaign,
-                        touch.occurrence,
-                        touch.due_at,
-                        touch.status,
-                        touch.purchase_id,
-                    )
+                ledger.setdefault(client_id, []).append(
+                    planner.LedgerTouch(campaign, occurrence, _utc(due_at), status, purchase_id)
                 )
         facts = []
-        for row in rows:
+        for (
+            client_id,
+            external_id,
+            timezone,
+            country,
+            locale,
+            status,
+            tier,
+            tags,
+            birthday_month,
+            birthday_day,
+            birthday_year,
+        ) in rows:
             birthday = None
-            if row.birthday_month and row.birthday_day:
-                birthday = (row.birthday_month, row.birthday_day, row.birthday_year)
-            zone = calendars.zone(row.timezone)
-            client_stats_ = stats.get(row.id, no_stats)
+            if birthday_month and birthday_day:
+                birthday = (birthday_month, birthday_day, birthday_year)
+            client_stats_ = stats.get(client_id, no_stats)
             first_day = None
             if client_stats_.first_purchase is not None:
-                first_day = client_stats_.first_purchase.astimezone(zone).date()
+                first_day = client_stats_.first_purchase.astimezone(zone(timezone)).date()
             context: dict[str, Any] = {}
             if needs_context:
                 # Only audience rules read these facts: built only when a campaign has one.
-                tier = care.tier(client_stats_, window.now, rt.tier_rules, row.tier)
+                tier = care.tier(client_stats_, window.now, rt.tier_rules, tier)
                 context = {
-                    "id": row.external_id,
-                    "locale": row.locale,
-                    "country": row.country,
-                    "timezone": row.timezone,
-                    "status": row.status,
-                    "tags": care.tag_list(row.tags),
-                    **care.client_context(client_stats_, tier, _local_date(zone)),
+                    "id": external_id,
+                    "locale": locale,
+                    "country": country,
+                    "timezone": timezone,
+                    "status": status,
+                    "tags": care.tag_list(tags),
+                    **care.client_context(client_stats_, tier, _local_date(zone(timezone))),
                 }
             facts.append(
                 calendars.ClientFacts(
-                    client_id=row.id,
-                    timezone=row.timezone,
-                    country=row.country,
-                    locale=row.locale,
+                    client_id=client_id,
+                    timezone=timezone,
+                    country=country,
+                    locale=locale,
                     birthday=birthday,
                     first_purchase=first_day,
-                    purchases=tuple(bought.get(row.id, ())),
-                    status=row.status,
+                    purchases=tuple(bought.get(client_id, ())),
+                    status=status,
                     stats=client_stats_,
                     context=context,
                 )
             )
         yield facts, ledger
+
+
+def _raw(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """A datetime column read as the driver returns it (SQLite: text), for `_utc`."""
+    return type_coerce(column, String)
+
+
+def _utc(value: str | datetime) -> datetime:
+    """What UTCDateTime returns for a value read with `_raw`: SQLite's text parsed as
+    SQLAlchemy parses it, a naive instant taken as UTC, an aware one (PostgreSQL) in UTC.
+    About twice as fast as SQLAlchemy's processing, which reading a chunk spent most on."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.utcoffset() is None else value.astimezone(UTC)
+
+
+def _chunk_stats(conn: Connection, lo: int, hi: int) -> dict[int, care.ClientStats]:
+    """client_stats of the clients with ids in [lo, hi], for the planner: the same query, the
+    instants read with `_raw` and `_utc`."""
+    p = store.purchases
+    paid = p.c.status == "paid"
+    rows = conn.execute(
+        select(
+            p.c.client_id,
+            func.count().filter(paid),
+            func.coalesce(func.sum(p.c.amount_minor).filter(paid), 0),
+            _raw(func.min(p.c.purchased_at).filter(paid)),
+            _raw(func.max(p.c.purchased_at).filter(paid)),
+            func.count().filter(p.c.status == "unpaid"),
+            func.count().filter(p.c.status == "disputed"),
+        )
+        .where(p.c.client_id.between(lo, hi))
+        .group_by(p.c.client_id)
+    )
+    return {
+        client_id: care.ClientStats(
+            purchases=int(count),
+            total_spent_minor=int(total),
+            first_purchase=None if first is None else _utc(first),
+            last_purchase=None if last is None else _utc(last),
+            has_unpaid=unpaid > 0,
+            has_disputed=disputed > 0,
+        )
+        for client_id, count, total, first, last, unpaid, disputed in rows
+    }
 
 
 def _went_out_at(touch: Any) -> datetime:
@@ -303,12 +353,26 @@ def _planned(
     campaigns = rt.calendar.enabled
     politeness = rt.politeness
     capped = {c.name: c.capped for c in rt.calendar.campaigns}
+    # The campaigns that can fire, by zone, country and language (a handful of groups).
+    relevant: dict[tuple[str, str, str], list[calendars.Campaign]] = {}
     for clients, ledger in _client_chunks(rt, window, ids=ids):
         touches: list[planner.NewTouch] = []
         for client in clients:
+            group = (client.timezone, client.country, client.locale)
+            some = relevant.get(group)
+            if some is None:
+                some = relevant[group] = planner.campaigns_for(
+                    campaigns,
+                    client,
+                    since=window.since,
+                    until=window.until,
+                    politeness=politeness,
+                )
+            if not some:
+                continue
             touches.extend(
                 planner.plan_client(
-                    campaigns,
+                    some,
                     client,
                     ledger.get(client.client_id, ()),
                     since=window.since,

@@ -240,11 +240,9 @@ def occurrences(
     if kind == "after_purchase":
         if not client.purchases:
             return ()
-        title = campaign.name_in(client.locale)
-        return tuple(_after_purchase(campaign, client, first, last, title))
+        return tuple(_after_purchase(campaign, client, first, last))
     if kind == "yearly":
-        title = campaign.name_in(client.locale)
-        return tuple(_yearly(campaign, client, first, last, title))
+        return tuple(_yearly(campaign, client, first, last))
     key = (id(campaign), client.country, client.locale, first, last)
     cached = _SHARED.get(key)
     if cached is not None and cached[0] is campaign:
@@ -289,10 +287,11 @@ def _add(day: date, after: relativedelta) -> date:
 
 
 def _after_purchase(
-    campaign: Campaign, client: ClientFacts, first: date, last: date, title: str
+    campaign: Campaign, client: ClientFacts, first: date, last: date
 ) -> Iterator[Occurrence]:
     local = zone(client.timezone)
     seen: set[date] = set()
+    title = None
     for purchase in client.purchases:
         if purchase.status != "paid":
             continue
@@ -303,11 +302,30 @@ def _after_purchase(
         if not first <= day <= last or bought in seen:
             continue
         seen.add(bought)
+        if title is None:
+            title = campaign.name_in(client.locale)
         yield Occurrence(campaign.name, bought, day, title, purchase_id=purchase.purchase_id)
 
 
+def _days(first: date, last: date) -> Iterator[date]:
+    for offset in range((last - first).days + 1):
+        yield first + timedelta(days=offset)
+
+
+#: Every (month, day) of the calendar but 29 February: the same date in every year.
+_EVERY_YEAR = frozenset((d.month, d.day) for d in _days(date(2001, 1, 1), date(2001, 12, 31)))
+
+
+@lru_cache(maxsize=1024)
+def _month_days(first: date, last: date) -> frozenset[tuple[int, int]]:
+    """The (month, day) pairs of the dates in [first, last]."""
+    if (last - first).days >= 366:
+        return _EVERY_YEAR | {(2, 29)}
+    return frozenset((d.month, d.day) for d in _days(first, last))
+
+
 def _yearly(
-    campaign: Campaign, client: ClientFacts, first: date, last: date, title: str
+    campaign: Campaign, client: ClientFacts, first: date, last: date
 ) -> Iterator[Occurrence]:
     if campaign.client_date == "birthday":
         if client.birthday is None:
@@ -321,6 +339,9 @@ def _yearly(
             client.first_purchase.day,
             client.first_purchase.year,
         )
+    if (month, day) in _EVERY_YEAR and (month, day) not in _month_days(first, last):
+        return  # in no year of the window (29 February and invalid dates take the long way)
+    title = campaign.name_in(client.locale)
     for year in range(first.year, last.year + 1):
         when = yearly_date(year, month, day, campaign.feb29)
         if not first <= when <= last:

@@ -197,6 +197,43 @@ def screen(campaign: Campaign, client: ClientFacts) -> tuple[bool, str | None]:
         return True, f"audience rule failed: {exc}"
 
 
+#: Kinds whose occurrences depend on the client's own dates (purchases, birthday).
+PER_CLIENT_KINDS = frozenset({"after_purchase", "yearly"})
+
+
+def campaigns_for(
+    campaigns: Iterable[Campaign],
+    client: ClientFacts,
+    *,
+    since: dict[str, datetime],
+    until: datetime,
+    politeness: Politeness,
+) -> list[Campaign]:
+    """The campaigns that can give `client` a candidate in `plan_client`'s window. The answer
+    depends only on the client's zone, country and language: after-purchase and yearly
+    campaigns are kept if they apply to the country, the others if one of their occurrences
+    is due in the window. `plan_client` with these (and `capped` naming every campaign)
+    returns what it returns with all of them."""
+    zone = calendars.zone(client.timezone)
+    ahead = until + politeness.per
+    earliest = min(since.values(), default=until)
+    first, last = _local_span(earliest, ahead, client.timezone)
+    kept = []
+    for campaign in campaigns:
+        if not campaign.enabled or not campaign.applies_to(client.country):
+            continue
+        if campaign.kind in PER_CLIENT_KINDS:
+            kept.append(campaign)
+            continue
+        start = since.get(campaign.name, earliest)
+        if any(
+            start <= nominal_due(campaign, occurrence, zone) <= ahead
+            for occurrence in occurrences(campaign, client, first, last)
+        ):
+            kept.append(campaign)
+    return kept
+
+
 def plan_client(
     campaigns: Iterable[Campaign],
     client: ClientFacts,
@@ -217,22 +254,26 @@ def plan_client(
     """
     zone = calendars.zone(client.timezone)
     campaigns = list(campaigns)
-    is_capped = {c.name: c.capped for c in campaigns}
-    if capped:
-        is_capped.update(capped)
     ahead = until + politeness.per
     starts = since if isinstance(since, dict) else {c.name: since for c in campaigns}
     earliest = min(starts.values(), default=until)
     first, last = _local_span(earliest, ahead, client.timezone)
 
     ledger = list(ledger)
-    known = {(t.campaign, t.occurrence) for t in ledger}
-    known_purchases = {(t.campaign, t.purchase_id) for t in ledger if t.purchase_id is not None}
-    taken: list[tuple[datetime, str]] = sorted(
-        (t.at, t.campaign)
-        for t in ledger
-        if t.status in COUNTING and is_capped.get(t.campaign, True)
-    )
+    known: set[tuple[str, date]] = set()
+    known_purchases: set[tuple[str, int]] = set()
+    taken: list[tuple[datetime, str]] = []
+    if ledger:
+        is_capped = {c.name: c.capped for c in campaigns}
+        if capped:
+            is_capped.update(capped)
+        known = {(t.campaign, t.occurrence) for t in ledger}
+        known_purchases = {(t.campaign, t.purchase_id) for t in ledger if t.purchase_id is not None}
+        taken = sorted(
+            (t.at, t.campaign)
+            for t in ledger
+            if t.status in COUNTING and is_capped.get(t.campaign, True)
+        )
 
     candidates: list[_Candidate] = []
     for campaign in campaigns:

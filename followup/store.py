@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -258,42 +258,14 @@ def insert_touches(
     therefore never create the same touch twice.
     """
     inserted = 0
+    postgres = is_postgres(conn)
     for batch in chunks(new):
-        rows = [
-            {
-                "client_id": t.client_id,
-                "campaign": t.campaign,
-                "occurrence": t.occurrence,
-                "status": t.status.value,
-                "due_at": t.due_at,
-                "not_after": t.not_after,
-                "next_attempt_at": t.due_at,
-                "template": t.template,
-                "occasion": t.occasion,
-                "purchase_id": t.purchase_id,
-                "reason": t.reason,
-                "attempts": 0,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for t in batch
-        ]
-        insert = _insert_returning if is_postgres(conn) else _insert_sqlite
-        created = insert(conn, rows)
-        if created:
-            conn.execute(
-                touch_events.insert(),
-                [
-                    {
-                        "touch_id": row[0],
-                        "at": now,
-                        "from_status": None,
-                        "to_status": row[1],
-                        "detail": row[2],
-                    }
-                    for row in created
-                ],
-            )
+        if postgres:
+            created = _insert_returning(conn, _touch_rows(batch, now))
+            if created:
+                conn.execute(touch_events.insert(), _event_rows(created, now))
+        else:
+            created = _insert_sqlite(conn, batch, now)
         inserted += len(created)
         if created_by_status is not None:
             for row in created:
@@ -302,6 +274,35 @@ def insert_touches(
             for row in created:
                 created_by_campaign[row[3]] = created_by_campaign.get(row[3], 0) + 1
     return inserted
+
+
+def _touch_rows(batch: list[NewTouch], now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "client_id": t.client_id,
+            "campaign": t.campaign,
+            "occurrence": t.occurrence,
+            "status": t.status.value,
+            "due_at": t.due_at,
+            "not_after": t.not_after,
+            "next_attempt_at": t.due_at,
+            "template": t.template,
+            "occasion": t.occasion,
+            "purchase_id": t.purchase_id,
+            "reason": t.reason,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for t in batch
+    ]
+
+
+def _event_rows(created: list[tuple[Any, ...]], now: datetime) -> list[dict[str, Any]]:
+    return [
+        {"touch_id": row[0], "at": now, "from_status": None, "to_status": row[1], "detail": row[2]}
+        for row in created
+    ]
 
 
 _UNNEST_COLUMNS = (
@@ -338,23 +339,76 @@ def _insert_returning(conn: Connection, rows: list[dict[str, Any]]) -> list[tupl
     return [tuple(row) for row in conn.execute(_INSERT_UNNEST, columns)]
 
 
-_INSERT_SQLITE = sqlite.insert(touches).on_conflict_do_nothing()
+#: The columns insert_touches fills, in the order of its SQLite rows.
+_TOUCH_COLUMNS = tuple(name for name, _ in _UNNEST_COLUMNS)
+_INSERT_SQLITE = (
+    # Built from the constant column list above, never from data.
+    f"INSERT INTO touches ({', '.join(_TOUCH_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join('?' * len(_TOUCH_COLUMNS))}) ON CONFLICT DO NOTHING"
+)
+_INSERT_SQLITE_EVENTS = (
+    "INSERT INTO touch_events (touch_id, at, from_status, to_status, detail) "
+    "VALUES (?, ?, NULL, ?, ?)"
+)
 
 
-def _insert_sqlite(conn: Connection, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """SQLite: a plain executemany, then the new rows read back by id. Safe because a SQLite
-    writer holds the database's only write lock (BEGIN IMMEDIATE) for the whole transaction:
-    every id above the previous maximum is ours."""
-    before = conn.execute(select(func.coalesce(func.max(touches.c.id), 0))).scalar_one()
-    conn.execute(_INSERT_SQLITE, rows)
-    return [
+@functools.lru_cache(maxsize=65536)
+def _sqlite_stamp(instant: datetime) -> str:
+    """An aware datetime as SQLAlchemy's UTCDateTime stores it on SQLite (UTC,
+    "2027-01-01 10:00:00.000000"); the planner's few distinct due times are formatted once."""
+    if instant.utcoffset() is None:
+        raise ValueError(f"a naive datetime cannot be stored: {instant!r}")
+    utc = instant.astimezone(UTC)
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d} "
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}"
+    )
+
+
+def _sqlite_day(day: date) -> str:
+    """A date as SQLAlchemy stores it on SQLite ("2027-01-01")."""
+    return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
+
+
+def _insert_sqlite(conn: Connection, batch: list[NewTouch], now: datetime) -> list[tuple[Any, ...]]:
+    """SQLite: a plain executemany of rows already in SQLite's text form (no per-value type
+    processing), then the new rows read back by id and their history rows added. Safe because
+    a SQLite writer holds the database's only write lock (BEGIN IMMEDIATE) for the whole
+    transaction: every id above the previous maximum is ours."""
+    stamp = _sqlite_stamp
+    at = stamp(now)
+    rows = [
+        (
+            t.client_id,
+            t.campaign,
+            _sqlite_day(t.occurrence),
+            t.status.value,
+            stamp(t.due_at),
+            stamp(t.not_after),
+            stamp(t.due_at),
+            t.template,
+            t.occasion,
+            t.purchase_id,
+            t.reason,
+            0,
+            at,
+            at,
+        )
+        for t in batch
+    ]
+    before = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM touches").scalar_one()
+    conn.exec_driver_sql(_INSERT_SQLITE, rows)
+    created = [
         tuple(row)
-        for row in conn.execute(
-            select(touches.c.id, touches.c.status, touches.c.reason, touches.c.campaign).where(
-                touches.c.id > before
-            )
+        for row in conn.exec_driver_sql(
+            "SELECT id, status, reason, campaign FROM touches WHERE id > ?", (before,)
         )
     ]
+    if created:
+        conn.exec_driver_sql(
+            _INSERT_SQLITE_EVENTS, [(row[0], at, row[1], row[2]) for row in created]
+        )
+    return created
 
 
 def transition(

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from followup import calendars
@@ -160,6 +160,30 @@ def test_a_yearly_date_exists_every_year_and_is_the_date_itself_when_it_can_be(
     else:
         assert (when.month, when.day) == ((2, 28) if rule == "feb28" else (3, 1))
     assert when.year == year
+
+
+@given(
+    birthday=st.dates(date(2000, 1, 1), date(2000, 12, 31)),
+    born=st.none() | st.integers(1990, 2030),
+    first=st.dates(date(2024, 1, 1), date(2030, 12, 31)),
+    length=st.integers(0, 800),
+    rule=st.sampled_from(["feb28", "mar1"]),
+)
+@example(birthday=date(2000, 2, 29), born=None, first=date(2027, 2, 27), length=3, rule="feb28")
+@example(birthday=date(2000, 2, 29), born=None, first=date(2027, 2, 27), length=3, rule="mar1")
+def test_yearly_occurrences_are_the_clients_dates_of_each_year_in_the_window(
+    birthday: date, born: int | None, first: date, length: int, rule: str
+) -> None:
+    campaign = calendars.Campaign("birthday", "yearly", "birthday", "Birthday", feb29=rule)  # type: ignore[arg-type]
+    month, day = birthday.month, birthday.day
+    last = first + timedelta(days=length)
+    expected = [
+        when
+        for year in range(first.year, last.year + 1)
+        if first <= (when := calendars.yearly_date(year, month, day, rule)) <= last
+        and (born is None or year > born)
+    ]
+    assert _days(campaign, _client(birthday=(month, day, born)), first, last) == expected
 
 
 # ----------------------------------------------------------------------------- after purchase

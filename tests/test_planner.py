@@ -545,6 +545,67 @@ def test_two_planners_on_the_same_ledger_plan_the_same_touches(
     assert run() == run()
 
 
+#: Occasions next to the scenarios' rules: one far from the window, one for other countries.
+FAR = _campaign("far", rule="FREQ=YEARLY;BYMONTH=7;BYMONTHDAY=4", priority=3)
+ELSEWHERE = dataclasses.replace(
+    _campaign("elsewhere", rule="FREQ=DAILY", priority=3), countries=frozenset({"FR"})
+)
+
+
+@settings(deadline=None)
+@given(
+    scenario=scenarios(),
+    now_hours=st.integers(0, 24 * 40),
+    horizon=st.integers(1, 10),
+    birthday=st.tuples(st.integers(1, 2), st.integers(1, 28)),
+    bought_hours=st.lists(st.integers(-24 * 10, 24 * 40), max_size=3),
+)
+def test_planning_only_the_campaigns_for_the_client_plans_the_same_touches(
+    scenario: tuple[list[Campaign], ClientFacts, list[LedgerTouch], Politeness],
+    now_hours: int,
+    horizon: int,
+    birthday: tuple[int, int],
+    bought_hours: list[int],
+) -> None:
+    rules, client, ledger, politeness = scenario
+    start = datetime(2027, 1, 1, tzinfo=UTC)
+    client = dataclasses.replace(
+        client,
+        birthday=(*birthday, 1980),
+        purchases=tuple(
+            _bought(start + timedelta(hours=h), purchase_id=n) for n, h in enumerate(bought_hours)
+        ),
+    )
+    campaigns = [*rules, THANK_YOU, BIRTHDAY, FAR, ELSEWHERE]
+    capped = {c.name: c.capped for c in campaigns}
+    ledger = list(ledger)
+    # Plan a day at a time as the daemon does; the ledger grows, late occasions are skipped.
+    for day in range(0, 20, 2):
+        at = start + timedelta(hours=now_hours, days=day)
+        since = {c.name: at - c.lateness for c in campaigns}
+        until = at + timedelta(days=horizon)
+
+        some = planner.campaigns_for(
+            campaigns, client, since=since, until=until, politeness=politeness
+        )
+        assert FAR not in some and ELSEWHERE not in some
+        new, filtered = (
+            planner.plan_client(
+                which,
+                client,
+                ledger,
+                since=since,
+                until=until,
+                now=at,
+                politeness=politeness,
+                capped=capped,
+            )
+            for which in (campaigns, some)
+        )
+        assert filtered == new
+        ledger.extend(LedgerTouch(t.campaign, t.occurrence, t.due_at, t.status.value) for t in new)
+
+
 # ----------------------------------------------------------------------------- purchase_window
 
 WINDOW_ZONES = st.sampled_from(ALL_ZONES)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import func, select
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
@@ -83,6 +87,67 @@ def test_an_empty_database_is_refused_with_the_fix(database_url: str) -> None:
     with pytest.raises(DatabaseNotReady, match="followup db upgrade"):
         store.check_ready(engine)
     engine.dispose()
+
+
+@given(
+    instant=st.datetimes(
+        min_value=datetime(1900, 1, 2),
+        max_value=datetime(2200, 12, 30),
+        timezones=st.sampled_from([UTC, ZoneInfo("Europe/Paris"), ZoneInfo("Pacific/Apia")]),
+    )
+)
+def test_touches_go_into_sqlite_as_sqlalchemy_would_write_them(instant: datetime) -> None:
+    # insert_touches writes SQLite's text itself: the same text as the columns' types.
+    dialect = sqlite.dialect()
+    due = store.touches.c.due_at.type.dialect_impl(dialect).bind_processor(dialect)
+    day = store.touches.c.occurrence.type.dialect_impl(dialect).bind_processor(dialect)
+    assert due is not None and day is not None
+    assert store._sqlite_stamp(instant) == due(instant)
+    assert store._sqlite_day(instant.date()) == day(instant.date())
+
+
+def test_the_planner_reads_purchase_facts_and_instants_as_sqlalchemy_does(
+    runtime: app.Runtime,
+) -> None:
+    ann, bob = _client(runtime, "C1"), _client(runtime, "C2", "b@example.com")
+    cay = _client(runtime, "C3", "c@example.com")
+    paris = ZoneInfo("Europe/Paris")
+    bought = [
+        (ann, datetime(2026, 3, 29, 4, 30, 0, 123456, tzinfo=paris), "paid"),
+        (ann, datetime(2026, 12, 31, 23, 59, tzinfo=UTC), "paid"),
+        (ann, datetime(2025, 1, 1, tzinfo=UTC), "unpaid"),
+        (bob, datetime(2026, 6, 1, 12, tzinfo=paris), "disputed"),
+    ]
+    with runtime.engine.begin() as conn:
+        store.upsert(
+            conn,
+            store.purchases,
+            [
+                {
+                    "external_id": f"P{n}",
+                    "client_id": client_id,
+                    "purchased_at": at,
+                    "product": "Roadster",
+                    "amount_minor": 100 * n,
+                    "currency": "EUR",
+                    "status": status,
+                    "updated_at": NOW,
+                }
+                for n, (client_id, at, status) in enumerate(bought)
+            ],
+            key="external_id",
+        )
+        store.insert_touches(conn, [_touch(cay, due=datetime(2027, 1, 8, 10, 0, 1, 5, paris))], NOW)
+    with runtime.engine.connect() as conn:
+        stats = app._chunk_stats(conn, ann, cay)
+        assert stats == app.client_stats(conn, ann, cay)
+        assert stats[ann].first_purchase == bought[0][1]
+        assert stats[bob].first_purchase is None and stats[bob].has_disputed
+        t = store.touches.c
+        for column in (t.due_at, t.not_after, t.created_at):
+            raw = conn.execute(select(app._raw(column))).scalar_one()
+            assert app._utc(raw) == conn.execute(select(column)).scalar_one()
+            assert app._utc(raw).tzinfo is UTC
 
 
 def test_insert_touches_is_insert_if_absent(runtime: app.Runtime) -> None:
