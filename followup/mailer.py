@@ -94,7 +94,12 @@ _MAX_REPLY_LINE = 8192
 def data_block(message: bytes) -> bytes:
     """The message as sent after DATA's 354: CRLF line ends, leading dots doubled, and the
     terminating "." line."""
-    block = _LEADING_DOT.sub(b"..", _LINE_END.sub(b"\r\n", message))
+    block = message
+    crlf = block.count(b"\r\n")
+    if block.count(b"\r") != crlf or block.count(b"\n") != crlf:
+        block = _LINE_END.sub(b"\r\n", block)
+    if block.startswith(b".") or b"\r\n." in block:
+        block = _LEADING_DOT.sub(b"..", block)
     if not block.endswith(b"\r\n"):
         block += b"\r\n"
     return block + b".\r\n"
