@@ -473,3 +473,15 @@ def test_a_touch_caught_up_at_night_waits_for_the_next_local_send_time(
     # At 10:10 in New York the three go out (Paris and London are well inside their windows).
     morning = datetime(2027, 1, 9, 15, 10, tzinfo=UTC)
     assert send(smtp_runtime, morning).sent == 3
+
+
+def test_the_clock_given_to_other_processes_keeps_followup_now() -> None:
+    import pickle
+
+    start = datetime(2027, 1, 8, 16, 0, tzinfo=UTC)
+    copy = pickle.loads(pickle.dumps(app.Clock.starting_at(start)))
+    first = copy()
+    assert start <= first < start + timedelta(seconds=5)
+    assert copy() >= first, "time goes on from FOLLOWUP_NOW"
+    real = app.Clock.starting_at(None)()
+    assert abs(real - datetime.now(UTC)) < timedelta(seconds=5)
