@@ -86,6 +86,17 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("smtp-sink did not start")
 
 
+def shop_runtime(folder: Path, env: dict[str, str]) -> app.Runtime:
+    """The shop written into `folder` by write_bulk_shop, imported into a new database."""
+    rt = app.Runtime.open(load_settings(ROOT / "config.toml", env), create=True)
+    store.upgrade(rt.engine)
+    for kind in ("reps", "clients", "purchases"):
+        importer.import_csv(
+            rt.engine, importer.Kind(kind), folder / f"{kind}.csv", now=NOW, strict=True
+        )
+    return rt
+
+
 def followup_rate(
     port: int, messages: int, connections: int, folder: Path, processes: int = 1
 ) -> float:
@@ -102,13 +113,7 @@ def followup_rate(
         # Only the thank-you: one message per client.
         "FOLLOWUP_CAMPAIGNS_SATISFACTION_SURVEY_ENABLED": "false",
     }
-    settings = load_settings(ROOT / "config.toml", env)
-    rt = app.Runtime.open(settings, create=True)
-    store.upgrade(rt.engine)
-    for kind in ("reps", "clients", "purchases"):
-        importer.import_csv(
-            rt.engine, importer.Kind(kind), folder / f"{kind}.csv", now=NOW, strict=True
-        )
+    rt = shop_runtime(folder, env)
     planned = app.plan(rt, NOW).planned
     began = time.perf_counter()
     report = app.dispatch_in_processes(rt, app.Clock.starting_at(NOW), processes)
@@ -151,13 +156,8 @@ def naive_dispatch_rate(port: int, messages: int, folder: Path) -> float:
         "FOLLOWUP_SECRET_KEY": "bench",
         "FOLLOWUP_CAMPAIGNS_SATISFACTION_SURVEY_ENABLED": "false",
     }
-    settings = load_settings(ROOT / "config.toml", env)
-    rt = app.Runtime.open(settings, create=True)
-    store.upgrade(rt.engine)
-    for kind in ("reps", "clients", "purchases"):
-        importer.import_csv(
-            rt.engine, importer.Kind(kind), folder / f"{kind}.csv", now=NOW, strict=True
-        )
+    rt = shop_runtime(folder, env)
+    settings = rt.settings
     app.plan(rt, NOW)
     t = store.touches
     with store.reader(rt.engine) as conn:

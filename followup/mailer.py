@@ -189,6 +189,13 @@ class _Pipeline(asyncio.Protocol):
             self.transport.close()
 
 
+def _no_reply(exc: BaseException) -> Delivery:
+    """The message data went out and no reply came: the server may have accepted it."""
+    return Delivery(
+        Outcome.UNCERTAIN, None, f"no reply to the message data: {type(exc).__name__}: {exc}"
+    )
+
+
 def _envelope_address(address: str, smtputf8: bool) -> bytes | None:
     """The address as it goes between < and >, or None when it cannot go as it is."""
     if not _PLAIN_ADDRESS.fullmatch(address):
@@ -364,11 +371,7 @@ class SmtpMailer:
             return Delivery(Outcome.UNCERTAIN, None, f"connection lost during DATA: {exc}")
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close()
-            return Delivery(
-                Outcome.UNCERTAIN,
-                None,
-                f"no reply to the message data: {type(exc).__name__}: {exc}",
-            )
+            return _no_reply(exc)
         return Delivery(Outcome.SENT, response.code, response.message)
 
     async def _send_pipelined(
@@ -424,11 +427,7 @@ class SmtpMailer:
             ((code, text),) = await pipe.exchange(data_block(message), 1)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close()
-            return Delivery(
-                Outcome.UNCERTAIN,
-                None,
-                f"no reply to the message data: {type(exc).__name__}: {exc}",
-            )
+            return _no_reply(exc)
         if code >= 400:
             await self._reset_pipe(pipe, code)
             return classify_code(code, text, recipient=False)
