@@ -567,18 +567,39 @@ def dispatch_in_processes(
     """`dispatch` in `processes` processes at once, each with its own database connection and
     `[smtp] pool_size` connections: rendering is CPU work that one Python process does on one
     core. The processes share the queue through the ledger's leases, as several daemons do."""
+    settings, processes = process_settings(rt.settings, processes)
     if processes <= 1:
         return asyncio.run(dispatch(rt, clock, resend_uncertain=resend_uncertain))
     report = DispatchReport()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
         futures = [
-            pool.submit(_dispatch_worker, rt.settings, clock, resend_uncertain and n == 0)
+            pool.submit(_dispatch_worker, settings, clock, resend_uncertain and n == 0)
             for n in range(processes)
         ]
         for future in futures:
             report.add(future.result())
     return report
+
+
+def process_settings(settings: Settings, processes: int) -> tuple[Settings, int]:
+    """The settings of each of `processes` dispatch processes, and how many to run. The
+    per-second rate is shared out (each process paces its own connections). The hourly and
+    daily limits are counted in the ledger when a batch is claimed, and processes claiming at
+    once could each take the whole allowance: with either limit set, one process sends."""
+    smtp = settings.smtp
+    if processes <= 1:
+        return settings, 1
+    if smtp.rate_per_hour > 0 or smtp.rate_per_day > 0:
+        log.warning(
+            "[smtp] rate_per_hour or rate_per_day is set: sending from one process",
+            extra={"event": "dispatch.one_process", "fields": {"asked": processes}},
+        )
+        return settings, 1
+    if smtp.rate_per_second > 0:
+        shared = smtp.model_copy(update={"rate_per_second": smtp.rate_per_second / processes})
+        settings = settings.model_copy(update={"smtp": shared})
+    return settings, processes
 
 
 def _dispatch_worker(settings: Settings, clock: Clock, resend_uncertain: bool) -> DispatchReport:

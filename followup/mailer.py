@@ -85,7 +85,8 @@ class TokenBucket:
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 #: What may stand between < and > in MAIL FROM / RCPT TO as it is: no spaces, no controls,
-#: no angle brackets (an address that fails this goes the step-by-step way, or is refused).
+#: no angle brackets. On a pipelined connection a recipient that fails this is failed
+#: unsent, an envelope sender that fails it stops the run ([sender] return_path).
 _PLAIN_ADDRESS = re.compile(r"[^\s<>\x00-\x1f\x7f]+@[^\s<>\x00-\x1f\x7f]+")
 #: An SMTP reply line longer than this is a broken server (RFC 5321 allows 512).
 _MAX_REPLY_LINE = 8192
@@ -125,6 +126,10 @@ class _Pipeline(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
+        if not self._wanted and len(self._buffer) > _MAX_REPLY_LINE:
+            # A server talking while no reply is awaited: nothing good can follow.
+            self._fail(aiosmtplib.SMTPResponseException(-1, "unexpected data from the server"))
+            return
         self._parse()
 
     def _parse(self) -> None:
@@ -176,6 +181,10 @@ class _Pipeline(asyncio.Protocol):
         timer = loop.call_later(self.timeout, self._time_out, waiter)
         try:
             await waiter
+        except asyncio.CancelledError:
+            # The replies still due would be read as the next command's: never reuse it.
+            self._fail(aiosmtplib.SMTPServerDisconnected("cancelled while awaiting a reply"))
+            raise
         finally:
             timer.cancel()
             self._waiter, self._wanted = None, 0
@@ -402,48 +411,58 @@ class SmtpMailer:
             # Nothing of the message went out: safe to try again.
             await self.close()
             return Delivery(Outcome.RETRY, None, f"{type(exc).__name__}: {exc}")
-        accepted = mail_code < 400 and rcpt_code < 400
+        mail_ok, rcpt_ok = 200 <= mail_code < 300, 200 <= rcpt_code < 300
         # RFC 2920 section 3.1: the server should have refused DATA; end it empty.
-        if data_code == 354 and not accepted and not await self._end_empty(pipe):
-            return Delivery(Outcome.RETRY, None, "the server accepted DATA without recipient")
-        if mail_code >= 400:
-            if mail_code == 421 or mail_code < 500:
-                await self._reset_pipe(pipe, mail_code)
-                return Delivery(Outcome.RETRY, mail_code, mail_text)
+        if data_code == 354 and not (mail_ok and rcpt_ok):
+            await self._end_empty(pipe)
+        if not mail_ok:
             await self._reset_pipe(pipe, mail_code)
-            # RFC 5321 section 4.2.1: a 5yz to MAIL FROM refuses the sender, not this client:
-            # every message would fail the same way, so the run stops.
-            raise SmtpSetupError(
-                f"SMTP server {self.host}:{self.port} refused the sender {sender!r}: "
-                f"{mail_code} {mail_text} (check [sender] return_path and the server's policy)"
-            )
-        if rcpt_code >= 400:
+            if 500 <= mail_code < 600:
+                # RFC 5321 section 4.2.1: a 5yz to MAIL FROM refuses the sender, not this
+                # client: every message would fail the same way, so the run stops.
+                raise SmtpSetupError(
+                    f"SMTP server {self.host}:{self.port} refused the sender {sender!r}: "
+                    f"{mail_code} {mail_text} (check [sender] return_path and the server's "
+                    "policy)"
+                )
+            return Delivery(Outcome.RETRY, mail_code, mail_text)
+        if not rcpt_ok:
             await self._reset_pipe(pipe, rcpt_code)
-            return classify_code(rcpt_code, rcpt_text, recipient=True)
+            if 400 <= rcpt_code < 600:
+                return classify_code(rcpt_code, rcpt_text, recipient=True)
+            return Delivery(Outcome.RETRY, rcpt_code, f"unexpected reply to RCPT: {rcpt_text}")
         if data_code != 354:
             await self._reset_pipe(pipe, data_code)
-            return classify_code(data_code, data_text, recipient=False)
+            if 400 <= data_code < 600:
+                return classify_code(data_code, data_text, recipient=False)
+            # Nothing of the message went out, whatever the server says: safe to retry.
+            return Delivery(Outcome.RETRY, data_code, f"unexpected reply to DATA: {data_text}")
         try:
             ((code, text),) = await pipe.exchange(data_block(message), 1)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close()
             return _no_reply(exc)
-        if code >= 400:
+        if 200 <= code < 300:
+            return Delivery(Outcome.SENT, code, text)
+        if 400 <= code < 600:
             await self._reset_pipe(pipe, code)
             return classify_code(code, text, recipient=False)
-        return Delivery(Outcome.SENT, code, text)
+        # Out of the protocol after the message data: the server may have taken it.
+        await self.close()
+        return Delivery(Outcome.UNCERTAIN, code, f"unexpected reply to the message data: {text}")
 
-    async def _end_empty(self, pipe: _Pipeline) -> bool:
+    async def _end_empty(self, pipe: _Pipeline) -> None:
         try:
             await pipe.exchange(b".\r\n", 1)
-            return True
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             await self.close()
-            return False
 
     async def _reset_pipe(self, pipe: _Pipeline, code: int) -> None:
-        """After a refusal: RSET, or close when the server is closing (421) or RSET fails."""
-        if code == 421 or pipe.lost is not None:
+        """After a refusal: RSET, or close when the server is closing (421), when the reply
+        was not a refusal (out of the protocol) or when RSET fails."""
+        if self._pipe is not pipe:
+            return  # already closed
+        if code == 421 or pipe.lost is not None or not 400 <= code < 600:
             await self.close()
             return
         try:

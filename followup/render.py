@@ -589,6 +589,7 @@ def _unsubscribe_targets(envelope: Envelope) -> list[str]:
 #: are the same in every message of its template, locale and variant.
 _QP_LINES: dict[bytes, bytes] = {}
 QP_LINES_SIZE = 8192
+QP_LINE_KEPT = 512
 
 
 def _quoted_printable(text: str) -> bytes:
@@ -607,9 +608,12 @@ def _quoted_printable(text: str) -> bytes:
         found = cache.get(line)
         if found is None:
             found = binascii.b2a_qp(line + b"\n", istext=True)[:-1].replace(b"\n", b"\r\n")
-            if len(cache) >= QP_LINES_SIZE:
-                cache.clear()
-            cache[line] = found
+            # Long lines are rarely shared (a minified page, a personal paragraph): not kept,
+            # so the cache stays within QP_LINES_SIZE x QP_LINE_KEPT bytes.
+            if len(line) <= QP_LINE_KEPT:
+                if len(cache) >= QP_LINES_SIZE:
+                    cache.clear()
+                cache[line] = found
         encoded.append(found)
     return b"\r\n".join(encoded)
 

@@ -485,3 +485,16 @@ def test_the_clock_given_to_other_processes_keeps_followup_now() -> None:
     assert copy() >= first, "time goes on from FOLLOWUP_NOW"
     real = app.Clock.starting_at(None)()
     assert abs(real - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+def test_processes_share_the_per_second_rate_and_a_ledger_limit_keeps_one(
+    tmp_path: Path, database_url: str
+) -> None:
+    base = make_settings(tmp_path, database_url, smtp={"rate_per_second": 10})
+    shared, count = app.process_settings(base, 4)
+    assert count == 4 and shared.smtp.rate_per_second == 2.5
+    assert app.process_settings(base, 1) == (base, 1)
+    hourly = make_settings(tmp_path, database_url, smtp={"rate_per_hour": 100})
+    assert app.process_settings(hourly, 4) == (hourly, 1)
+    free = make_settings(tmp_path, database_url)
+    assert app.process_settings(free, 3) == (free, 3)

@@ -226,3 +226,109 @@ def test_an_address_that_cannot_go_between_angle_brackets_is_refused_unsent(reci
     assert isinstance(delivery, Delivery)
     assert delivery.outcome is Outcome.FAILED
     assert seen == [b"QUIT\r\n"]
+
+
+@pytest.mark.parametrize(
+    ("replies", "outcome"),
+    [
+        # A 250 to DATA: no message data went out; recorded as sent it would be lost.
+        (b"250 ok\r\n250 ok\r\n250 ok\r\n", Outcome.RETRY),
+        # 1yz or 3yz where a 2yz belongs: out of the protocol, before any data.
+        (b"250 ok\r\n354 what\r\n503 no\r\n", Outcome.RETRY),
+        (b"354 what\r\n503 no\r\n503 no\r\n", Outcome.RETRY),
+        # 251 (user not local, will forward) accepts the recipient.
+        (b"250 ok\r\n251 forwarded\r\n554 no\r\n", Outcome.FAILED),
+    ],
+)
+def test_replies_out_of_the_protocol_never_count_as_sent(replies: bytes, outcome: Outcome) -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, 3, seen)
+        writer.write(replies)
+        while line := await reader.readline():
+            seen.append(line)
+            if line == b"QUIT\r\n":
+                writer.write(b"221 bye\r\n")
+                break
+            writer.write(b"250 ok\r\n")
+
+    delivery, seen = asyncio.run(run_scripted(script))
+    assert isinstance(delivery, Delivery)
+    assert delivery.outcome is outcome
+    assert not any(b"Subject" in line for line in seen), "no message data went out"
+
+
+def test_an_unexpected_final_reply_after_the_data_is_uncertain() -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, 3, seen)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        seen.append(await reader.readuntil(b"\r\n.\r\n"))
+        writer.write(b"354 again?\r\n")
+        await asyncio.sleep(0.2)
+
+    delivery, _ = asyncio.run(run_scripted(script))
+    assert isinstance(delivery, Delivery)
+    assert delivery.outcome is Outcome.UNCERTAIN
+
+
+def test_a_refused_recipient_is_bounced_even_when_ending_an_unwanted_data_fails() -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, 3, seen)
+        writer.write(b"250 ok\r\n550 5.1.1 no such user\r\n354 go\r\n")
+        seen.append(await reader.readline())
+        # ... and the connection drops instead of answering the lone dot.
+
+    delivery, _ = asyncio.run(run_scripted(script))
+    assert isinstance(delivery, Delivery)
+    assert delivery.outcome is Outcome.BOUNCED
+
+
+def test_a_send_cancelled_while_awaiting_replies_never_reuses_the_connection() -> None:
+    connections: list[int] = []
+    handlers: list[asyncio.Task[None]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        connections.append(len(connections))
+        await greet(reader, writer)
+        await reader.readline()
+        await reader.readline()
+        await reader.readline()
+        if len(connections) == 1:
+            await asyncio.sleep(0.3)  # the first send is cancelled meanwhile
+            writer.write(b"250 late\r\n250 late\r\n354 late\r\n")
+            await asyncio.sleep(0.3)
+        else:
+            writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+            await reader.readuntil(b"\r\n.\r\n")
+            writer.write(b"250 queued\r\n")
+            await reader.readline()
+            writer.write(b"221 bye\r\n")
+        writer.close()
+
+    async def run() -> Delivery:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        mailer = SmtpMailer(settings(server.sockets[0].getsockname()[1]))
+        first = asyncio.create_task(mailer.send("b@example.com", "c@example.com", MESSAGE))
+        await asyncio.sleep(0.1)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        delivery = await mailer.send("b@example.com", "c@example.com", MESSAGE)
+        await mailer.close()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        server.close()
+        await server.wait_closed()
+        return delivery
+
+    delivery = asyncio.run(run())
+    assert delivery.outcome is Outcome.SENT
+    assert delivery.reply == "queued"
+    assert len(connections) == 2

@@ -334,6 +334,16 @@ def test_quoted_printable_edges(text: str) -> None:
         assert _quoted_printable(text) == _quoted_printable_whole(text)
 
 
+def test_long_lines_are_encoded_but_not_kept() -> None:
+    from followup import render
+
+    long_line = "Dear Ann, " + "a very personal paragraph " * 80
+    text = f"short line\n{long_line}\nshort line"
+    assert _quoted_printable(text) == _quoted_printable_whole(text)
+    assert long_line.encode() not in render._QP_LINES
+    assert b"short line" in render._QP_LINES
+
+
 def test_the_locale_folder_is_looked_up_once_without_auto_reload(tmp_path: Path) -> None:
     root = tmp_path / "templates"
     for locale in ("en", "fr"):
