@@ -226,27 +226,24 @@ def _decoded(value: str) -> str:
     return value
 
 
+#: What css-inline's serializer escapes, in this order (& first): in text, in attributes.
+_TEXT_ESCAPES = (("&", "&amp;"), ("\xa0", "&nbsp;"), ("<", "&lt;"), (">", "&gt;"))
+_ATTRIBUTE_ESCAPES = (("&", "&amp;"), ("\xa0", "&nbsp;"), ('"', "&quot;"))
+
+
+def _escaped(value: str, escapes: tuple[tuple[str, str], ...]) -> str:
+    value = _decoded(value)
+    for char, escape in escapes:
+        if char in value:
+            value = value.replace(char, escape)
+    return value
+
+
 def _text(value: str) -> str:
     """Text as css-inline writes it."""
-    value = _decoded(value)
-    if "&" in value:
-        value = value.replace("&", "&amp;")
-    if "\xa0" in value:
-        value = value.replace("\xa0", "&nbsp;")
-    if "<" in value:
-        value = value.replace("<", "&lt;")
-    if ">" in value:
-        value = value.replace(">", "&gt;")
-    return value
+    return _escaped(value, _TEXT_ESCAPES)
 
 
 def _attribute(value: str) -> str:
     """An attribute's value as css-inline writes it."""
-    value = _decoded(value)
-    if "&" in value:
-        value = value.replace("&", "&amp;")
-    if "\xa0" in value:
-        value = value.replace("\xa0", "&nbsp;")
-    if '"' in value:
-        value = value.replace('"', "&quot;")
-    return value
+    return _escaped(value, _ATTRIBUTE_ESCAPES)
