@@ -34,7 +34,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import SQLModel
 
 from followup.errors import ConfigError, DatabaseNotReady
@@ -424,25 +423,16 @@ def transition(
 
     Returns False (and changes nothing) when the touch was no longer in `from_status`.
     """
-    if any(isinstance(v, ClauseElement) for v in values.values()):
-        # A value computed by the database (attempts + 1): built for this call.
-        statement: Any = (
-            update(touches)
-            .where(touches.c.id == touch_id, touches.c.status == from_status.value)
-            .values(status=to_status.value, updated_at=now, **values)
-        )
-        result = conn.execute(statement)
-    else:
-        result = conn.execute(
-            _transition_statement(tuple(sorted(values))),
-            {
-                "_id": touch_id,
-                "_from": from_status.value,
-                "status": to_status.value,
-                "updated_at": now,
-                **values,
-            },
-        )
+    result = conn.execute(
+        _transition_statement(tuple(sorted(values))),
+        {
+            "_id": touch_id,
+            "_from": from_status.value,
+            "status": to_status.value,
+            "updated_at": now,
+            **values,
+        },
+    )
     if result.rowcount != 1:
         return False
     conn.execute(
