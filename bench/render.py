@@ -1,47 +1,109 @@
 """Complete messages per second on one core, against bare Jinja2 rendering of the same templates.
 
-    .venv/bin/python bench/render.py --messages 5000
+    .venv/bin/python bench/render.py --messages 20000
 
 Complete: followup's compose() as the dispatcher calls it for each touch: context, variant
 choice, sandboxed Jinja2 rendering of subject, text and HTML in the client's language (Babel
 dates and money), CSS inlined (css-inline), signed unsubscribe and survey links, and the MIME
-bytes (multipart/alternative, CRLF, List-Unsubscribe). The messages cycle over the shipped
-thank-you in en and fr with varied clients. Bare: the same three templates rendered by a plain
-jinja2.Environment with the same context, nothing else (no sandbox, no inlining, no MIME).
-Both run in this process, pinned to one core when the OS allows it.
+bytes (multipart/alternative, CRLF, List-Unsubscribe). One message per client: the thank-you
+for the client's latest purchase, for --messages different clients of bench/generate.py's shop
+(7 markets in English and French, 20 reps, 4 products in EUR or USD, about 3 purchases each),
+with the client's facts (tier, purchases, total spent) and the occasion the dispatcher adds.
+The shop and the facts are read beforehand (not timed). Bare: the same three templates rendered
+by a plain jinja2.Environment with the very values compose() rendered each message with,
+nothing else (no sandbox, no inlining, no links, no MIME). Both run in this process, pinned to
+one core when the OS allows it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
+import tempfile
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from followup import compose, preview  # noqa: E402
+import generate  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
+
+from followup import app, compose, store  # noqa: E402
 from followup.config import load_settings  # noqa: E402
-from followup.render import Templates  # noqa: E402
 
-SEND_AT = datetime(2027, 1, 8, 15, 0, tzinfo=UTC)
+SEND_AT = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
+
+Job = tuple[compose.Facts, date, dict[str, Any], dict[str, Any]]
+
+
+def jobs(rt: app.Runtime, messages: int) -> list[Job]:
+    """`messages` clients' thank-yous: per client, the facts of its latest purchase, the
+    purchase's date (the occurrence), and the `client` and `occasion` values the dispatcher
+    adds. Clients the dispatcher would skip (an unpaid or disputed purchase) are left out."""
+    clients = messages + messages // 4 + 10
+    generate.generate(rt.engine, clients)
+    c, p = store.clients, store.purchases
+    latest = (
+        select(p.c.client_id, func.max(p.c.id).label("purchase_id"))
+        .group_by(p.c.client_id)
+        .subquery()
+    )
+    names = [f.name for f in dataclasses.fields(compose.Facts)]
+    found: list[Job] = []
+    with store.reader(rt.engine) as conn:
+        stats = app.client_stats(conn, 1, clients)
+        query = (
+            compose.facts_query()
+            .join(latest, latest.c.client_id == c.c.id)
+            .join(p, p.c.id == latest.c.purchase_id)
+            .order_by(c.c.id)
+        )
+        for row in conn.execute(query):
+            values = row._mapping
+            facts = compose.Facts(**{n: values[n] for n in names})
+            assert facts.purchased_at is not None
+            occurrence = facts.purchased_at.date()
+            client_stats = stats[facts.client_id]
+            try:
+                client = app.client_for(rt, "thank_you", facts, client_stats, SEND_AT)
+            except compose.Skip:
+                continue
+            occasion = app.occasion_for(rt, "thank_you", occurrence, None, facts, client_stats)
+            found.append((facts, occurrence, client, occasion))
+            if len(found) == messages:
+                break
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--messages", type=int, default=20_000)
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    settings = load_settings(ROOT / "config.toml", {"FOLLOWUP_SECRET_KEY": "bench"})
-    templates = Templates(ROOT / "templates", settings.sender.default_locale)
-    samples = [preview.sample_for(locale) for locale in ("en-US", "fr")]
+    with tempfile.TemporaryDirectory() as folder:
+        settings = load_settings(
+            ROOT / "config.toml",
+            {
+                "FOLLOWUP_SECRET_KEY": "bench",
+                "FOLLOWUP_DATABASE_URL": f"sqlite:///{folder}/render.db",
+            },
+        )
+        rt = app.Runtime.open(settings, create=True)
+        store.upgrade(rt.engine)
+        work = jobs(rt, args.messages)
+        rt.engine.dispose()
+    templates = rt.templates
 
-    def thank_you(facts: compose.Facts, occurrence: date) -> compose.Composed:
+    def thank_you(job: Job) -> compose.Composed:
+        facts, occurrence, client, occasion = job
         return compose.compose(
             settings,
             templates,
@@ -51,10 +113,25 @@ def main() -> None:
             occurrence=occurrence,
             send_at=SEND_AT,
             key="bench",
+            occasion=occasion,
+            client=client,
         )
 
-    # Warm up (compile every template once, as a long-running dispatcher has), and keep the
-    # values each part was rendered with, for the bare Jinja2 run below.
+    # Warm up: compile every template once, as a long-running dispatcher has (one message per
+    # market: each language has its own files).
+    for job in work[: len(generate.MARKETS)]:
+        thank_you(job)
+
+    began = time.perf_counter()
+    size = 0
+    for job in work:
+        size += len(thank_you(job).mime)
+    complete = time.perf_counter() - began
+
+    # Bare Jinja2: the same templates with the very values compose() rendered them with
+    # (captured in a second, untimed pass).
+    import jinja2
+
     captured: list[tuple[str, dict[str, object]]] = []
     original = templates._render_one
 
@@ -63,43 +140,30 @@ def main() -> None:
         return original(name, values)
 
     templates._render_one = capture  # type: ignore[method-assign]
-    for facts in samples:
-        thank_you(facts, date(2027, 1, 6))
+    for job in work:
+        thank_you(job)
     templates._render_one = original  # type: ignore[method-assign]
-
-    began = time.perf_counter()
-    size = 0
-    for n in range(args.messages):
-        size += len(thank_you(samples[n % 2], date.fromordinal(738000 + n)).mime)
-    complete = time.perf_counter() - began
-
-    # Bare Jinja2: the same templates with the very values compose() rendered them with.
-    import jinja2
-
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROOT / "templates"), autoescape=True)
     env.filters.update(templates.env.filters)
     env.globals.update(templates.env.globals)
-    per_message = [captured[0:3], captured[3:6]]
-    compiled = [
-        [(env.get_template(name), values) for name, values in parts] for parts in per_message
-    ]
+    compiled = [(env.get_template(name), values) for name, values in captured]
     began = time.perf_counter()
-    for n in range(args.messages):
-        for template, values in compiled[n % 2]:
-            template.render(values)
+    for template, values in compiled:
+        template.render(values)
     bare = time.perf_counter() - began
 
+    messages = len(work)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; one core"
     )
     print(
-        f"complete: {args.messages} messages in {complete:.2f} s = "
-        f"{args.messages / complete:,.0f} messages/s (average {size / args.messages:,.0f} bytes)"
+        f"complete: {messages} messages to {messages} different clients in {complete:.2f} s = "
+        f"{messages / complete:,.0f} messages/s (average {size / messages:,.0f} bytes)"
     )
     print(
-        f"bare Jinja2: {args.messages} x 3 parts in {bare:.2f} s = "
-        f"{args.messages / bare:,.0f} messages/s"
+        f"bare Jinja2: {len(captured)} parts ({len(captured) / messages:.0f} per message) in "
+        f"{bare:.2f} s = {messages / bare:,.0f} messages/s"
     )
     print(f"complete messages take {complete / bare:.1f}x bare rendering")
 

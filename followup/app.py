@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Connection, Engine, String, func, select, type_coerce
@@ -35,6 +35,7 @@ from followup.models import ClientStatus, TouchStatus
 from followup.render import Templates
 
 log = logging.getLogger("followup")
+T = TypeVar("T")
 
 
 @dataclass
@@ -822,14 +823,14 @@ async def _deliver_group(
             # The client's next touch in this batch must look different from this one.
             pre.seen.setdefault(touch.client_id, []).append((clock(), touch.id, message.variant))
             prepared.append(found)
-    ready = deque(_hand_off(rt, prepared, owner, clock(), lease))
+    ready = deque(_hand_off(rt, prepared, owner, clock(), lease, recorder))
     # Renew the lease of the rest of the group when half of it has gone (a slow server).
     renew_at = clock() + lease / 2
     while ready:
         if hooks.should_stop():
             return [t.id for t, _ in ready]
         if clock() >= renew_at:
-            ready = deque(_hand_off(rt, list(ready), owner, clock(), lease))
+            ready = deque(_hand_off(rt, list(ready), owner, clock(), lease, recorder))
             renew_at = clock() + lease / 2
             continue
         touch, message = ready.popleft()
@@ -855,17 +856,21 @@ def _hand_off(
     owner: str,
     now: datetime,
     lease: timedelta,
+    recorder: _Recorder,
 ) -> list[tuple[Any, compose.Composed]]:
-    """Mark the touches as handed to the mailer, in one transaction; returns those still ours
-    (a touch whose lease ran out has been settled by another worker)."""
+    """Mark the touches as handed to the mailer, in one transaction with the outcomes the
+    recorder holds; returns those still ours (a touch whose lease ran out has been settled by
+    another worker)."""
     if not prepared:
         return []
     hand_offs = [
         store.HandOff(touch.id, message.message_id, {"variant": message.variant})
         for touch, message in prepared
     ]
-    with rt.engine.begin() as conn:
-        held = store.hand_off_many(conn, hand_offs, owner, now, lease)
+    held = recorder.write_with(
+        rt.engine.begin,
+        lambda conn: store.hand_off_many(conn, hand_offs, owner, now, lease),
+    )
     for (touch, _), ours in zip(prepared, held, strict=True):
         if not ours:
             log_event("touch.lease_lost", touch=touch.id, campaign=touch.campaign)
@@ -1140,8 +1145,9 @@ def _outcome(
 
 
 class _Recorder:
-    """Writes SMTP outcomes in groups: one transaction for up to `size` touches instead of
-    one each. A touch sent but not yet recorded when the process dies is found "sending" with
+    """Writes SMTP outcomes in groups instead of one transaction each: in the transaction of
+    the next hand-off, or in one of their own once `size` are waiting and at the end of a
+    batch. A touch sent but not yet recorded when the process dies is found "sending" with
     its Message-ID set, and becomes uncertain (never resent on its own): batching widens
     nothing that the ledger does not already account for."""
 
@@ -1157,25 +1163,50 @@ class _Recorder:
             self.flush()
 
     def flush(self) -> None:
+        """Write what is pending in a transaction of its own."""
         if not self.pending:
             return
+        self.write_with(self.rt.engine.begin, lambda _conn: None)
+
+    def write_with(
+        self,
+        transaction: Callable[[], contextlib.AbstractContextManager[Connection]],
+        then: Callable[[Connection], T],
+    ) -> T:
+        """Write what is pending, then run `then`, in one `transaction` (the dispatcher hands
+        off its next messages in the same one: one write transaction instead of two). If it
+        fails, what was pending stays pending. Outcomes are counted and logged once written."""
         batch, self.pending = self.pending, []
+        try:
+            with transaction() as conn:
+                changes = self._write(conn, batch)
+                result = then(conn)
+        except BaseException:
+            self.pending[:0] = batch
+            raise
+        for (touch, message, delivery, _), change in zip(batch, changes, strict=True):
+            _count(self.report, touch, message, delivery, change.to_status)
+        return result
+
+    def _write(
+        self, conn: Connection, batch: list[tuple[Any, compose.Composed, Delivery, datetime]]
+    ) -> list[store.Change]:
         changes = [
             _change(self.rt, touch, message, delivery, now, self.rng)
             for touch, message, delivery, now in batch
         ]
-        with self.rt.engine.begin() as conn:
-            store.transition_many(conn, TouchStatus.SENDING, changes)
-            for (touch, message, delivery, now), change in zip(batch, changes, strict=True):
-                if delivery.outcome is Outcome.BOUNCED:
-                    store.suppress(conn, message.to, "bounced", now, detail=change.detail)
-                    conn.execute(
-                        store.clients.update()
-                        .where(store.clients.c.id == touch.client_id)
-                        .values(status=ClientStatus.BOUNCED.value, updated_at=now)
-                    )
-        for (touch, message, delivery, _), change in zip(batch, changes, strict=True):
-            _count(self.report, touch, message, delivery, change.to_status)
+        if not changes:
+            return changes
+        store.transition_many(conn, TouchStatus.SENDING, changes)
+        for (touch, message, delivery, now), change in zip(batch, changes, strict=True):
+            if delivery.outcome is Outcome.BOUNCED:
+                store.suppress(conn, message.to, "bounced", now, detail=change.detail)
+                conn.execute(
+                    store.clients.update()
+                    .where(store.clients.c.id == touch.client_id)
+                    .values(status=ClientStatus.BOUNCED.value, updated_at=now)
+                )
+        return changes
 
 
 def _change(

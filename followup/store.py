@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sqlite3
 import stat
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,7 +95,7 @@ def open_engine(url: str, *, create_dir: bool = True) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -104,7 +106,7 @@ def open_engine(url: str, *, create_dir: bool = True) -> Engine:
             if conn.get_execution_options().get("followup_readonly"):
                 conn.exec_driver_sql("BEGIN")
             else:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                _begin_immediate(conn)
 
         return engine
     try:
@@ -115,6 +117,39 @@ def open_engine(url: str, *, create_dir: bool = True) -> Engine:
             f"[database] url: no driver for {make_url(url).drivername!r} ({exc}); followup "
             "supports sqlite:/// and postgresql+psycopg:// (pip install 'followup[postgres]')"
         ) from None
+
+
+#: How long SQLite waits for a lock before "database is locked".
+BUSY_TIMEOUT_MS = 30_000
+#: How long a writer first retries for the write lock in short steps (see _begin_immediate).
+QUICK_WAIT = 0.25
+
+
+def _begin_immediate(conn: Connection) -> None:
+    """BEGIN IMMEDIATE: take SQLite's write lock, waiting for it as long as BUSY_TIMEOUT_MS.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10, 15 ... ms between tries, while the
+    dispatcher's write transactions last a fraction of a millisecond: with several processes
+    sending, most of each wait was sleeping after the lock was free again. So the first
+    QUICK_WAIT seconds retry every 50 us to 1 ms; after that SQLite's handler waits as before
+    (and its error, wrapped by SQLAlchemy, is what the caller sees)."""
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    raw.execute("PRAGMA busy_timeout=0")
+    try:
+        pause, deadline = 0.00005, time.monotonic() + QUICK_WAIT
+        while time.monotonic() < deadline:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    break  # not a lock: the statement below raises it, wrapped
+            time.sleep(pause)
+            pause = min(pause * 2, 0.001)
+    finally:
+        raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @contextmanager
@@ -369,6 +404,40 @@ def _sqlite_day(day: date) -> str:
     return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
 
 
+def _sqlite_value(value: Any) -> Any:
+    """A value of a touches column in SQLite's form, as SQLAlchemy would bind it."""
+    if isinstance(value, datetime):
+        return _sqlite_stamp(value)
+    if isinstance(value, date):
+        return _sqlite_day(value)
+    return value
+
+
+_SQLITE_EVENT = (
+    "INSERT INTO touch_events (touch_id, at, from_status, to_status, detail) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _insert_events(
+    conn: Connection, rows: Sequence[tuple[int, datetime, str | None, str, str | None]]
+) -> None:
+    """History rows (touch id, at, from status, to status, detail) in one executemany; on
+    SQLite in its text form through the driver (the dispatcher writes several per message)."""
+    if not rows:
+        return
+    if is_postgres(conn):
+        conn.execute(
+            _EVENT,
+            [
+                {"touch_id": t, "at": at, "from_status": f, "to_status": to, "detail": d}
+                for t, at, f, to, d in rows
+            ],
+        )
+        return
+    stamp = _sqlite_stamp
+    conn.exec_driver_sql(_SQLITE_EVENT, [(t, stamp(at), f, to, d) for t, at, f, to, d in rows])
+
+
 def _insert_sqlite(conn: Connection, batch: list[NewTouch], now: datetime) -> list[tuple[Any, ...]]:
     """SQLite: a plain executemany of rows already in SQLite's text form (no per-value type
     processing), then the new rows read back by id and their history rows added. Safe because
@@ -469,48 +538,72 @@ def transition_many(
     columns share one executemany. Returns, per change, whether the touch was still in
     `from_status` (if not, it is left as it is, without a history row)."""
     ids = [change.touch_id for change in changes]
-    current = select(touches.c.id).where(
-        touches.c.id.in_(ids), touches.c.status == from_status.value
-    )
-    if is_postgres(conn):
-        # Locked until the end of the transaction: nobody else moves them in between (on
-        # SQLite this transaction holds the only write lock).
-        current = current.with_for_update()
-    still = {row.id for row in conn.execute(current)}
+    postgres = is_postgres(conn)
+    still: set[int] = set()
+    for chunk in chunks(ids, CHUNK):
+        if postgres:
+            # Locked until the end of the transaction: nobody else moves them in between.
+            current = (
+                select(touches.c.id)
+                .where(touches.c.id.in_(chunk), touches.c.status == from_status.value)
+                .with_for_update()
+            )
+            still.update(row.id for row in conn.execute(current))
+        else:
+            # This transaction holds SQLite's only write lock: nothing moves them in between.
+            marks = ", ".join("?" * len(chunk))
+            query = f"SELECT id FROM touches WHERE status = ? AND id IN ({marks})"  # noqa: S608
+            still.update(row[0] for row in conn.exec_driver_sql(query, (from_status.value, *chunk)))
     groups: dict[tuple[str, ...], list[Change]] = {}
     for change in changes:
         if change.touch_id in still:
             groups.setdefault(tuple(sorted(change.values)), []).append(change)
     for columns, group in groups.items():
-        conn.execute(
-            _transition_statement(columns),
+        if postgres:
+            conn.execute(
+                _transition_statement(columns),
+                [
+                    {
+                        "_id": change.touch_id,
+                        "_from": from_status.value,
+                        "status": change.to_status.value,
+                        "updated_at": change.at,
+                        **change.values,
+                    }
+                    for change in group
+                ],
+            )
+            continue
+        value = _sqlite_value
+        conn.exec_driver_sql(
+            _sqlite_transition(columns),
             [
-                {
-                    "_id": change.touch_id,
-                    "_from": from_status.value,
-                    "status": change.to_status.value,
-                    "updated_at": change.at,
-                    **change.values,
-                }
+                (
+                    change.to_status.value,
+                    _sqlite_stamp(change.at),
+                    *[value(change.values[column]) for column in columns],
+                    change.touch_id,
+                    from_status.value,
+                )
                 for change in group
             ],
         )
-    if still:
-        conn.execute(
-            _EVENT,
-            [
-                {
-                    "touch_id": change.touch_id,
-                    "at": change.at,
-                    "from_status": from_status.value,
-                    "to_status": change.to_status.value,
-                    "detail": change.detail,
-                }
-                for change in changes
-                if change.touch_id in still
-            ],
-        )
+    _insert_events(
+        conn,
+        [
+            (change.touch_id, change.at, from_status.value, change.to_status.value, change.detail)
+            for change in changes
+            if change.touch_id in still
+        ],
+    )
     return [change.touch_id in still for change in changes]
+
+
+@functools.cache
+def _sqlite_transition(columns: tuple[str, ...]) -> str:
+    """transition_many's UPDATE for SQLite, by column names from the code, never from data."""
+    assignments = ", ".join(f"{column} = ?" for column in ("status", "updated_at", *columns))
+    return f"UPDATE touches SET {assignments} WHERE id = ? AND status = ?"  # noqa: S608
 
 
 @functools.cache
@@ -559,22 +652,41 @@ def hand_off_many(
         groups.setdefault(tuple(sorted(item.values)), []).append(item)
     expires = now + lease
     changed = 0
+    postgres = is_postgres(conn)
     for columns, group in groups.items():
-        result = conn.execute(
-            _hand_off_statement(columns),
-            [
-                {
-                    "_id": item.touch_id,
-                    "_owner": owner,
-                    "_now": now,
-                    "lease_expires_at": expires,
-                    "message_id": item.message_id,
-                    "updated_at": now,
-                    **item.values,
-                }
-                for item in group
-            ],
-        )
+        if postgres:
+            result = conn.execute(
+                _hand_off_statement(columns),
+                [
+                    {
+                        "_id": item.touch_id,
+                        "_owner": owner,
+                        "_now": now,
+                        "lease_expires_at": expires,
+                        "message_id": item.message_id,
+                        "updated_at": now,
+                        **item.values,
+                    }
+                    for item in group
+                ],
+            )
+        else:
+            at, until, value = _sqlite_stamp(now), _sqlite_stamp(expires), _sqlite_value
+            result = conn.exec_driver_sql(
+                _sqlite_hand_off(columns),
+                [
+                    (
+                        until,
+                        item.message_id,
+                        at,
+                        *[value(item.values[column]) for column in columns],
+                        item.touch_id,
+                        owner,
+                        at,
+                    )
+                    for item in group
+                ],
+            )
         changed += result.rowcount
     if changed == len(hand_offs):
         return [True] * len(hand_offs)
@@ -591,6 +703,18 @@ def hand_off_many(
         )
     }
     return [(item.touch_id, item.message_id) in ours for item in hand_offs]
+
+
+@functools.cache
+def _sqlite_hand_off(columns: tuple[str, ...]) -> str:
+    """hand_off_many's UPDATE for SQLite, by column names from the code, never from data."""
+    names = ("lease_expires_at", "message_id", "updated_at", *columns)
+    assignments = ", ".join(f"{column} = ?" for column in names)
+    return (
+        f"UPDATE touches SET {assignments} "  # noqa: S608
+        f"WHERE id = ? AND status = '{TouchStatus.SENDING.value}' AND lease_owner = ? "
+        "AND lease_expires_at >= ?"
+    )
 
 
 @functools.cache
@@ -754,19 +878,8 @@ def claim_due(
     if result.rowcount != len(ids):
         raise RuntimeError(f"claimed {result.rowcount} of {len(ids)} locked touches")
     detail = f"claimed by {owner}"
-    conn.execute(
-        _EVENT,
-        [
-            {
-                "touch_id": row.id,
-                "at": now,
-                "from_status": row.status,
-                "to_status": TouchStatus.SENDING.value,
-                "detail": detail,
-            }
-            for row in found
-        ],
-    )
+    sending = TouchStatus.SENDING.value
+    _insert_events(conn, [(row.id, now, row.status, sending, detail) for row in found])
     return ids
 
 

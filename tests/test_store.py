@@ -346,3 +346,118 @@ def test_an_expired_lease_on_a_touch_never_handed_over_returns_it_to_the_queue(
         assert store.hand_off(conn, touch_id, "next", later, lease, "<m@x>")
         attempts = conn.execute(select(store.touches.c.attempts)).scalar_one()
     assert attempts == 1
+
+
+def test_hand_off_and_transition_many_store_what_they_are_given(runtime: app.Runtime) -> None:
+    # On SQLite both write through the driver in SQLite's text form: every value reads back
+    # through the columns' types as it was given, and the text is SQLAlchemy's own.
+    client_id = _client(runtime)
+    lease = timedelta(minutes=5)
+    paris = ZoneInfo("Europe/Paris")
+    with runtime.engine.begin() as conn:
+        store.insert_touches(conn, [_touch(client_id, date(2027, 1, d)) for d in (1, 2)], NOW)
+        a, b = sorted(store.claim_due(conn, "me", NOW, lease, 10))
+    handed = NOW + timedelta(seconds=1, microseconds=250)
+    with runtime.engine.begin() as conn:
+        assert store.hand_off_many(
+            conn,
+            [store.HandOff(a, "<a@x>", {"variant": "gold"}), store.HandOff(b, "<b@x>", {})],
+            "me",
+            handed,
+            lease,
+        ) == [True, True]
+    t = store.touches
+    with store.reader(runtime.engine) as conn:
+        row = conn.execute(
+            select(t.c.lease_expires_at, t.c.message_id, t.c.updated_at, t.c.variant).where(
+                t.c.id == a
+            )
+        ).one()
+    assert [v.replace(tzinfo=UTC) if isinstance(v, datetime) else v for v in row] == [
+        handed + lease,
+        "<a@x>",
+        handed,
+        "gold",
+    ]
+    retry_at = datetime(2027, 1, 10, 14, 30, 5, 123456, tzinfo=paris)
+    done = NOW + timedelta(seconds=2)
+    values = {
+        "next_attempt_at": retry_at,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "smtp_reply": "451 é later",
+        "attempts": 7,
+    }
+    with runtime.engine.begin() as conn:
+        assert store.transition_many(
+            conn, TouchStatus.SENDING, [store.Change(a, TouchStatus.RETRY, done, "451", values)]
+        ) == [True]
+    with store.reader(runtime.engine) as conn:
+        row = conn.execute(
+            select(
+                t.c.status,
+                t.c.updated_at,
+                t.c.next_attempt_at,
+                t.c.lease_owner,
+                t.c.lease_expires_at,
+                t.c.smtp_reply,
+                t.c.attempts,
+            ).where(t.c.id == a)
+        ).one()
+        event = conn.execute(
+            select(store.touch_events.c.at).where(
+                store.touch_events.c.touch_id == a, store.touch_events.c.to_status == "retry"
+            )
+        ).scalar_one()
+        if not store.is_postgres(conn):
+            raw = conn.exec_driver_sql(
+                "SELECT next_attempt_at, updated_at FROM touches WHERE id = ?", (a,)
+            ).one()
+            dialect = sqlite.dialect()
+            bind = t.c.next_attempt_at.type.dialect_impl(dialect).bind_processor(dialect)
+            assert bind is not None
+            assert tuple(raw) == (bind(retry_at), bind(done))
+    assert [v.replace(tzinfo=UTC) if isinstance(v, datetime) else v for v in row] == [
+        "retry",
+        done,
+        retry_at,
+        None,
+        None,
+        "451 é later",
+        7,
+    ]
+    assert event.replace(tzinfo=UTC) == done
+
+
+@pytest.mark.parametrize("held", [0.05, store.QUICK_WAIT + 0.3])
+def test_a_writer_waits_for_the_write_lock_held_by_another(tmp_path: object, held: float) -> None:
+    # Short waits are retried in small steps, longer ones by SQLite's own busy handler:
+    # either way the second writer gets the lock once the first one commits.
+    import threading
+    import time
+    from pathlib import Path
+
+    url = f"sqlite:///{Path(str(tmp_path)) / 'lock.db'}"
+    first, second = store.open_engine(url), store.open_engine(url)
+    with first.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE counter (n INTEGER)")
+        conn.exec_driver_sql("INSERT INTO counter VALUES (0)")
+    locked = threading.Event()
+
+    def hold() -> None:
+        with first.begin() as conn:
+            conn.exec_driver_sql("UPDATE counter SET n = n + 1")
+            locked.set()
+            time.sleep(held)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert locked.wait(10)
+    with second.begin() as conn:
+        # The first writer has committed by now: its update is seen, and added to.
+        conn.exec_driver_sql("UPDATE counter SET n = n + 1")
+        seen = conn.exec_driver_sql("SELECT n FROM counter").scalar_one()
+    holder.join()
+    assert seen == 2
+    first.dispose()
+    second.dispose()
