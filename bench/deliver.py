@@ -6,14 +6,16 @@ smtplib loop (floor).
 Installs Debian's postfix package (for smtp-sink and smtp-source) when they are missing, starts
 smtp-sink on a free loopback port, then measures on the same sink:
 
-1. followup: --messages thank-yous due now in a temporary SQLite database (imported and planned
-   beforehand, not timed), sent by followup's dispatcher (claim, render, send, record) with
-   `[smtp] pool_size` = --connections: messages per second from the first claim to the last
-   record.
+1. followup: a shop of --messages clients from bench/generate.py (7 markets with their zones
+   and languages, 20 reps), each with a purchase two days before, in a temporary SQLite
+   database, planned beforehand (not timed): a thank-you per client. They are sent by
+   followup's dispatcher (claim, render, send, record) with `[smtp] pool_size` = --connections:
+   messages per second from the first claim to the last record.
 2. ceiling: smtp-source (Postfix's C load generator) sending the same number of messages of the
    same size over the same number of parallel sessions.
 3. floors, for --naive messages (default 2,000):
-   - naive dispatcher: the same job done the naive way, on a shop of its own: for each due
+   - naive dispatcher: the same job done the naive way, on a shop of its own (the same
+     generator): for each due
      touch, read it and its client (one query each), compose it with followup's own compose()
      (so rendering costs the same), send it with smtplib over a new connection, mark it sent
      and commit;
@@ -34,19 +36,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import generate  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from followup import app, compose, importer, store  # noqa: E402
+from followup import app, compose, store  # noqa: E402
 from followup.config import load_settings  # noqa: E402
-from followup.demo import write_bulk_shop  # noqa: E402
 
-NOW = datetime(2027, 1, 8, 16, 0, tzinfo=UTC)
+NOW = datetime(2027, 1, 8, 19, 0, tzinfo=UTC)
 SINK = "/usr/sbin/smtp-sink"
 SOURCE = "/usr/sbin/smtp-source"
 
@@ -86,43 +89,57 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("smtp-sink did not start")
 
 
-def shop_runtime(folder: Path, env: dict[str, str]) -> app.Runtime:
-    """The shop written into `folder` by write_bulk_shop, imported into a new database."""
+#: Each generated client bought at this instant: its thank-you is due two days later, at 10:00
+#: in its own zone, all of them by NOW.
+PURCHASED = datetime(2027, 1, 6, 12, 0, tzinfo=UTC)
+
+
+def shop_runtime(folder: Path, messages: int, env: dict[str, str]) -> app.Runtime:
+    """bench/generate.py's shop of `messages` clients (7 markets, their zones and languages,
+    20 reps), each with one purchase at PURCHASED, in a new database, planned at NOW: a
+    thank-you each (the other campaigns are off)."""
+    env = {
+        "FOLLOWUP_DATABASE_URL": f"sqlite:///{folder / 'followup.db'}",
+        "FOLLOWUP_SECRET_KEY": "bench",
+        # NOW is night somewhere: let every zone's thank-you go out at once.
+        "FOLLOWUP_POLITENESS_QUIET_HOURS": "",
+        "FOLLOWUP_CAMPAIGNS_THANK_YOU_WINDOW": "00:00-00:00",
+        **env,
+    }
+    # Only the thank-you: one message per client.
+    calendar = app.load_calendar(load_settings(ROOT / "config.toml", env)).campaigns
+    for campaign in calendar:
+        if campaign.name != "thank_you":
+            env[f"FOLLOWUP_CAMPAIGNS_{campaign.name.upper()}_ENABLED"] = "false"
     rt = app.Runtime.open(load_settings(ROOT / "config.toml", env), create=True)
     store.upgrade(rt.engine)
-    for kind in ("reps", "clients", "purchases"):
-        importer.import_csv(
-            rt.engine, importer.Kind(kind), folder / f"{kind}.csv", now=NOW, strict=True
-        )
+    generate.generate(rt.engine, messages, purchased_on=PURCHASED)
+    app.plan(rt, NOW)
     return rt
 
 
 def followup_rate(
     port: int, messages: int, connections: int, folder: Path, processes: int = 1
-) -> float:
-    write_bulk_shop(folder, messages, date(2027, 1, 6))
+) -> tuple[float, int]:
+    """followup's dispatch of a shop of `messages` clients: messages per second and how many."""
     env = {
-        "FOLLOWUP_DATABASE_URL": f"sqlite:///{folder / 'followup.db'}",
         "FOLLOWUP_DELIVERY_MODE": "smtp",
         "FOLLOWUP_DELIVERY_BATCH_SIZE": "500",
         "FOLLOWUP_SMTP_HOST": "127.0.0.1",
         "FOLLOWUP_SMTP_PORT": str(port),
         "FOLLOWUP_SMTP_SECURITY": "none",
         "FOLLOWUP_SMTP_POOL_SIZE": str(connections),
-        "FOLLOWUP_SECRET_KEY": "bench",
-        # Only the thank-you: one message per client.
-        "FOLLOWUP_CAMPAIGNS_SATISFACTION_SURVEY_ENABLED": "false",
     }
-    rt = shop_runtime(folder, env)
-    planned = app.plan(rt, NOW).planned
+    rt = shop_runtime(folder, messages, env)
+    with store.reader(rt.engine) as conn:
+        due = store.touch_counts(conn).get("planned", 0)
     began = time.perf_counter()
     report = app.dispatch_in_processes(rt, app.Clock.starting_at(NOW), processes)
     seconds = time.perf_counter() - began
-    sent = report.sent
-    if sent != planned:
-        raise RuntimeError(f"sent {sent} of {planned}")
+    if report.sent != due:
+        raise RuntimeError(f"sent {report.sent} of {due}")
     rt.engine.dispose()
-    return sent / seconds
+    return report.sent / seconds, report.sent
 
 
 def smtp_source_rate(port: int, messages: int, connections: int, size: int) -> float:
@@ -150,15 +167,8 @@ def smtp_source_rate(port: int, messages: int, connections: int, size: int) -> f
 def naive_dispatch_rate(port: int, messages: int, folder: Path) -> float:
     """The same job the naive way: a query per touch and per client, compose(), one SMTP
     connection per message, a commit per message."""
-    write_bulk_shop(folder, messages, date(2027, 1, 6))
-    env = {
-        "FOLLOWUP_DATABASE_URL": f"sqlite:///{folder / 'naive.db'}",
-        "FOLLOWUP_SECRET_KEY": "bench",
-        "FOLLOWUP_CAMPAIGNS_SATISFACTION_SURVEY_ENABLED": "false",
-    }
-    rt = shop_runtime(folder, env)
+    rt = shop_runtime(folder, messages, {})
     settings = rt.settings
-    app.plan(rt, NOW)
     t = store.touches
     with store.reader(rt.engine) as conn:
         ids = [row.id for row in conn.execute(select(t.c.id).where(t.c.status == "planned"))]
@@ -213,7 +223,7 @@ def main() -> None:
     sink = start_sink(port)
     try:
         with tempfile.TemporaryDirectory() as folder:
-            ours = followup_rate(
+            ours, sent = followup_rate(
                 port, args.messages, args.connections, Path(folder), args.processes
             )
         sessions = args.connections * args.processes
@@ -229,7 +239,7 @@ def main() -> None:
         f"Python {platform.python_version()}; smtp-sink on 127.0.0.1"
     )
     print(
-        f"followup: {args.messages} messages, {args.processes} process(es) with "
+        f"followup: {sent} messages to {args.messages} clients, {args.processes} process(es) with "
         f"{args.connections} connection(s) each: "
         f"{ours:,.0f} messages/s"
     )

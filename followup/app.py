@@ -15,6 +15,8 @@ import multiprocessing
 import os
 import random
 import socket
+import sys
+import threading
 import time as monotonic_time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -480,8 +482,7 @@ def _plan_in_processes(
         return
     step = max(1, (high - low + 1) // processes + 1)
     ranges = [(start - 1, min(start - 1 + step, high)) for start in range(low, high + 1, step)]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(ranges), mp_context=context) as pool:
+    with process_pool(rt, len(ranges)) as pool:
         futures = [pool.submit(_plan_worker, rt.settings, window, ids) for ids in ranges]
         for future in futures:
             part = future.result()
@@ -572,8 +573,7 @@ def dispatch_in_processes(
     if processes <= 1:
         return asyncio.run(dispatch(rt, clock, resend_uncertain=resend_uncertain))
     report = DispatchReport()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+    with process_pool(rt, processes) as pool:
         futures = [
             pool.submit(_dispatch_worker, settings, clock, resend_uncertain and n == 0)
             for n in range(processes)
@@ -581,6 +581,29 @@ def dispatch_in_processes(
         for future in futures:
             report.add(future.result())
     return report
+
+
+@contextlib.contextmanager
+def process_pool(rt: Runtime, processes: int) -> Iterator[ProcessPoolExecutor]:
+    """`processes` worker processes (planning, dispatch), started by `start_method`."""
+    method = start_method()
+    if method == "fork":
+        # A forked process must not share the parent's pooled database connections.
+        rt.engine.dispose()
+    log_event("processes.start", processes=processes, method=method)
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+        yield pool
+
+
+def start_method() -> str:
+    """How dispatch processes start: forked on Linux when this process runs no other thread
+    (they start at once, with followup already imported, instead of importing it again for
+    most of a second each), else spawned afresh (other systems, or a thread that a fork would
+    leave half-way, e.g. a progress bar's)."""
+    if sys.platform == "linux" and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
 
 
 def process_settings(settings: Settings, processes: int) -> tuple[Settings, int]:

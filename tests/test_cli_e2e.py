@@ -193,7 +193,13 @@ def test_send_from_two_processes_delivers_each_message_once(
     }
     followup(tmp_path, "plan", env=env)
     smtp_server.handler.data_delay = 0.3
-    result = followup(tmp_path, "send", "--once", "--processes", "2", env=env)
+    result = followup(tmp_path, "-v", "--log-json", "send", "--once", "--processes", "2", env=env)
+    started = [
+        json.loads(line) for line in result.stderr.splitlines() if '"processes.start"' in line
+    ]
+    # On Linux the workers are forked: they start without importing followup again.
+    method = "fork" if sys.platform == "linux" else "spawn"
+    assert [(e["processes"], e["method"]) for e in started] == [(2, method)]
     sent = db_rows(tmp_path, "select message_id from touches where status = 'sent'")
     assert len(sent) > 4
     assert f"sent {len(sent)}," in result.stdout

@@ -498,3 +498,18 @@ def test_processes_share_the_per_second_rate_and_a_ledger_limit_keeps_one(
     assert app.process_settings(hourly, 4) == (hourly, 1)
     free = make_settings(tmp_path, database_url)
     assert app.process_settings(free, 3) == (free, 3)
+
+
+def test_worker_processes_are_spawned_while_another_thread_runs() -> None:
+    # A fork copies one thread only: one holding a lock (a progress bar's, a logger's) would
+    # leave it held forever in the child.
+    import threading
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert app.start_method() == "spawn"
+    finally:
+        stop.set()
+        other.join()
