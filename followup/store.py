@@ -413,6 +413,15 @@ def _sqlite_value(value: Any) -> Any:
     return value
 
 
+def _sqlite(conn: Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under `conn`, inside its transaction. The ledger's hot paths on
+    SQLite run their statements on it directly: SQLAlchemy's per-statement work (result
+    metadata, events) cost more than SQLite's own for these small statements."""
+    raw = conn.connection.dbapi_connection
+    assert isinstance(raw, sqlite3.Connection)
+    return raw
+
+
 _SQLITE_EVENT = (
     "INSERT INTO touch_events (touch_id, at, from_status, to_status, detail) VALUES (?, ?, ?, ?, ?)"
 )
@@ -435,7 +444,7 @@ def _insert_events(
         )
         return
     stamp = _sqlite_stamp
-    conn.exec_driver_sql(_SQLITE_EVENT, [(t, stamp(at), f, to, d) for t, at, f, to, d in rows])
+    _sqlite(conn).executemany(_SQLITE_EVENT, [(t, stamp(at), f, to, d) for t, at, f, to, d in rows])
 
 
 def _insert_sqlite(conn: Connection, batch: list[NewTouch], now: datetime) -> list[tuple[Any, ...]]:
@@ -464,18 +473,17 @@ def _insert_sqlite(conn: Connection, batch: list[NewTouch], now: datetime) -> li
         )
         for t in batch
     ]
-    before = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM touches").scalar_one()
-    conn.exec_driver_sql(_INSERT_SQLITE, rows)
+    raw = _sqlite(conn)
+    (before,) = raw.execute("SELECT coalesce(max(id), 0) FROM touches").fetchone()
+    raw.executemany(_INSERT_SQLITE, rows)
     created = [
         tuple(row)
-        for row in conn.exec_driver_sql(
+        for row in raw.execute(
             "SELECT id, status, reason, campaign FROM touches WHERE id > ?", (before,)
         )
     ]
     if created:
-        conn.exec_driver_sql(
-            _INSERT_SQLITE_EVENTS, [(row[0], at, row[1], row[2]) for row in created]
-        )
+        raw.executemany(_INSERT_SQLITE_EVENTS, [(row[0], at, row[1], row[2]) for row in created])
     return created
 
 
@@ -553,7 +561,8 @@ def transition_many(
             # This transaction holds SQLite's only write lock: nothing moves them in between.
             marks = ", ".join("?" * len(chunk))
             query = f"SELECT id FROM touches WHERE status = ? AND id IN ({marks})"  # noqa: S608
-            still.update(row[0] for row in conn.exec_driver_sql(query, (from_status.value, *chunk)))
+            rows = _sqlite(conn).execute(query, (from_status.value, *chunk))
+            still.update(row[0] for row in rows)
     groups: dict[tuple[str, ...], list[Change]] = {}
     for change in changes:
         if change.touch_id in still:
@@ -575,7 +584,7 @@ def transition_many(
             )
             continue
         value = _sqlite_value
-        conn.exec_driver_sql(
+        _sqlite(conn).executemany(
             _sqlite_transition(columns),
             [
                 (
@@ -655,7 +664,7 @@ def hand_off_many(
     postgres = is_postgres(conn)
     for columns, group in groups.items():
         if postgres:
-            result = conn.execute(
+            changed += conn.execute(
                 _hand_off_statement(columns),
                 [
                     {
@@ -669,25 +678,28 @@ def hand_off_many(
                     }
                     for item in group
                 ],
-            )
+            ).rowcount
         else:
             at, until, value = _sqlite_stamp(now), _sqlite_stamp(expires), _sqlite_value
-            result = conn.exec_driver_sql(
-                _sqlite_hand_off(columns),
-                [
-                    (
-                        until,
-                        item.message_id,
-                        at,
-                        *[value(item.values[column]) for column in columns],
-                        item.touch_id,
-                        owner,
-                        at,
-                    )
-                    for item in group
-                ],
+            changed += (
+                _sqlite(conn)
+                .executemany(
+                    _sqlite_hand_off(columns),
+                    [
+                        (
+                            until,
+                            item.message_id,
+                            at,
+                            *[value(item.values[column]) for column in columns],
+                            item.touch_id,
+                            owner,
+                            at,
+                        )
+                        for item in group
+                    ],
+                )
+                .rowcount
             )
-        changed += result.rowcount
     if changed == len(hand_offs):
         return [True] * len(hand_offs)
     # Some lease was lost: ours are the rows that now carry our lease and Message-ID.
