@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import multiprocessing
@@ -1007,10 +1006,9 @@ def _prefetch(conn: Connection, ids: list[int]) -> _Prefetched:
             .outerjoin(p, p.c.id == t.c.purchase_id)
             .where(t.c.id.in_(batch))
         )
-        names = [f.name for f in dataclasses.fields(compose.Facts)]
         for row in conn.execute(query):
-            values = row._mapping
-            found.facts[row.touch_id] = compose.Facts(**{n: values[n] for n in names})
+            # facts_query's columns are Facts' fields in order, then the touch's id.
+            found.facts[row[-1]] = compose.Facts(*row[:-1])
     clients = sorted({f.client_id for f in found.facts.values()})
     emails = {f.email.lower() for f in found.facts.values()}
     keys = sorted(emails | {store.address_hash(e) for e in emails})

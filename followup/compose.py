@@ -91,6 +91,7 @@ class Facts:
 
 
 def facts_query() -> Any:
+    """The columns of Facts, in its order (so that a row's first values make one)."""
     c, r, p = store.clients, store.reps, store.purchases
     return (
         select(
@@ -104,7 +105,6 @@ def facts_query() -> Any:
             c.c.country,
             c.c.tier,
             c.c.tags,
-            c.c.birthday_year,
             c.c.status,
             r.c.id.label("rep_id"),
             r.c.name.label("rep_name"),
@@ -116,6 +116,7 @@ def facts_query() -> Any:
             p.c.amount_minor,
             p.c.currency,
             p.c.purchased_at,
+            c.c.birthday_year,
         )
         .select_from(c)
         # A rep who left (inactive) signs nothing: the business signs until the clients are

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from followup import app, calendars, importer, store
+from followup import app, calendars, compose, importer, store
 from followup.config import Settings
 from followup.mailer import SmtpSetupError
 from followup.models import TouchStatus
@@ -513,3 +513,9 @@ def test_worker_processes_are_spawned_while_another_thread_runs() -> None:
     finally:
         stop.set()
         other.join()
+
+
+def test_the_facts_query_selects_the_facts_fields_in_their_order() -> None:
+    # The dispatcher builds Facts from a row's values by position.
+    fields = [f.name for f in dataclasses.fields(compose.Facts)]
+    assert [column.name for column in compose.facts_query().selected_columns] == fields
