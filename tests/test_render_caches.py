@@ -406,3 +406,27 @@ def test_the_kept_time_zone_gives_zoneinfos_local_times(name: str) -> None:
         expected = instant.astimezone(ZoneInfo(name))
         found = instant.astimezone(calendars.zone(name))
         assert (found.isoformat(), found.tzname()) == (expected.isoformat(), expected.tzname())
+
+
+def test_kept_plans_render_what_a_reloading_environment_renders() -> None:
+    # Without auto_reload, the locale folder, variant, its colours, the filters' locale, the
+    # language and each part's template are kept per (message, client locale, variant).
+    root = Path(__file__).resolve().parent.parent / "templates"
+    fixed, reloading = Templates(root), Templates(root, auto_reload=True)
+    context = {
+        "client": {"first_name": "Zoé", "last_name": "L", "full_name": "Zoé L", "tier": "vip"},
+        "rep": {"name": "R", "first_name": "R", "email": "r@x.example", "signature": "R"},
+        "business": {"name": "B", "domain": "x.example"},
+        "occasion": {"name": "N", "kind": "yearly", "date": date(2026, 1, 2), "years": 3},
+        "purchase": {"product": "P", "amount": 1234, "currency": "EUR", "date": date(2026, 1, 2)},
+        "links": {"unsubscribe": "https://x.example/u", "survey": "https://x.example/s"},
+        "send_at": datetime(2026, 1, 5, 10, tzinfo=UTC),
+    }
+    for message in fixed.messages():
+        names: list[str | None] = [None, *(v.name for v in fixed.variants(message))]
+        for locale in ("en", "en-GB", "fr", "fr-CA", "de-CH"):
+            for variant in names:
+                for _ in range(2):  # planned, then from the kept plan
+                    assert fixed.render(message, locale, context, variant) == reloading.render(
+                        message, locale, context, variant
+                    )
