@@ -163,22 +163,40 @@ def _piece(chunk: str) -> _Piece:
     tag, found, text = chunk.partition(">")
     if not found:
         return _OTHER, "", "", (), False
-    what, name = _tag(tag)
+    head = _heads.get(tag)
+    if head is None:
+        head = _head(tag)
+        if len(_heads) >= PIECES_SIZE:
+            _heads.clear()
+        _heads[tag] = head
+    what, name, part, link_texts, link = head
     if what == _RAW_START:
         return what, name, f"<{chunk}", (), "[" in text
     if what == _OTHER or ">" in text:
         return _OTHER, "", "", (), False
+    middle = text.strip(_HTML_SPACE)
+    if not middle or not _free(middle, _NOT_FREE):
+        return what, name, f"<{part}>{text}", link_texts, link
+    start = text.index(middle[0])
+    rest = text[start + len(middle) :]
+    return what, name, f"<{part}>{text[:start]}{_SLOT}{rest}", (*link_texts, _text(middle)), link
+
+
+#: tag (between < and >) -> (what, element name, the tag in the skeleton, its link as
+#: css-inline writes it, whether it has a link placeholder). Pieces whose text holds client
+#: data (names, dates) miss _pieces, but their tag is the template's: classified once.
+_Head = tuple[int, str, str, tuple[str, ...], bool]
+_heads: dict[str, _Head] = {}
+
+
+def _head(tag: str) -> _Head:
+    """What _piece needs of a tag, which does not depend on the text after it."""
+    what, name = _tag(tag)
     texts: list[str] = []
     link = False
     if what == _START and name == "a":
         tag, link = _link(tag, texts)
-    middle = text.strip(_HTML_SPACE)
-    if not middle or not _free(middle, _NOT_FREE):
-        return what, name, f"<{tag}>{text}", tuple(texts), link
-    start = text.index(middle[0])
-    texts.append(_text(middle))
-    rest = text[start + len(middle) :]
-    return what, name, f"<{tag}>{text[:start]}{_SLOT}{rest}", tuple(texts), link
+    return what, name, tag, tuple(texts), link
 
 
 def _tag(tag: str) -> tuple[int, str]:

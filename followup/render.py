@@ -292,6 +292,13 @@ class Sandbox(ImmutableSandboxedEnvironment):
         )
 
 
+#: (locale folder, variant, its colours for templates, locale the filters use, language of
+#: the folder, template of each part in PARTS' order)
+_Plan = tuple[str, Variant, dict[str, str], str, str, tuple[str, ...]]
+#: Plans kept (all are dropped when full): messages x client locales x variants.
+PLANS_SIZE = 4096
+
+
 class Templates:
     """The sandboxed environment over one templates/ folder. Compiled templates are cached;
     with `auto_reload` (the studio), a template saved on disk is compiled again."""
@@ -320,6 +327,8 @@ class Templates:
         self._compiled: dict[str, Template] = {}
         #: Without auto_reload, (message, client locale) -> the locale folder it gets.
         self._locales: dict[tuple[str, str], str] = {}
+        #: Without auto_reload, (message, client locale, variant asked) -> its _Plan.
+        self._plans: dict[tuple[str, str, str | None], _Plan] = {}
 
     def _is_file(self, relative: str) -> bool:
         if self.auto_reload:
@@ -405,33 +414,50 @@ class Templates:
         context: Mapping[str, Any],
         variant: str | None = None,
     ) -> RenderedParts:
-        tag = self.resolve_locale(message, locale)
-        chosen = self.variant(message, variant)
-        # Format dates and money in the client's locale only when the words around them are in
-        # its language: a de client served the English fallback gets an all-English message.
-        same_language = tag.split("-")[0].lower() == locale.split("-")[0].lower()
+        plan = self._plans.get((message, locale, variant)) if not self.auto_reload else None
+        if plan is None:
+            plan = self._plan(message, locale, variant)
+            if not self.auto_reload:
+                if len(self._plans) >= PLANS_SIZE:
+                    self._plans.clear()
+                self._plans[(message, locale, variant)] = plan
+        tag, chosen, colours, shown_locale, language, names = plan
         values = {
-            "variant": chosen.context(),
+            "variant": dict(colours),
             **context,
-            "locale": locale if same_language else tag,
-            # The language of the template folder: picks the layout's partials (footer).
-            "language": tag.split("-")[0].lower(),
+            "locale": shown_locale,
+            "language": language,
         }
-        rendered: dict[str, str] = {}
-        for part in PARTS:
-            name = self.part_name(message, tag, part, chosen.name)
-            rendered[part] = self._render_one(name, values)
+        rendered = [self._render_one(name, values) for name in names]
         try:
-            html = inline.inline(rendered["html.html"])
+            html = inline.inline(rendered[2])
         except (css_inline.InlineError, ValueError) as exc:
             where = self._where(str(self.root / message / tag / "html.html"))
             raise RenderError(f"{where}: CSS: {exc}", file=where, detail=f"CSS: {exc}") from exc
         return RenderedParts(
             locale=tag,
-            subject=header_safe(rendered["subject.txt"]),
-            text=rendered["text.txt"].strip() + "\n",
+            subject=header_safe(rendered[0]),
+            text=rendered[1].strip() + "\n",
             html=html,
             variant=chosen.name,
+        )
+
+    def _plan(self, message: str, locale: str, variant: str | None) -> _Plan:
+        """What rendering `message` for `locale` in `variant` needs besides the client's
+        values: the same for every message of that kind (kept without auto_reload)."""
+        tag = self.resolve_locale(message, locale)
+        chosen = self.variant(message, variant)
+        # Format dates and money in the client's locale only when the words around them are in
+        # its language: a de client served the English fallback gets an all-English message.
+        same_language = tag.split("-")[0].lower() == locale.split("-")[0].lower()
+        return (
+            tag,
+            chosen,
+            chosen.context(),
+            locale if same_language else tag,
+            # The language of the template folder: picks the layout's partials (footer).
+            tag.split("-")[0].lower(),
+            tuple(self.part_name(message, tag, part, chosen.name) for part in PARTS),
         )
 
     def _render_one(self, name: str, values: Mapping[str, Any]) -> str:

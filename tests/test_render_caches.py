@@ -1,6 +1,7 @@
 """The shortcuts of rendering give exactly what the plain way gives: the Babel filters' caches,
 the sandbox's direct item access on dicts, flat template globals, header fast paths, tokens
-signed with precomputed HMAC pads, compiled parts kept, quoted-printable line by line."""
+signed with precomputed HMAC pads, compiled parts kept, quoted-printable line by line, the
+survey token's date and the kept time zones."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from jinja2 import StrictUndefined
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from followup import tokens
+from followup import calendars, compose, tokens
 from followup.errors import RenderError
 from followup.render import (
     Sandbox,
@@ -387,3 +388,45 @@ def test_included_partials_are_loaded_once_without_auto_reload(tmp_path: Path) -
 
     assert fixed.render("m", "en", {}).text == "first <\n"
     assert reloading.render("m", "en", {}).text == "second <\n"
+
+
+@given(st.dates(), st.sampled_from([date, datetime]))
+def test_the_survey_tokens_date_is_strftimes(day: date, kind: type[date]) -> None:
+    value = kind(day.year, day.month, day.day)
+    for _ in range(2):  # computed, then kept
+        assert compose.survey_token("k", 7, "thank_you", value) == tokens.make(
+            "k", "survey", f"7-{value:%Y%m%d}-thank_you"
+        )
+
+
+@pytest.mark.parametrize("name", ["Europe/Paris", "America/New_York", "Australia/Perth", "UTC"])
+def test_the_kept_time_zone_gives_zoneinfos_local_times(name: str) -> None:
+    instants = [datetime(2026, month, 1, 12, tzinfo=UTC) for month in range(1, 13)]
+    for instant in instants:
+        expected = instant.astimezone(ZoneInfo(name))
+        found = instant.astimezone(calendars.zone(name))
+        assert (found.isoformat(), found.tzname()) == (expected.isoformat(), expected.tzname())
+
+
+def test_kept_plans_render_what_a_reloading_environment_renders() -> None:
+    # Without auto_reload, the locale folder, variant, its colours, the filters' locale, the
+    # language and each part's template are kept per (message, client locale, variant).
+    root = Path(__file__).resolve().parent.parent / "templates"
+    fixed, reloading = Templates(root), Templates(root, auto_reload=True)
+    context = {
+        "client": {"first_name": "Zoé", "last_name": "L", "full_name": "Zoé L", "tier": "vip"},
+        "rep": {"name": "R", "first_name": "R", "email": "r@x.example", "signature": "R"},
+        "business": {"name": "B", "domain": "x.example"},
+        "occasion": {"name": "N", "kind": "yearly", "date": date(2026, 1, 2), "years": 3},
+        "purchase": {"product": "P", "amount": 1234, "currency": "EUR", "date": date(2026, 1, 2)},
+        "links": {"unsubscribe": "https://x.example/u", "survey": "https://x.example/s"},
+        "send_at": datetime(2026, 1, 5, 10, tzinfo=UTC),
+    }
+    for message in fixed.messages():
+        names: list[str | None] = [None, *(v.name for v in fixed.variants(message))]
+        for locale in ("en", "en-GB", "fr", "fr-CA", "de-CH"):
+            for variant in names:
+                for _ in range(2):  # planned, then from the kept plan
+                    assert fixed.render(message, locale, context, variant) == reloading.render(
+                        message, locale, context, variant
+                    )
