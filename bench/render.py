@@ -8,11 +8,12 @@ dates and money), CSS inlined (css-inline), signed unsubscribe and survey links,
 bytes (multipart/alternative, CRLF, List-Unsubscribe). One message per client: the thank-you
 for the client's latest purchase, for --messages different clients of bench/generate.py's shop
 (7 markets in English and French, 20 reps, 4 products in EUR or USD, about 3 purchases each),
-with the client's facts (tier, purchases, total spent) and the occasion the dispatcher adds.
-The shop and the facts are read beforehand (not timed). Bare: the same three templates rendered
-by a plain jinja2.Environment with the very values compose() rendered each message with,
-nothing else (no sandbox, no inlining, no links, no MIME). Both run in this process, pinned to
-one core when the OS allows it.
+with the client's facts (tier, purchases, total spent) and the occasion the dispatcher adds,
+and a send time a second apart. The shop, the facts and those values are read and computed
+beforehand (not timed: they are the dispatcher's send-time checks, which bench/deliver.py
+times). Bare: the same three templates rendered by a plain jinja2.Environment with the very
+values compose() rendered each message with, nothing else (no sandbox, no inlining, no links,
+no MIME). Both run in this process, pinned to one core when the OS allows it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ from followup.config import load_settings  # noqa: E402
 
 SEND_AT = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 
-Job = tuple[compose.Facts, date, dict[str, Any], dict[str, Any]]
+#: Per message: the client's facts, the occurrence, `client` and `occasion` (as the dispatcher
+#: adds them), and the send time (a different second each, as the dispatcher's clock gives).
+Job = tuple[compose.Facts, date, dict[str, Any], dict[str, Any], datetime]
 
 
 def jobs(rt: app.Runtime, messages: int) -> list[Job]:
@@ -76,7 +79,8 @@ def jobs(rt: app.Runtime, messages: int) -> list[Job]:
             except compose.Skip:
                 continue
             occasion = app.occasion_for(rt, "thank_you", occurrence, None, facts, client_stats)
-            found.append((facts, occurrence, client, occasion))
+            send_at = SEND_AT + timedelta(seconds=len(found))
+            found.append((facts, occurrence, client, occasion, send_at))
             if len(found) == messages:
                 break
     return found
@@ -103,7 +107,7 @@ def main() -> None:
     templates = rt.templates
 
     def thank_you(job: Job) -> compose.Composed:
-        facts, occurrence, client, occasion = job
+        facts, occurrence, client, occasion, send_at = job
         return compose.compose(
             settings,
             templates,
@@ -111,7 +115,7 @@ def main() -> None:
             campaign="thank_you",
             template="thank_you",
             occurrence=occurrence,
-            send_at=SEND_AT,
+            send_at=send_at,
             key="bench",
             occasion=occasion,
             client=client,

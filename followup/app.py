@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Connection, Engine, String, func, select, type_coerce
 
-from followup import calendars, care, compose, planner, store
+from followup import calendars, care, compose, logs, planner, store
 from followup.config import Settings
 from followup.errors import ConfigError, DatabaseNotReady, RenderError
 from followup.mailer import CaptureSink, Delivery, Outcome, SmtpMailer, SmtpSetupError
@@ -585,22 +585,36 @@ def dispatch_in_processes(
 @contextlib.contextmanager
 def process_pool(rt: Runtime, processes: int) -> Iterator[ProcessPoolExecutor]:
     """`processes` worker processes (planning, dispatch), started by `start_method`."""
-    method = start_method()
+    method = start_method(rt.engine)
     if method == "fork":
         # A forked process must not share the parent's pooled database connections.
         rt.engine.dispose()
     log_event("processes.start", processes=processes, method=method)
     context = multiprocessing.get_context(method)
-    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=processes,
+        mp_context=context,
+        initializer=_worker_logging,
+        initargs=(logs.current(),),
+    ) as pool:
         yield pool
 
 
-def start_method() -> str:
-    """How dispatch processes start: forked on Linux when this process runs no other thread
-    (they start at once, with followup already imported, instead of importing it again for
-    most of a second each), else spawned afresh (other systems, or a thread that a fork would
-    leave half-way, e.g. a progress bar's)."""
-    if sys.platform == "linux" and threading.active_count() == 1:
+def _worker_logging(configured: tuple[int, bool] | None) -> None:
+    """A worker logs as the command that started it (spawned ones start unconfigured)."""
+    if configured is not None:
+        logs.configure(*configured)
+
+
+def start_method(engine: Engine) -> str:
+    """How worker processes start: forked on Linux when this process runs no other thread and
+    holds no database connection (they start at once, with followup already imported, instead
+    of importing it again for most of a second each), else spawned afresh (other systems, a
+    thread that a fork would leave half-way such as a progress bar's, or a connection in use
+    that a child must not inherit)."""
+    if (
+        sys.platform == "linux" and threading.active_count() == 1 and engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    ):
         return "fork"
     return "spawn"
 
@@ -1196,29 +1210,36 @@ class _Recorder:
     ) -> T:
         """Write what is pending, then run `then`, in one `transaction` (the dispatcher hands
         off its next messages in the same one: one write transaction instead of two). If it
-        fails, what was pending stays pending. Outcomes are counted and logged once written."""
+        fails, what was pending stays pending. Outcomes are counted and logged once written,
+        those of touches no longer "sending" (settled meanwhile by another worker whose view
+        of the lease differed) are not: the ledger keeps the other worker's state."""
         batch, self.pending = self.pending, []
         try:
             with transaction() as conn:
-                changes = self._write(conn, batch)
+                changes, applied = self._write(conn, batch)
                 result = then(conn)
         except BaseException:
             self.pending[:0] = batch
             raise
-        for (touch, message, delivery, _), change in zip(batch, changes, strict=True):
-            _count(self.report, touch, message, delivery, change.to_status)
+        for (touch, message, delivery, _), change, ours in zip(
+            batch, changes, applied, strict=True
+        ):
+            if ours:
+                _count(self.report, touch, message, delivery, change.to_status)
+            else:
+                log_event("touch.lease_lost", touch=touch.id, campaign=touch.campaign)
         return result
 
     def _write(
         self, conn: Connection, batch: list[tuple[Any, compose.Composed, Delivery, datetime]]
-    ) -> list[store.Change]:
+    ) -> tuple[list[store.Change], list[bool]]:
         changes = [
             _change(self.rt, touch, message, delivery, now, self.rng)
             for touch, message, delivery, now in batch
         ]
         if not changes:
-            return changes
-        store.transition_many(conn, TouchStatus.SENDING, changes)
+            return changes, []
+        applied = store.transition_many(conn, TouchStatus.SENDING, changes)
         for (touch, message, delivery, now), change in zip(batch, changes, strict=True):
             if delivery.outcome is Outcome.BOUNCED:
                 store.suppress(conn, message.to, "bounced", now, detail=change.detail)
@@ -1227,7 +1248,7 @@ class _Recorder:
                     .where(store.clients.c.id == touch.client_id)
                     .values(status=ClientStatus.BOUNCED.value, updated_at=now)
                 )
-        return changes
+        return changes, applied
 
 
 def _change(

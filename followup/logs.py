@@ -69,3 +69,13 @@ def configure(level: int = logging.WARNING, json_lines: bool = False) -> None:
     scheduler.handlers[:] = [scheduler_handler]
     scheduler.setLevel(max(level, logging.WARNING))
     scheduler.propagate = False
+
+
+def current() -> tuple[int, bool] | None:
+    """What `configure` set in this process (level, JSON lines), or None when it was not
+    called: worker processes configure their logging the same way."""
+    root = logging.getLogger("followup")
+    for handler in root.handlers:
+        if isinstance(handler.formatter, EventFormatter):
+            return root.level, handler.formatter.json_lines
+    return None

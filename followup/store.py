@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, StatementError
 from sqlmodel import SQLModel
 
 from followup.errors import ConfigError, DatabaseNotReady
@@ -133,16 +133,17 @@ def _begin_immediate(conn: Connection) -> None:
     sending, most of each wait was sleeping after the lock was free again. So the first
     QUICK_WAIT seconds retry every 50 us to 1 ms; after that SQLite's handler waits as before
     (and its error, wrapped by SQLAlchemy, is what the caller sees)."""
-    raw = conn.connection.dbapi_connection
-    assert raw is not None
+    dbapi = conn.connection.dbapi_connection
+    assert isinstance(dbapi, sqlite3.Connection)
+    raw = _Driver(dbapi)
     raw.execute("PRAGMA busy_timeout=0")
     try:
         pause, deadline = 0.00005, time.monotonic() + QUICK_WAIT
         while time.monotonic() < deadline:
             try:
-                raw.execute("BEGIN IMMEDIATE")
+                dbapi.execute("BEGIN IMMEDIATE")
                 return
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                     break  # not a lock: the statement below raises it, wrapped
             time.sleep(pause)
@@ -386,13 +387,19 @@ _INSERT_SQLITE_EVENTS = (
 )
 
 
-@functools.lru_cache(maxsize=65536)
 def _sqlite_stamp(instant: datetime) -> str:
     """An aware datetime as SQLAlchemy's UTCDateTime stores it on SQLite (UTC,
-    "2027-01-01 10:00:00.000000"); the planner's few distinct due times are formatted once."""
+    "2027-01-01 10:00:00.000000")."""
     if instant.utcoffset() is None:
         raise ValueError(f"a naive datetime cannot be stored: {instant!r}")
-    utc = instant.astimezone(UTC)
+    # Kept by the UTC instant: two local times of a repeated hour (fold 0 and 1) compare
+    # and hash equal, but are an hour apart.
+    return _utc_stamp(instant.astimezone(UTC))
+
+
+@functools.lru_cache(maxsize=65536)
+def _utc_stamp(utc: datetime) -> str:
+    """The planner's few distinct due times are formatted once."""
     return (
         f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d} "
         f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}"
@@ -413,13 +420,43 @@ def _sqlite_value(value: Any) -> Any:
     return value
 
 
-def _sqlite(conn: Connection) -> sqlite3.Connection:
-    """The sqlite3 connection under `conn`, inside its transaction. The ledger's hot paths on
-    SQLite run their statements on it directly: SQLAlchemy's per-statement work (result
-    metadata, events) cost more than SQLite's own for these small statements."""
+class _Driver:
+    """The sqlite3 connection under a SQLAlchemy connection. The ledger's hot paths on SQLite
+    run their statements on it directly: SQLAlchemy's per-statement work (result metadata,
+    events) cost more than SQLite's own for these small statements. Errors are raised as
+    SQLAlchemy raises them (callers catch SQLAlchemyError), parameters hidden."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self.raw = raw
+
+    def execute(self, statement: str, parameters: Sequence[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self.raw.execute(statement, parameters)
+        except sqlite3.Error as exc:
+            raise _wrapped(statement, exc) from exc
+
+    def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+        try:
+            return self.raw.executemany(statement, rows)
+        except sqlite3.Error as exc:
+            raise _wrapped(statement, exc) from exc
+
+
+def _wrapped(statement: str, exc: sqlite3.Error) -> StatementError:
+    return DBAPIError.instance(statement, None, exc, sqlite3.Error, hide_parameters=True)
+
+
+def _sqlite(conn: Connection) -> _Driver:
+    """The driver under `conn`, in a transaction: begun here (BEGIN IMMEDIATE) when `conn`
+    has none yet, as SQLAlchemy would begin it, so that the statements that follow are one
+    transaction and never commit one by one."""
+    if not conn.in_transaction():
+        conn.begin()
     raw = conn.connection.dbapi_connection
     assert isinstance(raw, sqlite3.Connection)
-    return raw
+    return _Driver(raw)
 
 
 _SQLITE_EVENT = (

@@ -7,6 +7,7 @@ import dataclasses
 import email
 import random
 import shutil
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from email.policy import default
@@ -500,22 +501,65 @@ def test_processes_share_the_per_second_rate_and_a_ledger_limit_keeps_one(
     assert app.process_settings(free, 3) == (free, 3)
 
 
-def test_worker_processes_are_spawned_while_another_thread_runs() -> None:
+def test_worker_processes_are_spawned_while_a_thread_runs_or_a_connection_is_held(
+    runtime: app.Runtime,
+) -> None:
     # A fork copies one thread only: one holding a lock (a progress bar's, a logger's) would
-    # leave it held forever in the child.
+    # leave it held forever in the child; and a child must not inherit an open connection.
+    # (That the CLI's workers are forked otherwise is checked end to end in test_cli_e2e.)
     import threading
 
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()
     try:
-        assert app.start_method() == "spawn"
+        assert app.start_method(runtime.engine) == "spawn"
     finally:
         stop.set()
         other.join()
+    if threading.active_count() == 1:
+        with runtime.engine.connect():
+            assert app.start_method(runtime.engine) == "spawn"
+        assert app.start_method(runtime.engine) == ("fork" if sys.platform == "linux" else "spawn")
 
 
 def test_the_facts_query_selects_the_facts_fields_in_their_order() -> None:
     # The dispatcher builds Facts from a row's values by position.
     fields = [f.name for f in dataclasses.fields(compose.Facts)]
     assert [column.name for column in compose.facts_query().selected_columns] == fields
+
+
+def test_spawned_workers_log_as_the_command_that_started_them(
+    tmp_path: Path,
+    database_url: str,
+    smtp_server: SmtpServer,
+    open_runtime: OpenRuntime,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # A connection held while the workers start makes them spawned: fresh interpreters,
+    # whose logging the pool's initializer configures like the parent's.
+    import json
+    import logging
+
+    from followup import logs
+
+    rt = smtp_runtime_with(tmp_path, database_url, smtp_server, open_runtime)
+    saved = {
+        name: (logger.handlers[:], logger.level, logger.propagate)
+        for name in ("followup", "apscheduler")
+        for logger in [logging.getLogger(name)]
+    }
+    logs.configure(logging.INFO, json_lines=True)
+    try:
+        with rt.engine.connect():
+            report = app.dispatch_in_processes(rt, app.Clock.starting_at(NOW), 2)
+    finally:
+        for name, (handlers, level, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:], logger.propagate = handlers, propagate
+            logger.setLevel(level)
+    events = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line]
+    started = [e for e in events if e["event"] == "processes.start"]
+    assert [(e["processes"], e["method"]) for e in started] == [(2, "spawn")]
+    sent = [e for e in events if e["event"] == "touch.sent"]
+    assert report.sent == len(sent) == len(smtp_server.handler.received) > 0

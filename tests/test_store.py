@@ -379,6 +379,16 @@ def test_hand_off_and_transition_many_store_what_they_are_given(runtime: app.Run
         handed,
         "gold",
     ]
+    dialect = sqlite.dialect()
+    stamp = t.c.updated_at.type.dialect_impl(dialect).bind_processor(dialect)
+    assert stamp is not None
+    if not store.is_postgres(runtime.engine):
+        with store.reader(runtime.engine) as conn:
+            raw = conn.exec_driver_sql(
+                "SELECT lease_expires_at, updated_at FROM touches WHERE id = ?", (a,)
+            ).one()
+        # Compared as text by expire_leases and the guards: the text must be SQLAlchemy's.
+        assert tuple(raw) == (stamp(handed + lease), stamp(handed))
     retry_at = datetime(2027, 1, 10, 14, 30, 5, 123456, tzinfo=paris)
     done = NOW + timedelta(seconds=2)
     values = {
@@ -413,10 +423,12 @@ def test_hand_off_and_transition_many_store_what_they_are_given(runtime: app.Run
             raw = conn.exec_driver_sql(
                 "SELECT next_attempt_at, updated_at FROM touches WHERE id = ?", (a,)
             ).one()
-            dialect = sqlite.dialect()
-            bind = t.c.next_attempt_at.type.dialect_impl(dialect).bind_processor(dialect)
-            assert bind is not None
-            assert tuple(raw) == (bind(retry_at), bind(done))
+            assert tuple(raw) == (stamp(retry_at), stamp(done))
+            ats = conn.exec_driver_sql(
+                "SELECT at FROM touch_events WHERE touch_id = ? ORDER BY id", (a,)
+            ).scalars()
+            # The claim's history row (at NOW), then the retry's (at done).
+            assert list(ats)[-2:] == [stamp(NOW), stamp(done)]
     assert [v.replace(tzinfo=UTC) if isinstance(v, datetime) else v for v in row] == [
         "retry",
         done,
@@ -430,7 +442,9 @@ def test_hand_off_and_transition_many_store_what_they_are_given(runtime: app.Run
 
 
 @pytest.mark.parametrize("held", [0.05, store.QUICK_WAIT + 0.3])
-def test_a_writer_waits_for_the_write_lock_held_by_another(tmp_path: object, held: float) -> None:
+def test_a_writer_waits_for_the_write_lock_held_by_another(
+    tmp_path: object, held: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Short waits are retried in small steps, longer ones by SQLite's own busy handler:
     # either way the second writer gets the lock once the first one commits.
     import threading
@@ -443,13 +457,22 @@ def test_a_writer_waits_for_the_write_lock_held_by_another(tmp_path: object, hel
         conn.exec_driver_sql("CREATE TABLE counter (n INTEGER)")
         conn.exec_driver_sql("INSERT INTO counter VALUES (0)")
     locked = threading.Event()
+    real_sleep = time.sleep
+    # The waiting writer's pauses, counted (the lock holder's own sleep is not).
+    pauses: list[float] = []
+
+    def counted(seconds: float) -> None:
+        if threading.current_thread() is threading.main_thread():
+            pauses.append(seconds)
+        real_sleep(seconds)
 
     def hold() -> None:
         with first.begin() as conn:
             conn.exec_driver_sql("UPDATE counter SET n = n + 1")
             locked.set()
-            time.sleep(held)
+            real_sleep(held)
 
+    monkeypatch.setattr(store.time, "sleep", counted)
     holder = threading.Thread(target=hold)
     holder.start()
     assert locked.wait(10)
@@ -457,7 +480,45 @@ def test_a_writer_waits_for_the_write_lock_held_by_another(tmp_path: object, hel
         # The first writer has committed by now: its update is seen, and added to.
         conn.exec_driver_sql("UPDATE counter SET n = n + 1")
         seen = conn.exec_driver_sql("SELECT n FROM counter").scalar_one()
+        timeout = conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
     holder.join()
     assert seen == 2
+    # The wait began with the short steps (50 us, doubling up to 1 ms), and SQLite's own
+    # handler is back for everything else.
+    assert pauses[:3] == [0.00005, 0.0001, 0.0002] and max(pauses) <= 0.001
+    assert timeout == store.BUSY_TIMEOUT_MS
     first.dispose()
     second.dispose()
+
+
+def test_the_driver_statements_begin_a_transaction_and_raise_sqlalchemy_errors(
+    runtime: app.Runtime,
+) -> None:
+    # On a connection with no transaction yet, the ledger's statements are one transaction
+    # (a rollback undoes them), as with SQLAlchemy's own autobegin; and an error is
+    # SQLAlchemy's, whatever the database.
+    client_id = _client(runtime)
+    with runtime.engine.begin() as conn:
+        store.insert_touches(conn, [_touch(client_id)], NOW)
+        touch_id = conn.execute(select(store.touches.c.id)).scalar_one()
+    change = store.Change(touch_id, TouchStatus.SKIPPED, NOW, "test", {"reason": "test"})
+    with runtime.engine.connect() as conn:
+        assert store.transition_many(conn, TouchStatus.PLANNED, [change]) == [True]
+        assert conn.in_transaction()
+        conn.rollback()
+    with store.reader(runtime.engine) as conn:
+        assert conn.execute(select(store.touches.c.status)).scalar_one() == "planned"
+    with runtime.engine.connect() as conn, pytest.raises(IntegrityError):
+        # No such touch: the history row breaks its foreign key.
+        store._insert_events(conn, [(touch_id + 1000, NOW, None, "planned", None)])
+
+
+def test_a_repeated_local_hour_is_stored_as_its_own_utc_instant() -> None:
+    # 01:30 happens twice in New York on 7 November 2027; both compare equal as datetimes.
+    dialect = sqlite.dialect()
+    bind = store.touches.c.due_at.type.dialect_impl(dialect).bind_processor(dialect)
+    assert bind is not None
+    first = datetime(2027, 11, 7, 1, 30, tzinfo=ZoneInfo("America/New_York"))
+    second = first.replace(fold=1)
+    assert store._sqlite_stamp(first) == bind(first) == "2027-11-07 05:30:00.000000"
+    assert store._sqlite_stamp(second) == bind(second) == "2027-11-07 06:30:00.000000"
