@@ -397,9 +397,10 @@ def _sqlite_stamp(instant: datetime) -> str:
     return _utc_stamp(instant.astimezone(UTC))
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=4096)
 def _utc_stamp(utc: datetime) -> str:
-    """The planner's few distinct due times are formatted once."""
+    """The planner's few distinct due times are formatted once (a few hundred in a day; the
+    dispatcher's clock readings, all different, only pass through)."""
     return (
         f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d} "
         f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}"
