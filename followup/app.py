@@ -185,7 +185,7 @@ def _client_chunks(
                     bought.setdefault(client_id, []).append(
                         calendars.PurchaseFact(purchase_id, _utc(purchased_at), status, product)
                     )
-            stats = _chunk_stats(conn, lo, hi)
+            stats = client_stats(conn, lo, hi)
             ledger: dict[int, list[planner.LedgerTouch]] = {}
             for client_id, campaign, occurrence, due_at, status, purchase_id in conn.execute(
                 select(
@@ -268,37 +268,6 @@ def _utc(value: str | datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.utcoffset() is None else value.astimezone(UTC)
 
 
-def _chunk_stats(conn: Connection, lo: int, hi: int) -> dict[int, care.ClientStats]:
-    """client_stats of the clients with ids in [lo, hi], for the planner: the same query, the
-    instants read with `_raw` and `_utc`."""
-    p = store.purchases
-    paid = p.c.status == "paid"
-    rows = conn.execute(
-        select(
-            p.c.client_id,
-            func.count().filter(paid),
-            func.coalesce(func.sum(p.c.amount_minor).filter(paid), 0),
-            _raw(func.min(p.c.purchased_at).filter(paid)),
-            _raw(func.max(p.c.purchased_at).filter(paid)),
-            func.count().filter(p.c.status == "unpaid"),
-            func.count().filter(p.c.status == "disputed"),
-        )
-        .where(p.c.client_id.between(lo, hi))
-        .group_by(p.c.client_id)
-    )
-    return {
-        client_id: care.ClientStats(
-            purchases=int(count),
-            total_spent_minor=int(total),
-            first_purchase=None if first is None else _utc(first),
-            last_purchase=None if last is None else _utc(last),
-            has_unpaid=unpaid > 0,
-            has_disputed=disputed > 0,
-        )
-        for client_id, count, total, first, last, unpaid, disputed in rows
-    }
-
-
 def _went_out_at(touch: Any) -> datetime:
     """When a ledger touch reached (or will reach) the client, for the frequency cap: the
     next attempt of a waiting one (moved by a retry or a send window), the last change of a
@@ -317,33 +286,34 @@ def _local_date(zone: ZoneInfo) -> Callable[[datetime], date]:
 def client_stats(
     conn: Connection, lo: int, hi: int, ids: list[int] | None = None
 ) -> dict[int, care.ClientStats]:
-    """Purchase facts of the clients with ids in [lo, hi] (or in `ids`), in one GROUP BY."""
+    """Purchase facts of the clients with ids in [lo, hi] (or in `ids`), in one GROUP BY; the
+    instants read with `_raw` and `_utc` (the planner reads a million of them)."""
     p = store.purchases
     paid = p.c.status == "paid"
     which = p.c.client_id.in_(ids) if ids is not None else p.c.client_id.between(lo, hi)
     rows = conn.execute(
         select(
             p.c.client_id,
-            func.count().filter(paid).label("purchases"),
-            func.coalesce(func.sum(p.c.amount_minor).filter(paid), 0).label("total"),
-            func.min(p.c.purchased_at).filter(paid).label("first"),
-            func.max(p.c.purchased_at).filter(paid).label("last"),
-            func.count().filter(p.c.status == "unpaid").label("unpaid"),
-            func.count().filter(p.c.status == "disputed").label("disputed"),
+            func.count().filter(paid),
+            func.coalesce(func.sum(p.c.amount_minor).filter(paid), 0),
+            _raw(func.min(p.c.purchased_at).filter(paid)),
+            _raw(func.max(p.c.purchased_at).filter(paid)),
+            func.count().filter(p.c.status == "unpaid"),
+            func.count().filter(p.c.status == "disputed"),
         )
         .where(which)
         .group_by(p.c.client_id)
     )
     return {
-        row.client_id: care.ClientStats(
-            purchases=int(row.purchases),
-            total_spent_minor=int(row.total),
-            first_purchase=row.first,
-            last_purchase=row.last,
-            has_unpaid=row.unpaid > 0,
-            has_disputed=row.disputed > 0,
+        client_id: care.ClientStats(
+            purchases=int(count),
+            total_spent_minor=int(total),
+            first_purchase=None if first is None else _utc(first),
+            last_purchase=None if last is None else _utc(last),
+            has_unpaid=unpaid > 0,
+            has_disputed=disputed > 0,
         )
-        for row in rows
+        for client_id, count, total, first, last, unpaid, disputed in rows
     }
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
-from followup import app, store
+from followup import app, care, store
 from followup.errors import DatabaseNotReady
 from followup.models import TouchStatus
 from followup.planner import NewTouch
@@ -139,10 +139,19 @@ def test_the_planner_reads_purchase_facts_and_instants_as_sqlalchemy_does(
         )
         store.insert_touches(conn, [_touch(cay, due=datetime(2027, 1, 8, 10, 0, 1, 5, paris))], NOW)
     with runtime.engine.connect() as conn:
-        stats = app._chunk_stats(conn, ann, cay)
-        assert stats == app.client_stats(conn, ann, cay)
-        assert stats[ann].first_purchase == bought[0][1]
-        assert stats[bob].first_purchase is None and stats[bob].has_disputed
+        stats = app.client_stats(conn, ann, cay)
+        assert stats[ann] == care.ClientStats(
+            purchases=2,
+            total_spent_minor=100,
+            first_purchase=bought[0][1],
+            last_purchase=bought[1][1],
+            has_unpaid=True,
+            has_disputed=False,
+        )
+        assert stats[ann].first_purchase is not None
+        assert stats[ann].first_purchase.tzinfo is UTC
+        assert stats[bob] == care.ClientStats(has_disputed=True)
+        assert app.client_stats(conn, 0, 0, ids=[bob]) == {bob: stats[bob]}
         t = store.touches.c
         for column in (t.due_at, t.not_after, t.created_at):
             raw = conn.execute(select(app._raw(column))).scalar_one()
