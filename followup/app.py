@@ -873,10 +873,7 @@ def _hand_off(
         store.HandOff(touch.id, message.message_id, {"variant": message.variant})
         for touch, message in prepared
     ]
-    held = recorder.write_with(
-        rt.engine.begin,
-        lambda conn: store.hand_off_many(conn, hand_offs, owner, now, lease),
-    )
+    held = recorder.write_with(lambda conn: store.hand_off_many(conn, hand_offs, owner, now, lease))
     for (touch, _), ours in zip(prepared, held, strict=True):
         if not ours:
             log_event("touch.lease_lost", touch=touch.id, campaign=touch.campaign)
@@ -1171,21 +1168,17 @@ class _Recorder:
         """Write what is pending in a transaction of its own."""
         if not self.pending:
             return
-        self.write_with(self.rt.engine.begin, lambda _conn: None)
+        self.write_with(lambda _conn: None)
 
-    def write_with(
-        self,
-        transaction: Callable[[], contextlib.AbstractContextManager[Connection]],
-        then: Callable[[Connection], T],
-    ) -> T:
-        """Write what is pending, then run `then`, in one `transaction` (the dispatcher hands
+    def write_with(self, then: Callable[[Connection], T]) -> T:
+        """Write what is pending, then run `then`, in one transaction (the dispatcher hands
         off its next messages in the same one: one write transaction instead of two). If it
         fails, what was pending stays pending. Outcomes are counted and logged once written,
         those of touches no longer "sending" (settled meanwhile by another worker whose view
         of the lease differed) are not: the ledger keeps the other worker's state."""
         batch, self.pending = self.pending, []
         try:
-            with transaction() as conn:
+            with self.rt.engine.begin() as conn:
                 changes, applied = self._write(conn, batch)
                 result = then(conn)
         except BaseException:
