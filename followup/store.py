@@ -297,10 +297,9 @@ def insert_touches(
     for batch in chunks(new):
         if postgres:
             created = _insert_returning(conn, _touch_rows(batch, now))
-            if created:
-                conn.execute(touch_events.insert(), _event_rows(created, now))
         else:
             created = _insert_sqlite(conn, batch, now)
+        _insert_events(conn, [(row[0], now, None, row[1], row[2]) for row in created])
         inserted += len(created)
         if created_by_status is not None:
             for row in created:
@@ -330,13 +329,6 @@ def _touch_rows(batch: list[NewTouch], now: datetime) -> list[dict[str, Any]]:
             "updated_at": now,
         }
         for t in batch
-    ]
-
-
-def _event_rows(created: list[tuple[Any, ...]], now: datetime) -> list[dict[str, Any]]:
-    return [
-        {"touch_id": row[0], "at": now, "from_status": None, "to_status": row[1], "detail": row[2]}
-        for row in created
     ]
 
 
@@ -380,10 +372,6 @@ _INSERT_SQLITE = (
     # Built from the constant column list above, never from data.
     f"INSERT INTO touches ({', '.join(_TOUCH_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join('?' * len(_TOUCH_COLUMNS))}) ON CONFLICT DO NOTHING"
-)
-_INSERT_SQLITE_EVENTS = (
-    "INSERT INTO touch_events (touch_id, at, from_status, to_status, detail) "
-    "VALUES (?, ?, NULL, ?, ?)"
 )
 
 
@@ -487,7 +475,7 @@ def _insert_events(
 
 def _insert_sqlite(conn: Connection, batch: list[NewTouch], now: datetime) -> list[tuple[Any, ...]]:
     """SQLite: a plain executemany of rows already in SQLite's text form (no per-value type
-    processing), then the new rows read back by id and their history rows added. Safe because
+    processing), then the new rows read back by id. Safe because
     a SQLite writer holds the database's only write lock (BEGIN IMMEDIATE) for the whole
     transaction: every id above the previous maximum is ours."""
     stamp = _sqlite_stamp
@@ -520,8 +508,6 @@ def _insert_sqlite(conn: Connection, batch: list[NewTouch], now: datetime) -> li
             "SELECT id, status, reason, campaign FROM touches WHERE id > ?", (before,)
         )
     ]
-    if created:
-        raw.executemany(_INSERT_SQLITE_EVENTS, [(row[0], at, row[1], row[2]) for row in created])
     return created
 
 
@@ -550,16 +536,7 @@ def transition(
     )
     if result.rowcount != 1:
         return False
-    conn.execute(
-        _EVENT,
-        {
-            "touch_id": touch_id,
-            "at": now,
-            "from_status": from_status.value,
-            "to_status": to_status.value,
-            "detail": detail,
-        },
-    )
+    _insert_events(conn, [(touch_id, now, from_status.value, to_status.value, detail)])
     return True
 
 
