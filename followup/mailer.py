@@ -349,12 +349,7 @@ class SmtpMailer:
                 await self._drop_or_reset(exc)
                 return Delivery(Outcome.RETRY, exc.code if exc.code > 0 else None, exc.message)
             await self._reset()
-            # RFC 5321 section 4.2.1: a 5yz to MAIL FROM refuses the sender, not this client:
-            # every message would fail the same way, so the run stops.
-            raise SmtpSetupError(
-                f"SMTP server {self.host}:{self.port} refused the sender {sender!r}: "
-                f"{exc.code} {exc.message} (check [sender] return_path and the server's policy)"
-            ) from exc
+            raise self._sender_refused(sender, exc.code, exc.message) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close()
             return Delivery(Outcome.RETRY, None, f"{type(exc).__name__}: {exc}")
@@ -382,6 +377,14 @@ class SmtpMailer:
             await self.close()
             return _no_reply(exc)
         return Delivery(Outcome.SENT, response.code, response.message)
+
+    def _sender_refused(self, sender: str, code: int, text: str) -> SmtpSetupError:
+        """RFC 5321 section 4.2.1: a 5yz to MAIL FROM refuses the sender, not this client:
+        every message would fail the same way, so the run stops."""
+        return SmtpSetupError(
+            f"SMTP server {self.host}:{self.port} refused the sender {sender!r}: "
+            f"{code} {text} (check [sender] return_path and the server's policy)"
+        )
 
     async def _send_pipelined(
         self, pipe: _Pipeline, sender: str, recipient: str, message: bytes
@@ -418,13 +421,7 @@ class SmtpMailer:
         if not mail_ok:
             await self._reset_pipe(pipe, mail_code)
             if 500 <= mail_code < 600:
-                # RFC 5321 section 4.2.1: a 5yz to MAIL FROM refuses the sender, not this
-                # client: every message would fail the same way, so the run stops.
-                raise SmtpSetupError(
-                    f"SMTP server {self.host}:{self.port} refused the sender {sender!r}: "
-                    f"{mail_code} {mail_text} (check [sender] return_path and the server's "
-                    "policy)"
-                )
+                raise self._sender_refused(sender, mail_code, mail_text)
             return Delivery(Outcome.RETRY, mail_code, mail_text)
         if not rcpt_ok:
             await self._reset_pipe(pipe, rcpt_code)
