@@ -31,11 +31,15 @@ for arbitrary text and links.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 import css_inline
 
 # Templates may not pull in files or URLs: the CSS inliner loads no stylesheet.
 INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
+
+V = TypeVar("V")
 
 #: Skeletons kept (all are dropped when full); a template x locale x variant is one or a few.
 CACHE_SIZE = 512
@@ -131,13 +135,7 @@ def _skeleton(html: str) -> tuple[str, list[str]] | None:
     selectors = links = False
     known = _pieces
     for chunk in chunks[1:]:
-        found = known.get(chunk)
-        if found is None:
-            found = _piece(chunk)
-            if len(known) >= PIECES_SIZE:
-                known.clear()
-            known[chunk] = found
-        what, name, part, texts, flag = found
+        what, name, part, texts, flag = known.get(chunk) or _kept(known, chunk, _piece)
         if raw:
             if what != _END or name != raw:
                 return None
@@ -158,18 +156,22 @@ def _skeleton(html: str) -> tuple[str, list[str]] | None:
     return "".join(key), values
 
 
+def _kept(cache: dict[str, V], key: str, make: Callable[[str], V]) -> V:
+    """make(key), kept in `cache` (emptied when it holds PIECES_SIZE). Callers look the key
+    up first (`cache.get(key) or _kept(...)`: the values are non-empty tuples)."""
+    value = make(key)
+    if len(cache) >= PIECES_SIZE:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 def _piece(chunk: str) -> _Piece:
     """One tag and the text after it (up to the next `<`)."""
     tag, found, text = chunk.partition(">")
     if not found:
         return _OTHER, "", "", (), False
-    head = _heads.get(tag)
-    if head is None:
-        head = _head(tag)
-        if len(_heads) >= PIECES_SIZE:
-            _heads.clear()
-        _heads[tag] = head
-    what, name, part, link_texts, link = head
+    what, name, part, link_texts, link = _heads.get(tag) or _kept(_heads, tag, _head)
     if what == _RAW_START:
         return what, name, f"<{chunk}", (), "[" in text
     if what == _OTHER or ">" in text:
