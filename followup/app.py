@@ -582,9 +582,8 @@ def start_method(engine: Engine) -> str:
     of importing it again for most of a second each), else spawned afresh (other systems, a
     thread that a fork would leave half-way such as a progress bar's, or a connection in use
     that a child must not inherit)."""
-    if (
-        sys.platform == "linux" and threading.active_count() == 1 and engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    ):
+    in_use: int = engine.pool.checkedout()  # type: ignore[attr-defined]
+    if sys.platform == "linux" and threading.active_count() == 1 and in_use == 0:
         return "fork"
     return "spawn"
 
