@@ -730,7 +730,7 @@ async def _dispatch_loop(
                     log_event("dispatch.rate_limited")
                     return
                 size = min(size, allowed)
-            with rt.engine.begin() as conn:
+            async with store.writing(rt.engine) as conn:
                 claimed = store.claim_due(conn, owner, clock(), lease, size)
             if not claimed:
                 return
@@ -784,7 +784,7 @@ async def _dispatch_loop(
                 done += len(claimed)
             finally:
                 try:
-                    recorder.flush()
+                    await recorder.flush()
                 except Exception:
                     # Left "sending" with their Message-IDs: uncertain when the lease ends,
                     # never resent on their own.
@@ -792,7 +792,7 @@ async def _dispatch_loop(
                 if pending:
                     # Stopped early (an error, an interrupt): the touches never handed to the
                     # mailer go back to the queue now instead of turning uncertain later.
-                    with rt.engine.begin() as conn:
+                    async with store.writing(rt.engine) as conn:
                         store.release(conn, list(pending), owner, clock())
     finally:
         for mailer in mailers:
@@ -828,14 +828,14 @@ async def _deliver_group(
             # The client's next touch in this batch must look different from this one.
             pre.seen.setdefault(touch.client_id, []).append((clock(), touch.id, message.variant))
             prepared.append(found)
-    ready = deque(_hand_off(rt, prepared, owner, clock(), lease, recorder))
+    ready = deque(await _hand_off(prepared, owner, clock(), lease, recorder))
     # Renew the lease of the rest of the group when half of it has gone (a slow server).
     renew_at = clock() + lease / 2
     while ready:
         if hooks.should_stop():
             return [t.id for t, _ in ready]
         if clock() >= renew_at:
-            ready = deque(_hand_off(rt, list(ready), owner, clock(), lease, recorder))
+            ready = deque(await _hand_off(list(ready), owner, clock(), lease, recorder))
             renew_at = clock() + lease / 2
             continue
         touch, message = ready.popleft()
@@ -851,12 +851,11 @@ async def _deliver_group(
             hooks.on_delivery(delivery, monotonic_time.monotonic() - began)
         # From here on the touch is the mailer's: never released, only recorded (or, after a
         # crash, found uncertain when its lease expires).
-        recorder.add(touch, message, delivery, clock())
+        await recorder.add(touch, message, delivery, clock())
     return []
 
 
-def _hand_off(
-    rt: Runtime,
+async def _hand_off(
     prepared: list[tuple[Any, compose.Composed]],
     owner: str,
     now: datetime,
@@ -872,7 +871,9 @@ def _hand_off(
         store.HandOff(touch.id, message.message_id, {"variant": message.variant})
         for touch, message in prepared
     ]
-    held = recorder.write_with(lambda conn: store.hand_off_many(conn, hand_offs, owner, now, lease))
+    held = await recorder.write_with(
+        lambda conn: store.hand_off_many(conn, hand_offs, owner, now, lease)
+    )
     for (touch, _), ours in zip(prepared, held, strict=True):
         if not ours:
             log_event("touch.lease_lost", touch=touch.id, campaign=touch.campaign)
@@ -1158,18 +1159,20 @@ class _Recorder:
         self.rt, self.report, self.rng, self.size = rt, report, rng, size
         self.pending: list[tuple[Any, compose.Composed, Delivery, datetime]] = []
 
-    def add(self, touch: Any, message: compose.Composed, delivery: Delivery, now: datetime) -> None:
+    async def add(
+        self, touch: Any, message: compose.Composed, delivery: Delivery, now: datetime
+    ) -> None:
         self.pending.append((touch, message, delivery, now))
         if len(self.pending) >= self.size:
-            self.flush()
+            await self.flush()
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         """Write what is pending in a transaction of its own."""
         if not self.pending:
             return
-        self.write_with(lambda _conn: None)
+        await self.write_with(lambda _conn: None)
 
-    def write_with(self, then: Callable[[Connection], T]) -> T:
+    async def write_with(self, then: Callable[[Connection], T]) -> T:
         """Write what is pending, then run `then`, in one transaction (the dispatcher hands
         off its next messages in the same one: one write transaction instead of two). If it
         fails, what was pending stays pending. Outcomes are counted and logged once written,
@@ -1177,7 +1180,7 @@ class _Recorder:
         of the lease differed) are not: the ledger keeps the other worker's state."""
         batch, self.pending = self.pending, []
         try:
-            with self.rt.engine.begin() as conn:
+            async with store.writing(self.rt.engine) as conn:
                 changes, applied = self._write(conn, batch)
                 result = then(conn)
         except BaseException:

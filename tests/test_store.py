@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import SQLModel
 
 from followup import app, care, store
@@ -496,6 +497,134 @@ def test_a_writer_waits_for_the_write_lock_held_by_another(
     # handler is back for everything else.
     assert pauses[:3] == [0.00005, 0.0001, 0.0002] and max(pauses) <= 0.001
     assert timeout == store.BUSY_TIMEOUT_MS
+    first.dispose()
+    second.dispose()
+
+
+def _counter_engines(tmp_path: object) -> tuple[Any, Any]:
+    from pathlib import Path
+
+    url = f"sqlite:///{Path(str(tmp_path)) / 'lock.db'}"
+    first, second = store.open_engine(url), store.open_engine(url)
+    with first.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE counter (n INTEGER)")
+        conn.exec_driver_sql("INSERT INTO counter VALUES (0)")
+    return first, second
+
+
+def test_a_coroutine_waiting_for_the_write_lock_lets_the_event_loop_run(
+    tmp_path: object,
+) -> None:
+    # While another process holds SQLite's write lock, `writing` waits without blocking the
+    # event loop (the dispatcher's other connections compose and send meanwhile), then gets
+    # the lock, sees the other writer's commit, and commits its own write.
+    import asyncio
+    import threading
+    import time
+
+    first, second = _counter_engines(tmp_path)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with first.begin() as conn:
+            conn.exec_driver_sql("UPDATE counter SET n = n + 1")
+            locked.set()
+            release.wait(10)
+
+    async def main() -> tuple[int, int, int]:
+        ticks = 0
+
+        async def other_work() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                if ticks == 50:
+                    release.set()  # the other writer commits only once the loop has run
+                await asyncio.sleep(0.001)
+
+        ticker = asyncio.create_task(other_work())
+        async with store.writing(second) as conn:
+            conn.exec_driver_sql("UPDATE counter SET n = n + 1")
+            seen = conn.exec_driver_sql("SELECT n FROM counter").scalar_one()
+            timeout = conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+        ticker.cancel()
+        return ticks, seen, timeout
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert locked.wait(10)
+    began = time.monotonic()
+    ticks, seen, timeout = asyncio.run(main())
+    holder.join()
+    assert ticks >= 50 and time.monotonic() - began < 10
+    assert seen == 2
+    assert timeout == store.BUSY_TIMEOUT_MS
+    with first.connect() as conn:
+        assert conn.exec_driver_sql("SELECT n FROM counter").scalar_one() == 2
+    first.dispose()
+    second.dispose()
+
+
+def test_writing_rolls_back_on_error_and_leaves_the_connection_as_it_found_it(
+    tmp_path: object,
+) -> None:
+    # A failed body is rolled back; the pooled connection then begins its next transactions
+    # the usual way (BEGIN IMMEDIATE by the begin event: the lock is really taken).
+    import asyncio
+    import sqlite3
+    from pathlib import Path
+
+    first, second = _counter_engines(tmp_path)
+
+    async def fail() -> None:
+        async with store.writing(second) as conn:
+            conn.exec_driver_sql("UPDATE counter SET n = 41")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(fail())
+    with second.begin() as conn:
+        assert conn.exec_driver_sql("SELECT n FROM counter").scalar_one() == 0
+        # This transaction holds the write lock: another writer cannot get it at once.
+        other = sqlite3.connect(str(Path(str(tmp_path)) / "lock.db"), timeout=0)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        other.close()
+    first.dispose()
+    second.dispose()
+
+
+def test_writing_gives_up_with_sqlalchemys_error_when_the_lock_never_comes(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+
+    first, second = _counter_engines(tmp_path)
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 200)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with first.begin() as conn:
+            conn.exec_driver_sql("UPDATE counter SET n = n + 1")
+            locked.set()
+            release.wait(10)
+
+    async def write() -> None:
+        async with store.writing(second) as conn:
+            conn.exec_driver_sql("UPDATE counter SET n = n + 1")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert locked.wait(10)
+    try:
+        with pytest.raises(OperationalError, match="locked"):
+            asyncio.run(write())
+    finally:
+        release.set()
+        holder.join()
+    with second.begin() as conn:
+        assert conn.exec_driver_sql("SELECT n FROM counter").scalar_one() == 1
     first.dispose()
     second.dispose()
 
