@@ -840,9 +840,12 @@ async def _deliver_group(
             continue
         touch, message = ready.popleft()
         handed.add(touch.id)
+        sender = rt.settings.sender.envelope_from
+        # The next message's envelope goes out behind this one's data (one round trip each).
+        then = (sender, ready[0][1].to) if ready else None
         began = monotonic_time.monotonic()
         try:
-            delivery = await mailer.send(rt.settings.sender.envelope_from, message.to, message.mime)
+            delivery = await mailer.send(sender, message.to, message.mime, then=then)
         except SmtpSetupError:
             # Raised before any message data was sent: safe to give back.
             handed.discard(touch.id)

@@ -324,3 +324,200 @@ def test_a_send_cancelled_while_awaiting_replies_never_reuses_the_connection() -
     assert delivery.outcome is Outcome.SENT
     assert delivery.reply == "queued"
     assert len(connections) == 2
+
+
+# The next message's envelope written behind the data (RFC 2920 section 3.1).
+
+ENVELOPE_2 = [b"MAIL FROM:<b@example.com>\r\n", b"RCPT TO:<d@example.com>\r\n", b"DATA\r\n"]
+
+
+async def run_connections(
+    scripts: list[Script], sends: list[tuple[str, tuple[str, str] | None]]
+) -> tuple[list[Delivery], list[list[bytes]]]:
+    """`sends` (recipient, then) on one mailer, against a server that greets each connection
+    and runs the next of `scripts` on it; returns the outcomes and what each connection read,
+    ending with what came after the script until the client closed (b"" when nothing)."""
+    seen: list[list[bytes]] = []
+    pending = list(scripts)
+
+    handlers: list[asyncio.Task[None]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        lines: list[bytes] = []
+        seen.append(lines)
+        await greet(reader, writer)
+        try:
+            await pending.pop(0)(reader, writer, lines)
+            lines.append(await reader.read())  # what came until the client closed
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    mailer = SmtpMailer(settings(server.sockets[0].getsockname()[1]))
+    outcomes = []
+    for recipient, then in sends:
+        outcomes.append(await mailer.send("b@example.com", recipient, MESSAGE, then=then))
+    await mailer.close()
+    # Each connection's script ends when the client has closed it (read until EOF).
+    await asyncio.wait_for(asyncio.gather(*handlers), 5)
+    server.close()
+    await server.wait_closed()
+    return outcomes, seen
+
+
+async def read_lines(reader: asyncio.StreamReader, seen: list[bytes], count: int) -> None:
+    for _ in range(count):
+        seen.append(await reader.readline())
+
+
+def test_the_next_envelope_goes_out_behind_the_message_data() -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, seen, 3)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        seen.append(await reader.readuntil(b"\r\n.\r\n"))
+        # The next envelope is read before the data's reply is written: the client did not
+        # wait for it (else this would hang until the client's timeout).
+        await read_lines(reader, seen, 3)
+        writer.write(b"250 as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        seen.append(await reader.readuntil(b"\r\n.\r\n"))
+        writer.write(b"250 as 2\r\n")
+        seen.append(await reader.readline())  # QUIT
+        writer.write(b"221 bye\r\n")
+
+    outcomes, seen = asyncio.run(
+        run_connections(
+            [script],
+            [("c@example.com", ("b@example.com", "d@example.com")), ("d@example.com", None)],
+        )
+    )
+    assert [(d.outcome, d.reply) for d in outcomes] == [
+        (Outcome.SENT, "as 1"),
+        (Outcome.SENT, "as 2"),
+    ]
+    (lines,) = seen
+    assert lines[:3] == [
+        b"MAIL FROM:<b@example.com>\r\n",
+        b"RCPT TO:<c@example.com>\r\n",
+        b"DATA\r\n",
+    ]
+    assert lines[4:7] == ENVELOPE_2
+    assert unstuff(lines[3]) == unstuff(lines[7]) == MESSAGE
+    assert lines[8:] == [b"QUIT\r\n", b""]
+
+
+def test_a_refused_message_data_keeps_the_next_envelope_and_sends_no_rset() -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, seen, 3)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        seen.append(await reader.readuntil(b"\r\n.\r\n"))
+        await read_lines(reader, seen, 3)
+        writer.write(b"554 5.7.1 content refused\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        seen.append(await reader.readuntil(b"\r\n.\r\n"))
+        writer.write(b"250 as 2\r\n")
+        seen.append(await reader.readline())  # QUIT, not RSET
+        writer.write(b"221 bye\r\n")
+
+    outcomes, seen = asyncio.run(
+        run_connections(
+            [script],
+            [("c@example.com", ("b@example.com", "d@example.com")), ("d@example.com", None)],
+        )
+    )
+    assert outcomes[0].outcome is Outcome.FAILED and outcomes[0].code == 554
+    assert outcomes[1].outcome is Outcome.SENT
+    assert seen[0][4:7] == ENVELOPE_2
+    assert seen[0][8:] == [b"QUIT\r\n", b""]
+
+
+def test_another_message_than_announced_gets_a_new_connection_and_no_data_is_ended() -> None:
+    # The server waits for d@'s data after its 354; the caller sends to e@ instead (a touch
+    # lost its lease): the connection is dropped without a "." (which would send an empty
+    # message to d@) nor a QUIT (which would be taken as d@'s data).
+    async def first(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, seen, 3)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        seen.append(await reader.readuntil(b"\r\n.\r\n"))
+        await read_lines(reader, seen, 3)
+        writer.write(b"250 as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+
+    async def second(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, seen, 3)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        seen.append(await reader.readuntil(b"\r\n.\r\n"))
+        writer.write(b"250 as 2\r\n")
+        seen.append(await reader.readline())  # QUIT
+        writer.write(b"221 bye\r\n")
+
+    outcomes, seen = asyncio.run(
+        run_connections(
+            [first, second],
+            [("c@example.com", ("b@example.com", "d@example.com")), ("e@example.com", None)],
+        )
+    )
+    assert [d.outcome for d in outcomes] == [Outcome.SENT, Outcome.SENT]
+    assert seen[0][4:7] == ENVELOPE_2
+    assert seen[0][7:] == [b""]  # nothing after d@'s DATA: closed
+    assert seen[1][1] == b"RCPT TO:<e@example.com>\r\n"
+
+
+def test_closing_with_an_announced_message_pending_ends_no_data() -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, seen, 3)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        seen.append(await reader.readuntil(b"\r\n.\r\n"))
+        await read_lines(reader, seen, 3)
+        writer.write(b"250 as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+
+    outcomes, seen = asyncio.run(
+        run_connections([script], [("c@example.com", ("b@example.com", "d@example.com"))])
+    )
+    assert [d.outcome for d in outcomes] == [Outcome.SENT]
+    assert seen[0][7:] == [b""]
+
+
+@pytest.mark.parametrize("replied", [True, False], ids=["data-answered", "no-reply"])
+def test_a_connection_lost_behind_the_data_keeps_what_was_answered(replied: bool) -> None:
+    # Answered: the message was taken and the next one goes over a new connection. Not
+    # answered: the server may have taken it (uncertain).
+    async def first(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, seen, 3)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        seen.append(await reader.readuntil(b"\r\n.\r\n"))
+        await read_lines(reader, seen, 3)
+        if replied:
+            writer.write(b"250 as 1\r\n")
+            await writer.drain()
+        writer.close()  # before the next envelope's replies
+
+    async def second(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await read_lines(reader, seen, 3)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        seen.append(await reader.readuntil(b"\r\n.\r\n"))
+        writer.write(b"250 as 2\r\n")
+        seen.append(await reader.readline())
+        writer.write(b"221 bye\r\n")
+
+    outcomes, seen = asyncio.run(
+        run_connections(
+            [first, second],
+            [("c@example.com", ("b@example.com", "d@example.com")), ("d@example.com", None)],
+        )
+    )
+    first_outcome = Outcome.SENT if replied else Outcome.UNCERTAIN
+    assert [d.outcome for d in outcomes] == [first_outcome, Outcome.SENT]
+    assert seen[1][:3] == ENVELOPE_2
