@@ -566,7 +566,7 @@ def build_mime(parts: RenderedParts, envelope: Envelope) -> bytes:
         f"From: {sender}",
         f"Reply-To: {sender}",
         f"To: {_address(envelope.to_name, envelope.to_email)}",
-        f"Date: {_date_header(envelope.date, envelope.date.utcoffset())}",
+        f"Date: {_date_header(envelope.date)}",
         f"Message-ID: {header_safe(envelope.message_id)}",
         "List-Unsubscribe: " + ",\r\n ".join(_unsubscribe_targets(envelope)),
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
@@ -597,11 +597,37 @@ _HTML_PART = (
 )
 
 
-@functools.lru_cache(maxsize=1024, typed=True)
-def _date_header(when: datetime, offset: timedelta | None) -> str:
-    """email.utils.format_datetime; the offset is in the key since equal instants in other
-    zones are equal datetimes (messages of one batch share their send time)."""
-    return format_datetime(when)
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+#: UTC offset -> strftime("%z") (a function of the offset alone; None: an aware time whose
+#: zone gives no offset). Zones have few offsets: kept, dropped all at once when full.
+_ZONES: dict[timedelta | None, str] = {}
+
+
+def _date_header(when: datetime) -> str:
+    """email.utils.format_datetime(when), formatted directly: its timetuple() and strftime()
+    cost more than the rest of the headers, and each message has its own second."""
+    if when.tzinfo is None:
+        zone = "-0000"
+    else:
+        offset = when.utcoffset()
+        found = _ZONES.get(offset)
+        if found is None:
+            if len(_ZONES) >= 256:
+                _ZONES.clear()
+            found = _ZONES[offset] = when.strftime("%z")
+        zone = found
+    # email.utils._format_timetuple_and_zone's format, with the fields of when.timetuple().
+    return "%s, %02d %s %04d %02d:%02d:%02d %s" % (  # noqa: UP031
+        _DAYS[when.weekday()],
+        when.day,
+        _MONTHS[when.month - 1],
+        when.year,
+        when.hour,
+        when.minute,
+        when.second,
+        zone,
+    )
 
 
 def _unsubscribe_targets(envelope: Envelope) -> list[str]:

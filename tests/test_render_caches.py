@@ -12,7 +12,7 @@ import hmac
 import os
 import re
 from collections import ChainMap
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from email.utils import format_datetime as format_datetime_header
 from pathlib import Path
@@ -253,12 +253,46 @@ def test_the_date_header_of_one_instant_in_two_zones() -> None:
     paris, new_york = utc.astimezone(PARIS), utc.astimezone(ZoneInfo("America/New_York"))
     assert utc == paris == new_york
     for when in (utc, paris, new_york, paris, utc, datetime(2027, 1, 8, 15, 0)):
-        assert _date_header(when, when.utcoffset()) == format_datetime_header(when)
+        assert _date_header(when) == format_datetime_header(when)
     # The repeated hour when clocks go back: same wall time, two offsets.
     first = datetime(2026, 10, 25, 2, 30, tzinfo=PARIS)
     second = first.replace(fold=1)
-    assert _date_header(first, first.utcoffset()).endswith("+0200")
-    assert _date_header(second, second.utcoffset()).endswith("+0100")
+    assert _date_header(first).endswith("+0200")
+    assert _date_header(second).endswith("+0100")
+
+
+class _NoOffset(tzinfo):
+    """An aware time whose zone knows no offset: strftime("%z") gives ""."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 30)),
+    st.sampled_from(
+        [
+            None,
+            UTC,
+            PARIS,
+            ZoneInfo("America/New_York"),
+            ZoneInfo("Australia/Lord_Howe"),  # a half-hour change
+            ZoneInfo("Asia/Kathmandu"),  # +0545
+            timezone(timedelta(hours=-3, minutes=-30, seconds=-15)),  # seconds in the offset
+            _NoOffset(),
+        ]
+    ),
+    st.booleans(),
+)
+def test_the_date_header_is_format_datetimes(
+    when: datetime, zone: tzinfo | None, fold: bool
+) -> None:
+    # Paris before 1911 was 0:09:21 ahead of UTC: offsets with seconds come from ZoneInfo too.
+    when = when.replace(tzinfo=zone, fold=int(fold))
+    assert _date_header(when) == format_datetime_header(when)
 
 
 def test_templates_without_auto_reload_compile_each_part_once(tmp_path: Path) -> None:
