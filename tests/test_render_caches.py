@@ -16,7 +16,8 @@ from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from email.utils import format_datetime as format_datetime_header
 from pathlib import Path
-from typing import Any
+from types import FunctionType
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -24,9 +25,10 @@ from babel.dates import format_date, format_datetime
 from babel.numbers import format_currency, format_decimal, get_currency_precision
 from hypothesis import given
 from hypothesis import strategies as st
-from jinja2 import StrictUndefined
+from jinja2 import DictLoader, StrictUndefined
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup, escape
 
 from followup import calendars, compose, tokens
 from followup.errors import RenderError
@@ -35,6 +37,7 @@ from followup.render import (
     Templates,
     _date_header,
     _encoded_words,
+    _output_escape,
     _quoted_printable,
     header_safe,
 )
@@ -164,6 +167,62 @@ def test_a_dict_method_that_would_change_the_dict_is_still_refused(tmp_path: Pat
         _render(tmp_path, "en", "{{ d.update({'name': 'x'}) }}", context)
     assert isinstance(caught.value.__cause__, SecurityError)
     assert context["d"] == {"name": "n"}
+
+
+# ----------------------------------------------------------------------------- escaping
+
+
+class _Html:
+    def __html__(self) -> str:
+        return "<b>safe</b>"
+
+
+#: Output escaped in every place Jinja2 compiles `{{ }}`: directly, in blocks and super(), a
+#: captured block (escaped once, not twice), a macro and its caller, a filter block, a
+#: concatenation, an include; values of every kind.
+ESCAPING = """{% macro box(v) %}[{{ v }}]{% endmacro -%}
+{% macro wrap(v) %}[{{ v }}|{{ caller() }}]{% endmacro -%}
+{% set captured %}<i>{{ text }}</i>{% endset -%}
+{{ text }} {{ markup }} {{ number }} {{ html }} {{ none }} {{ text ~ markup }}
+{{ captured }} {{ captured|upper }} {{ box(text) }} {% call wrap(markup) %}{{ text }}{% endcall %}
+{% filter upper %}{{ text }}{% endfilter %} {% block b %}{{ text }}{% endblock %}
+{% include "part.html" %} {{ [text, markup]|join(text) }} {{ text|e }} {{ text|safe }}"""
+
+
+_SOURCES = {
+    "page.html": ESCAPING,
+    "child.html": "{% extends 'page.html' %}{% block b %}{{ super() }}{{ text }}{% endblock %}",
+    "part.html": "{{ text }}{{ markup }}",
+}
+_OURS = Sandbox(loader=DictLoader(_SOURCES), undefined=StrictUndefined, autoescape=True)
+_THEIRS = ImmutableSandboxedEnvironment(
+    loader=DictLoader(_SOURCES), undefined=StrictUndefined, autoescape=True
+)
+
+
+@given(st.text(max_size=30))
+def test_template_output_is_escaped_as_by_jinja2s_own_templates(text: str) -> None:
+    values = {
+        "text": text,
+        "markup": Markup("<em>") + text,
+        "number": 1.5,
+        "html": _Html(),
+        "none": None,
+    }
+    for name in _SOURCES:
+        mine = _OURS.get_template(name)
+        # Ours escapes through _output_escape, Jinja2's through markupsafe.escape.
+        assert cast(FunctionType, mine.root_render_func).__globals__["escape"] is _output_escape
+        assert mine.render(values) == _THEIRS.get_template(name).render(values)
+
+
+@given(st.text())
+def test_output_escape_gives_markupsafes_text(text: str) -> None:
+    assert _output_escape(text) == escape(text)
+    assert type(_output_escape(text)) is str
+    for value in (Markup(text), 12, None, _Html()):
+        assert _output_escape(value) == escape(value)
+        assert type(_output_escape(value)) is Markup
 
 
 # ----------------------------------------------------------------------------- globals
