@@ -461,7 +461,10 @@ class Templates:
                     self._plans.clear()
                 self._plans[(message, locale, variant)] = plan
         tag, chosen, colours, shown_locale, language, names = plan
+        # With the environment's globals: the three parts read this dict as it is (see
+        # _render_one), where Template.render copied it twice for each.
         values = {
+            **self.env.globals,
             "variant": dict(colours),
             **context,
             "locale": shown_locale,
@@ -499,15 +502,24 @@ class Templates:
             tuple(self.part_name(message, tag, part, chosen.name) for part in PARTS),
         )
 
-    def _render_one(self, name: str, values: Mapping[str, Any]) -> str:
-        """One template file, with every error turned into a RenderError naming file and line."""
+    def _render_one(self, name: str, values: dict[str, Any]) -> str:
+        """One template file, with every error turned into a RenderError naming file and line.
+
+        `values` holds the environment's globals under the message's own: what
+        Template.render(values) would give its context, built once for the three parts.
+        Templates only read their context's parent (what they set goes into the context's
+        own vars), so all three share it."""
         try:
             template = self._compiled.get(name)
             if template is None:
                 template = self.env.get_template(name)
                 if not self.auto_reload:
                     self._compiled[name] = template
-            return template.render(values)
+            try:
+                return "".join(template.root_render_func(template.new_context(values, True)))
+            except Exception:
+                # As Template.render: the traceback gets the template's file and line.
+                self.env.handle_exception()
         except TemplateSyntaxError as exc:
             raise self._error(
                 self._where(exc.filename or name), exc.lineno, exc.message or str(exc)

@@ -354,6 +354,25 @@ def test_the_date_header_is_format_datetimes(
     assert _date_header(when) == format_datetime_header(when)
 
 
+@pytest.mark.parametrize("auto_reload", [False, True])
+def test_what_a_part_sets_is_not_seen_by_the_next_part(tmp_path: Path, auto_reload: bool) -> None:
+    # The three parts share one dict of values (the parent of each part's context).
+    folder = tmp_path / "templates" / "m" / "en"
+    folder.mkdir(parents=True)
+    (folder / "subject.txt").write_text(
+        "{% set client = {'name': 'set'} %}{% set range = 1 %}{{ client.name }}", encoding="utf-8"
+    )
+    (folder / "text.txt").write_text("{{ client.name }} {{ range(2)|list }}", encoding="utf-8")
+    (folder / "html.html").write_text("<p>{{ client.name }}</p>", encoding="utf-8")
+    templates = Templates(tmp_path / "templates", auto_reload=auto_reload)
+    context = {"client": {"name": "Zoé"}}
+    for _ in range(2):
+        parts = templates.render("m", "en", context)
+        assert (parts.subject, parts.text) == ("set", "Zoé [0, 1]\n")
+        assert "<p>Zoé</p>" in parts.html
+    assert context == {"client": {"name": "Zoé"}}
+
+
 def test_templates_without_auto_reload_compile_each_part_once(tmp_path: Path) -> None:
     root = tmp_path / "templates"
     text = root / "m" / "en" / "text.txt"
