@@ -27,7 +27,7 @@ import hashlib
 import re
 import tomllib
 import traceback
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from email.headerregistry import Address
@@ -35,6 +35,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
 from pathlib import Path
+from types import CodeType
 from typing import Any
 
 import css_inline
@@ -56,6 +57,12 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import internalcode
+from markupsafe import escape
+
+try:
+    from markupsafe._speedups import _escape_inner
+except ImportError:  # MarkupSafe without its C extension
+    from markupsafe._native import _escape_inner
 
 from followup import inline
 from followup.errors import RenderError
@@ -243,6 +250,36 @@ def choose_variant(names: Sequence[str], key: str, previous: str | None) -> str:
     return names[index]
 
 
+def _output_escape(value: Any) -> str:
+    """markupsafe.escape as a compiled template's `{{ ... }}` calls it: a str's escaped text as a
+    str. escape() wraps it in Markup, whose Python-level __new__ cost several times the escaping
+    itself (about 20 values a message). Jinja2 only joins what these calls return (into the
+    output, a block, a macro's or a captured block's text, wrapped in Markup there), so the
+    type makes no difference; anything else (Markup, numbers, objects) goes to escape()."""
+    if type(value) is str:
+        return _escape_inner(value)
+    return escape(value)
+
+
+class _Template(Template):
+    """A Template whose output escapes through _output_escape."""
+
+    @classmethod
+    def from_code(
+        cls,
+        environment: Any,
+        code: CodeType,
+        globals: MutableMapping[str, Any],
+        uptodate: Callable[[], bool] | None = None,
+    ) -> Template:
+        template = super().from_code(environment, code, globals, uptodate)
+        # The compiled module's namespace: its functions look `escape` up there when they run.
+        namespace = getattr(template.root_render_func, "__globals__", None)
+        if isinstance(namespace, dict) and namespace.get("escape") is escape:
+            namespace["escape"] = _output_escape
+        return template
+
+
 #: Every name getattr() finds on a dict (its methods, object's): these go through the sandbox.
 _DICT_ATTRIBUTES = frozenset(dir(dict))
 
@@ -252,6 +289,8 @@ class Sandbox(ImmutableSandboxedEnvironment):
     error at once. Jinja2 returns an undefined value there, which StrictUndefined turns into
     an error only when printed; through a filter chain (`map('attr', '__class__')|list`) it
     would render silently. A template that tries is broken, and says so."""
+
+    template_class = _Template
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -422,7 +461,10 @@ class Templates:
                     self._plans.clear()
                 self._plans[(message, locale, variant)] = plan
         tag, chosen, colours, shown_locale, language, names = plan
+        # With the environment's globals: the three parts read this dict as it is (see
+        # _render_one), where Template.render copied it twice for each.
         values = {
+            **self.env.globals,
             "variant": dict(colours),
             **context,
             "locale": shown_locale,
@@ -460,15 +502,24 @@ class Templates:
             tuple(self.part_name(message, tag, part, chosen.name) for part in PARTS),
         )
 
-    def _render_one(self, name: str, values: Mapping[str, Any]) -> str:
-        """One template file, with every error turned into a RenderError naming file and line."""
+    def _render_one(self, name: str, values: dict[str, Any]) -> str:
+        """One template file, with every error turned into a RenderError naming file and line.
+
+        `values` holds the environment's globals under the message's own: what
+        Template.render(values) would give its context, built once for the three parts.
+        Templates only read their context's parent (what they set goes into the context's
+        own vars), so all three share it."""
         try:
             template = self._compiled.get(name)
             if template is None:
                 template = self.env.get_template(name)
                 if not self.auto_reload:
                     self._compiled[name] = template
-            return template.render(values)
+            try:
+                return "".join(template.root_render_func(template.new_context(values, True)))
+            except Exception:
+                # As Template.render: the traceback gets the template's file and line.
+                self.env.handle_exception()
         except TemplateSyntaxError as exc:
             raise self._error(
                 self._where(exc.filename or name), exc.lineno, exc.message or str(exc)
@@ -566,7 +617,7 @@ def build_mime(parts: RenderedParts, envelope: Envelope) -> bytes:
         f"From: {sender}",
         f"Reply-To: {sender}",
         f"To: {_address(envelope.to_name, envelope.to_email)}",
-        f"Date: {_date_header(envelope.date, envelope.date.utcoffset())}",
+        f"Date: {_date_header(envelope.date)}",
         f"Message-ID: {header_safe(envelope.message_id)}",
         "List-Unsubscribe: " + ",\r\n ".join(_unsubscribe_targets(envelope)),
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
@@ -597,11 +648,37 @@ _HTML_PART = (
 )
 
 
-@functools.lru_cache(maxsize=1024, typed=True)
-def _date_header(when: datetime, offset: timedelta | None) -> str:
-    """email.utils.format_datetime; the offset is in the key since equal instants in other
-    zones are equal datetimes (messages of one batch share their send time)."""
-    return format_datetime(when)
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+#: UTC offset -> strftime("%z") (a function of the offset alone; None: an aware time whose
+#: zone gives no offset). Zones have few offsets: kept, dropped all at once when full.
+_ZONES: dict[timedelta | None, str] = {}
+
+
+def _date_header(when: datetime) -> str:
+    """email.utils.format_datetime(when), formatted directly: its timetuple() and strftime()
+    cost more than the rest of the headers, and each message has its own second."""
+    if when.tzinfo is None:
+        zone = "-0000"
+    else:
+        offset = when.utcoffset()
+        found = _ZONES.get(offset)
+        if found is None:
+            if len(_ZONES) >= 256:
+                _ZONES.clear()
+            found = _ZONES[offset] = when.strftime("%z")
+        zone = found
+    # email.utils._format_timetuple_and_zone's format, with the fields of when.timetuple().
+    return "%s, %02d %s %04d %02d:%02d:%02d %s" % (  # noqa: UP031
+        _DAYS[when.weekday()],
+        when.day,
+        _MONTHS[when.month - 1],
+        when.year,
+        when.hour,
+        when.minute,
+        when.second,
+        zone,
+    )
 
 
 def _unsubscribe_targets(envelope: Envelope) -> list[str]:

@@ -12,11 +12,12 @@ import hmac
 import os
 import re
 from collections import ChainMap
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from email.utils import format_datetime as format_datetime_header
 from pathlib import Path
-from typing import Any
+from types import FunctionType
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -24,9 +25,10 @@ from babel.dates import format_date, format_datetime
 from babel.numbers import format_currency, format_decimal, get_currency_precision
 from hypothesis import given
 from hypothesis import strategies as st
-from jinja2 import StrictUndefined
+from jinja2 import DictLoader, StrictUndefined
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup, escape
 
 from followup import calendars, compose, tokens
 from followup.errors import RenderError
@@ -35,6 +37,7 @@ from followup.render import (
     Templates,
     _date_header,
     _encoded_words,
+    _output_escape,
     _quoted_printable,
     header_safe,
 )
@@ -166,6 +169,62 @@ def test_a_dict_method_that_would_change_the_dict_is_still_refused(tmp_path: Pat
     assert context["d"] == {"name": "n"}
 
 
+# ----------------------------------------------------------------------------- escaping
+
+
+class _Html:
+    def __html__(self) -> str:
+        return "<b>safe</b>"
+
+
+#: Output escaped in every place Jinja2 compiles `{{ }}`: directly, in blocks and super(), a
+#: captured block (escaped once, not twice), a macro and its caller, a filter block, a
+#: concatenation, an include; values of every kind.
+ESCAPING = """{% macro box(v) %}[{{ v }}]{% endmacro -%}
+{% macro wrap(v) %}[{{ v }}|{{ caller() }}]{% endmacro -%}
+{% set captured %}<i>{{ text }}</i>{% endset -%}
+{{ text }} {{ markup }} {{ number }} {{ html }} {{ none }} {{ text ~ markup }}
+{{ captured }} {{ captured|upper }} {{ box(text) }} {% call wrap(markup) %}{{ text }}{% endcall %}
+{% filter upper %}{{ text }}{% endfilter %} {% block b %}{{ text }}{% endblock %}
+{% include "part.html" %} {{ [text, markup]|join(text) }} {{ text|e }} {{ text|safe }}"""
+
+
+_SOURCES = {
+    "page.html": ESCAPING,
+    "child.html": "{% extends 'page.html' %}{% block b %}{{ super() }}{{ text }}{% endblock %}",
+    "part.html": "{{ text }}{{ markup }}",
+}
+_OURS = Sandbox(loader=DictLoader(_SOURCES), undefined=StrictUndefined, autoescape=True)
+_THEIRS = ImmutableSandboxedEnvironment(
+    loader=DictLoader(_SOURCES), undefined=StrictUndefined, autoescape=True
+)
+
+
+@given(st.text(max_size=30))
+def test_template_output_is_escaped_as_by_jinja2s_own_templates(text: str) -> None:
+    values = {
+        "text": text,
+        "markup": Markup("<em>") + text,
+        "number": 1.5,
+        "html": _Html(),
+        "none": None,
+    }
+    for name in _SOURCES:
+        mine = _OURS.get_template(name)
+        # Ours escapes through _output_escape, Jinja2's through markupsafe.escape.
+        assert cast(FunctionType, mine.root_render_func).__globals__["escape"] is _output_escape
+        assert mine.render(values) == _THEIRS.get_template(name).render(values)
+
+
+@given(st.text())
+def test_output_escape_gives_markupsafes_text(text: str) -> None:
+    assert _output_escape(text) == escape(text)
+    assert type(_output_escape(text)) is str
+    for value in (Markup(text), 12, None, _Html()):
+        assert _output_escape(value) == escape(value)
+        assert type(_output_escape(value)) is Markup
+
+
 # ----------------------------------------------------------------------------- globals
 
 
@@ -253,12 +312,65 @@ def test_the_date_header_of_one_instant_in_two_zones() -> None:
     paris, new_york = utc.astimezone(PARIS), utc.astimezone(ZoneInfo("America/New_York"))
     assert utc == paris == new_york
     for when in (utc, paris, new_york, paris, utc, datetime(2027, 1, 8, 15, 0)):
-        assert _date_header(when, when.utcoffset()) == format_datetime_header(when)
+        assert _date_header(when) == format_datetime_header(when)
     # The repeated hour when clocks go back: same wall time, two offsets.
     first = datetime(2026, 10, 25, 2, 30, tzinfo=PARIS)
     second = first.replace(fold=1)
-    assert _date_header(first, first.utcoffset()).endswith("+0200")
-    assert _date_header(second, second.utcoffset()).endswith("+0100")
+    assert _date_header(first).endswith("+0200")
+    assert _date_header(second).endswith("+0100")
+
+
+class _NoOffset(tzinfo):
+    """An aware time whose zone knows no offset: strftime("%z") gives ""."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 30)),
+    st.sampled_from(
+        [
+            None,
+            UTC,
+            PARIS,
+            ZoneInfo("America/New_York"),
+            ZoneInfo("Australia/Lord_Howe"),  # a half-hour change
+            ZoneInfo("Asia/Kathmandu"),  # +0545
+            timezone(timedelta(hours=-3, minutes=-30, seconds=-15)),  # seconds in the offset
+            _NoOffset(),
+        ]
+    ),
+    st.booleans(),
+)
+def test_the_date_header_is_format_datetimes(
+    when: datetime, zone: tzinfo | None, fold: bool
+) -> None:
+    # Paris before 1911 was 0:09:21 ahead of UTC: offsets with seconds come from ZoneInfo too.
+    when = when.replace(tzinfo=zone, fold=int(fold))
+    assert _date_header(when) == format_datetime_header(when)
+
+
+@pytest.mark.parametrize("auto_reload", [False, True])
+def test_what_a_part_sets_is_not_seen_by_the_next_part(tmp_path: Path, auto_reload: bool) -> None:
+    # The three parts share one dict of values (the parent of each part's context).
+    folder = tmp_path / "templates" / "m" / "en"
+    folder.mkdir(parents=True)
+    (folder / "subject.txt").write_text(
+        "{% set client = {'name': 'set'} %}{% set range = 1 %}{{ client.name }}", encoding="utf-8"
+    )
+    (folder / "text.txt").write_text("{{ client.name }} {{ range(2)|list }}", encoding="utf-8")
+    (folder / "html.html").write_text("<p>{{ client.name }}</p>", encoding="utf-8")
+    templates = Templates(tmp_path / "templates", auto_reload=auto_reload)
+    context = {"client": {"name": "Zoé"}}
+    for _ in range(2):
+        parts = templates.render("m", "en", context)
+        assert (parts.subject, parts.text) == ("set", "Zoé [0, 1]\n")
+        assert "<p>Zoé</p>" in parts.html
+    assert context == {"client": {"name": "Zoé"}}
 
 
 def test_templates_without_auto_reload_compile_each_part_once(tmp_path: Path) -> None:
