@@ -59,13 +59,24 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import internalcode
 from markupsafe import escape
 
-try:
-    from markupsafe._speedups import _escape_inner
-except ImportError:  # MarkupSafe without its C extension
-    from markupsafe._native import _escape_inner
-
 from followup import inline
 from followup.errors import RenderError
+
+
+def _escaped_text(value: str) -> str:
+    """markupsafe.escape(value) as a plain str: the public way, for a MarkupSafe without the
+    private function below (it is MarkupSafe 3's; its tests pin the equivalence)."""
+    return str(escape(value))
+
+
+try:
+    from markupsafe._speedups import _escape_inner
+except ImportError:  # MarkupSafe without its C extension, or another version
+    try:
+        from markupsafe._native import _escape_inner
+    except ImportError:
+        _escape_inner = _escaped_text
+
 
 PARTS = ("subject.txt", "text.txt", "html.html")
 # Control characters and every other character that str.splitlines() breaks on.

@@ -37,6 +37,8 @@ from followup.render import (
     Templates,
     _date_header,
     _encoded_words,
+    _escape_inner,
+    _escaped_text,
     _output_escape,
     _quoted_printable,
     header_safe,
@@ -223,6 +225,9 @@ def test_output_escape_gives_markupsafes_text(text: str) -> None:
     for value in (Markup(text), 12, None, _Html()):
         assert _output_escape(value) == escape(value)
         assert type(_output_escape(value)) is Markup
+    # The public fallback, for a MarkupSafe without the private function, gives the same text.
+    assert _escaped_text(text) == _escape_inner(text) == escape(text)
+    assert type(_escaped_text(text)) is str
 
 
 # ----------------------------------------------------------------------------- globals
