@@ -37,7 +37,6 @@ from followup.render import (
     Templates,
     _date_header,
     _encoded_words,
-    _escape_inner,
     _escaped_text,
     _output_escape,
     _quoted_printable,
@@ -226,7 +225,7 @@ def test_output_escape_gives_markupsafes_text(text: str) -> None:
         assert _output_escape(value) == escape(value)
         assert type(_output_escape(value)) is Markup
     # The public fallback, for a MarkupSafe without the private function, gives the same text.
-    assert _escaped_text(text) == _escape_inner(text) == escape(text)
+    assert _escaped_text(text) == _output_escape(text) == escape(text)
     assert type(_escaped_text(text)) is str
 
 
