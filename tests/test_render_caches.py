@@ -333,6 +333,9 @@ class _NoOffset(tzinfo):
     def dst(self, dt: datetime | None) -> timedelta | None:
         return None
 
+    def tzname(self, dt: datetime | None) -> str | None:
+        return None
+
 
 @given(
     st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 30)),
