@@ -376,7 +376,8 @@ def plan(
 
     Occurrences missed while followup was down and past their lateness are recorded as
     skipped "too late", from each campaign's watermark on; the first plan starts at the
-    lateness limit, so importing years of history does not flood the ledger with skips.
+    lateness limit, so importing years of history does not flood the ledger with skips. A
+    disabled campaign's watermark moves on with each plan: enabled again, it starts afresh.
     """
     store.check_ready(rt.engine)
     started = monotonic_time.monotonic()
@@ -401,6 +402,13 @@ def plan(
             mark = marks[campaign.name]
             if mark is None or until > mark:
                 store.set_watermark(conn, campaign.name, until)
+        # What falls due while a campaign is disabled is not missed: its watermark moves on,
+        # so that enabled again it starts afresh instead of recording months of "too late".
+        for campaign in rt.calendar.campaigns:
+            if not campaign.enabled:
+                mark = store.get_watermark(conn, campaign.name)
+                if mark is None or until > mark:
+                    store.set_watermark(conn, campaign.name, until)
     log_event("plan.done", planned=report.planned, skipped=report.skipped)
     record_run(rt, "plan", now, started, f"planned={report.planned} skipped={report.skipped}")
     return report

@@ -271,6 +271,33 @@ def test_downtime_past_lateness_is_recorded_as_too_late(
     assert {v[2] for v in ledger(smtp_runtime).values()} == {"too late"}
 
 
+def test_a_campaign_enabled_again_starts_afresh_without_skipping_its_disabled_months(
+    tmp_path: Path, database_url: str, open_runtime: OpenRuntime
+) -> None:
+    # Planned on the 5th with the thank-you enabled, then disabled (plans go on: the daemon's),
+    # then enabled again on the 12th: what fell due while it was off was not missed, so it is
+    # not recorded as skipped "too late" (downtime, above, is); the first plan after it starts
+    # at the lateness limit, like a campaign's first plan.
+    def runtime(enabled: bool) -> app.Runtime:
+        settings = make_settings(
+            tmp_path, database_url, campaigns={"thank_you_enabled": str(enabled).lower()}
+        )
+        assert [c.name for c in app.load_calendar(settings).enabled][:1] == (
+            ["thank_you"] if enabled else ["satisfaction_survey"]
+        )
+        return open_runtime(settings)
+
+    on = runtime(True)
+    seed(on, tmp_path)
+    assert app.plan(on, datetime(2027, 1, 5, 12, 0, tzinfo=UTC)).planned == 0
+    off = runtime(False)
+    app.plan(off, datetime(2027, 1, 8, 12, 0, tzinfo=UTC))
+    again = runtime(True)
+    report = app.plan(again, datetime(2027, 1, 12, 12, 0, tzinfo=UTC))
+    assert report.skipped == 0
+    assert ledger(again) == {}
+
+
 @pytest.mark.parametrize(
     ("group_size", "left"), [(1, ["planned", "planned", "sent"]), (2, ["planned", "sent", "sent"])]
 )
