@@ -235,9 +235,7 @@ def main() -> None:
             )
         sessions = args.connections * args.processes
         ceiling = smtp_source_rate(port, args.messages, sessions, args.size)
-        reconnecting = smtp_source_rate(
-            port, args.messages, sessions, args.size, keep_open=False
-        )
+        reconnecting = smtp_source_rate(port, args.messages, sessions, args.size, keep_open=False)
         with tempfile.TemporaryDirectory() as folder:
             naive_dispatch = naive_dispatch_rate(port, args.naive, Path(folder))
         floor = naive_rate(port, args.naive, args.size)

@@ -935,13 +935,14 @@ def claim_due(
     if not found:
         return []
     ids = [row.id for row in found]
-    # One UPDATE for the batch. The rows cannot change in between: on SQLite this
-    # transaction holds the only write lock (BEGIN IMMEDIATE), on PostgreSQL the rows are
-    # locked FOR UPDATE.
-    waiting = [TouchStatus.PLANNED.value, TouchStatus.RETRY.value]
+    # One UPDATE for the batch, by id only. The rows cannot change in between: on SQLite
+    # this transaction holds the only write lock (BEGIN IMMEDIATE), on PostgreSQL the rows
+    # are locked FOR UPDATE. A `status IN (...)` guard here made SQLite (no statistics)
+    # search ix_touches_due by status instead of the ids from 10 ids on: every claim read
+    # the whole waiting queue (0.5 s a claim with 1M touches planned).
     result = conn.execute(
         update(touches)
-        .where(touches.c.id.in_(ids), touches.c.status.in_(waiting))
+        .where(touches.c.id.in_(ids))
         .values(
             status=TouchStatus.SENDING.value,
             updated_at=now,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -11,15 +13,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import SQLModel
 
 from followup import app, care, store
+from followup.config import Settings
 from followup.errors import DatabaseNotReady
 from followup.models import TouchStatus
 from followup.planner import NewTouch
+from tests.conftest import make_settings
 
 NOW = datetime(2027, 1, 10, 12, 0, tzinfo=UTC)
 
@@ -318,6 +322,59 @@ def test_a_claim_records_where_each_touch_came_from(runtime: app.Runtime) -> Non
         (second, "retry", "claimed by again"),
     ]
     assert sorted(attempts) == [2, 2]
+
+
+def test_a_claim_and_its_prefetch_search_by_ids_and_clients_not_by_status(
+    tmp_path: Path, open_runtime: Callable[[Settings], app.Runtime]
+) -> None:
+    """SQLite keeps no statistics: a `status IN (...)` term beside 10 or more ids or clients
+    made it search ix_touches_due by status, so that each batch read the whole queue (the
+    claim's UPDATE) or every touch ever sent (the prefetch's previous variants), and sending
+    slowed down as the ledger grew. Each statement of a claim and of its prefetch is checked
+    with EXPLAIN QUERY PLAN; the claim's own SELECT searches the queue by status and time."""
+    rt = open_runtime(make_settings(tmp_path, f"sqlite:///{tmp_path / 'followup.db'}"))
+    clients = [_client(rt, f"C{n}", f"c{n}@example.com") for n in range(20)]
+    lease = timedelta(minutes=5)
+    earlier = NOW - timedelta(days=1)
+    with rt.engine.begin() as conn:
+        store.insert_touches(conn, [_touch(c, date(2027, 1, 1), earlier) for c in clients], NOW)
+        first = store.claim_due(conn, "me", NOW, lease, 20)
+        assert len(first) == 20
+        sent = [
+            store.Change(touch_id, TouchStatus.SENT, NOW, "250 ok", {"variant": "sage"})
+            for touch_id in first
+        ]
+        store.transition_many(conn, TouchStatus.SENDING, sent)
+        store.insert_touches(conn, [_touch(c) for c in clients], NOW)
+    statements: list[tuple[str, Any]] = []
+
+    def record(*args: Any) -> None:
+        _conn, _cursor, statement, parameters, _context, many = args
+        if not many and "touches" in statement:
+            statements.append((statement, parameters))
+
+    event.listen(rt.engine, "before_cursor_execute", record)
+    with rt.engine.begin() as conn:
+        claimed = store.claim_due(conn, "me", NOW, lease, 20)
+    with store.reader(rt.engine) as conn:
+        prefetched = app._prefetch(conn, claimed)
+    event.remove(rt.engine, "before_cursor_execute", record)
+
+    assert len(claimed) == 20 and not set(claimed) & set(first)
+    assert {entries[0][2] for entries in prefetched.seen.values()} == {"sage"}
+    assert sorted(prefetched.seen) == sorted(clients)
+    plans = []
+    with rt.engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        for statement, parameters in statements:
+            plan = " | ".join(
+                row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+            )
+            plans.append(plan)
+    assert len(plans) >= 4, plans
+    assert not [plan for plan in plans if "ix_touches_due (status=?)" in plan], plans
+    assert any("ix_touches_due (status=? AND next_attempt_at<?)" in plan for plan in plans)
 
 
 def test_suppression_is_case_insensitive_and_idempotent(runtime: app.Runtime) -> None:

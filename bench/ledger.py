@@ -1,0 +1,141 @@
+"""Delivery speed early and late in a big day: the same ledger with none or most touches sent.
+
+    .venv/bin/python bench/ledger.py --clients 1000000 --sent 900000 --messages 10000
+
+Builds bench/deliver.py's shop of --clients clients (a thank-you each, planned, not timed)
+once, then, in turns (--rounds), on a fresh copy of it each time:
+- early: dispatches --messages touches with nothing sent yet (the whole day waiting);
+- late: first marks --sent touches sent as the dispatcher leaves them (variant, Message-ID,
+  reply, and two history rows each), then dispatches --messages touches.
+Each dispatch is `app.dispatch` from one process over `[smtp] pool_size` 4 into smtp-sink, in
+batches of 500, as bench/memory.py's daemon sends. A dispatcher whose per-batch queries grow
+with the ledger is slower late than early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import deliver  # noqa: E402
+
+from followup import app  # noqa: E402
+from followup.config import load_settings  # noqa: E402
+
+VARIANTS = ("terracotta", "sage", "harbour")
+
+
+def mark_sent(db: Path, count: int) -> None:
+    """The first `count` touches in claim order, as the dispatcher leaves them once sent."""
+    con = sqlite3.connect(db)
+    con.execute(
+        "CREATE TEMP TABLE done AS SELECT id FROM touches WHERE status = 'planned' "
+        "ORDER BY next_attempt_at, id LIMIT ?",
+        (count,),
+    )
+    con.execute(
+        "UPDATE touches SET status = 'sent', attempts = 1, "
+        f"variant = CASE id % 3 WHEN 0 THEN '{VARIANTS[0]}' WHEN 1 THEN '{VARIANTS[1]}' "
+        f"ELSE '{VARIANTS[2]}' END, "
+        "message_id = '<' || id || '.bench@example.com>', "
+        "smtp_reply = '250 2.0.0 Ok: queued as ABCDEF', locale = 'en-GB', rep_id = 1 + id % 20, "
+        "updated_at = '2027-01-08 19:05:00.000000' WHERE id IN (SELECT id FROM done)"
+    )
+    for at, old, new, detail in (
+        ("19:05:00", "planned", "sending", "claimed by bench:1:abcdef"),
+        ("19:05:01", "sending", "sent", "250 2.0.0 Ok: queued as ABCDEF"),
+    ):
+        con.execute(
+            "INSERT INTO touch_events (touch_id, at, from_status, to_status, detail) "
+            "SELECT id, ?, ?, ?, ? FROM done",
+            (f"2027-01-08 {at}.000000", old, new, detail),
+        )
+    con.commit()
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+
+
+def dispatch_rate(folder: Path, port: int, messages: int) -> float:
+    env = {
+        "FOLLOWUP_DATABASE_URL": f"sqlite:///{folder / 'followup.db'}",
+        "FOLLOWUP_SECRET_KEY": "bench",
+        "FOLLOWUP_POLITENESS_QUIET_HOURS": "",
+        "FOLLOWUP_CAMPAIGNS_THANK_YOU_WINDOW": "00:00-00:00",
+        "FOLLOWUP_DELIVERY_MODE": "smtp",
+        "FOLLOWUP_DELIVERY_BATCH_SIZE": "500",
+        "FOLLOWUP_SMTP_HOST": "127.0.0.1",
+        "FOLLOWUP_SMTP_PORT": str(port),
+        "FOLLOWUP_SMTP_SECURITY": "none",
+        "FOLLOWUP_SMTP_POOL_SIZE": "4",
+    }
+    rt = app.Runtime.open(load_settings(ROOT / "config.toml", env))
+    try:
+        began = time.perf_counter()
+        clock = app.Clock.starting_at(deliver.NOW)
+        report = asyncio.run(app.dispatch(rt, clock, limit=messages))
+        seconds = time.perf_counter() - began
+    finally:
+        rt.engine.dispose()
+    if report.sent != messages:
+        raise RuntimeError(f"sent {report.sent} of {messages}")
+    return messages / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=200_000)
+    parser.add_argument("--sent", type=int, default=180_000)
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    if args.sent + args.messages > args.clients:
+        parser.error("--sent + --messages must not exceed --clients")
+    deliver.ensure_postfix()
+    port = deliver.free_port()
+    sink = deliver.start_sink(port)
+    figures: dict[str, list[float]] = {"early": [], "late": []}
+    try:
+        with tempfile.TemporaryDirectory() as built, tempfile.TemporaryDirectory() as work:
+            shop = Path(built)
+            deliver.shop_runtime(shop, args.clients, {}).engine.dispose()
+            con = sqlite3.connect(shop / "followup.db")
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            con.close()
+            for _ in range(args.rounds):
+                for phase in ("early", "late"):
+                    copy = Path(work)
+                    shutil.copy(shop / "followup.db", copy / "followup.db")
+                    if phase == "late":
+                        mark_sent(copy / "followup.db", args.sent)
+                    figures[phase].append(dispatch_rate(copy, port, args.messages))
+                    for leftover in copy.iterdir():
+                        leftover.unlink()
+    finally:
+        sink.terminate()
+        sink.wait()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; smtp-sink on 127.0.0.1"
+    )
+    for phase, label in (("early", "nothing sent yet"), ("late", f"{args.sent:,} sent")):
+        rates = ", ".join(f"{rate:,.0f}" for rate in figures[phase])
+        print(
+            f"{phase}: {args.messages:,} of {args.clients:,} thank-yous, {label}: {rates} "
+            "messages/s (1 process, 4 connections)"
+        )
+
+
+if __name__ == "__main__":
+    main()
