@@ -896,6 +896,10 @@ def skip_too_late(conn: Connection, now: datetime) -> int:
         select(touches.c.id, touches.c.status).where(
             touches.c.status.in_([TouchStatus.PLANNED.value, TouchStatus.RETRY.value]),
             touches.c.not_after < now,
+            # Implied (a waiting touch's next attempt is never after its lateness limit), and
+            # the index's: only the due touches are read, not the whole queue planned ahead
+            # (0.5-0.85 s with 1M waiting, at the start of each dispatch run).
+            touches.c.next_attempt_at <= now,
         )
     ).all()
     for row in late:

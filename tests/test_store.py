@@ -251,6 +251,43 @@ def test_a_touch_past_its_lateness_is_skipped_too_late(runtime: app.Runtime) -> 
     assert tuple(row) == ("skipped", "too late")
 
 
+def test_the_late_touches_are_found_among_the_due_ones_not_the_whole_queue(
+    tmp_path: Path, open_runtime: Callable[[Settings], app.Runtime]
+) -> None:
+    # A touch planned a month ahead is left alone and, on SQLite, not even read: the search
+    # is bounded by the next attempt (the queue planned ahead can hold a million touches, and
+    # each dispatch run begins with this search).
+    rt = open_runtime(make_settings(tmp_path, f"sqlite:///{tmp_path / 'followup.db'}"))
+    client_id = _client(rt)
+    ahead = NOW + timedelta(days=30)
+    with rt.engine.begin() as conn:
+        store.insert_touches(conn, [_touch(client_id), _touch(client_id, ahead.date(), ahead)], NOW)
+    statements: list[tuple[str, Any]] = []
+
+    def record(*args: Any) -> None:
+        statement, parameters = args[2], args[3]
+        if statement.startswith("SELECT") and "touches" in statement:
+            statements.append((statement, parameters))
+
+    event.listen(rt.engine, "before_cursor_execute", record)
+    with rt.engine.begin() as conn:
+        assert store.skip_too_late(conn, NOW + timedelta(days=4)) == 1
+    event.remove(rt.engine, "before_cursor_execute", record)
+    with rt.engine.connect() as conn:
+        rows = conn.execute(select(store.touches.c.due_at, store.touches.c.status)).all()
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        ((statement, parameters),) = statements
+        plan = " | ".join(
+            row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+        )
+    assert sorted((due.replace(tzinfo=UTC), status) for due, status in rows) == [
+        (NOW, "skipped"),
+        (ahead, "planned"),
+    ]
+    assert "ix_touches_due (status=? AND next_attempt_at<?)" in plan, plan
+
+
 def test_transition_is_guarded_by_the_current_status(runtime: app.Runtime) -> None:
     client_id = _client(runtime)
     with runtime.engine.begin() as conn:
