@@ -371,17 +371,33 @@ async def read_lines(reader: asyncio.StreamReader, seen: list[bytes], count: int
         seen.append(await reader.readline())
 
 
+async def take_message(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+) -> None:
+    """Reads an envelope, accepts it, and reads the message data."""
+    await read_lines(reader, seen, 3)
+    writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    seen.append(await reader.readuntil(b"\r\n.\r\n"))
+
+
+async def take_with_next_envelope(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes], replies: bytes
+) -> None:
+    """take_message, then reads the next envelope written behind the data before answering
+    (a client that waited for the data's reply would hang here), and answers `replies`."""
+    await take_message(reader, writer, seen)
+    await read_lines(reader, seen, 3)
+    writer.write(replies)
+
+
 def test_the_next_envelope_goes_out_behind_the_message_data() -> None:
     async def script(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
     ) -> None:
-        await read_lines(reader, seen, 3)
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        seen.append(await reader.readuntil(b"\r\n.\r\n"))
-        # The next envelope is read before the data's reply is written: the client did not
-        # wait for it (else this would hang until the client's timeout).
-        await read_lines(reader, seen, 3)
-        writer.write(b"250 as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        # The next envelope is read before the data's reply is written.
+        await take_with_next_envelope(
+            reader, writer, seen, b"250 as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"
+        )
         seen.append(await reader.readuntil(b"\r\n.\r\n"))
         writer.write(b"250 as 2\r\n")
         seen.append(await reader.readline())  # QUIT
@@ -412,11 +428,9 @@ def test_a_refused_message_data_keeps_the_next_envelope_and_sends_no_rset() -> N
     async def script(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
     ) -> None:
-        await read_lines(reader, seen, 3)
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        seen.append(await reader.readuntil(b"\r\n.\r\n"))
-        await read_lines(reader, seen, 3)
-        writer.write(b"554 5.7.1 content refused\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        await take_with_next_envelope(
+            reader, writer, seen, b"554 5.7.1 content refused\r\n250 ok\r\n250 ok\r\n354 go\r\n"
+        )
         seen.append(await reader.readuntil(b"\r\n.\r\n"))
         writer.write(b"250 as 2\r\n")
         seen.append(await reader.readline())  # QUIT, not RSET
@@ -441,18 +455,14 @@ def test_another_message_than_announced_gets_a_new_connection_and_no_data_is_end
     async def first(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
     ) -> None:
-        await read_lines(reader, seen, 3)
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        seen.append(await reader.readuntil(b"\r\n.\r\n"))
-        await read_lines(reader, seen, 3)
-        writer.write(b"250 as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        await take_with_next_envelope(
+            reader, writer, seen, b"250 as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"
+        )
 
     async def second(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
     ) -> None:
-        await read_lines(reader, seen, 3)
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        seen.append(await reader.readuntil(b"\r\n.\r\n"))
+        await take_message(reader, writer, seen)
         writer.write(b"250 as 2\r\n")
         seen.append(await reader.readline())  # QUIT
         writer.write(b"221 bye\r\n")
@@ -473,11 +483,9 @@ def test_closing_with_an_announced_message_pending_ends_no_data() -> None:
     async def script(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
     ) -> None:
-        await read_lines(reader, seen, 3)
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        seen.append(await reader.readuntil(b"\r\n.\r\n"))
-        await read_lines(reader, seen, 3)
-        writer.write(b"250 as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        await take_with_next_envelope(
+            reader, writer, seen, b"250 as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"
+        )
 
     outcomes, seen = asyncio.run(
         run_connections([script], [("c@example.com", ("b@example.com", "d@example.com"))])
@@ -493,9 +501,7 @@ def test_a_connection_lost_behind_the_data_keeps_what_was_answered(replied: bool
     async def first(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
     ) -> None:
-        await read_lines(reader, seen, 3)
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        seen.append(await reader.readuntil(b"\r\n.\r\n"))
+        await take_message(reader, writer, seen)
         await read_lines(reader, seen, 3)
         if replied:
             writer.write(b"250 as 1\r\n")
@@ -505,9 +511,7 @@ def test_a_connection_lost_behind_the_data_keeps_what_was_answered(replied: bool
     async def second(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
     ) -> None:
-        await read_lines(reader, seen, 3)
-        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
-        seen.append(await reader.readuntil(b"\r\n.\r\n"))
+        await take_message(reader, writer, seen)
         writer.write(b"250 as 2\r\n")
         seen.append(await reader.readline())
         writer.write(b"221 bye\r\n")

@@ -595,6 +595,25 @@ def test_a_writer_waits_for_the_write_lock_held_by_another(
     second.dispose()
 
 
+def _hold_write_lock(engine: Any) -> tuple[Any, Any]:
+    """A thread holding SQLite's write lock on `engine` (an uncommitted increment) until the
+    returned event is set; returns (thread, event), the lock taken."""
+    import threading
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE counter SET n = n + 1")
+            locked.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert locked.wait(10)
+    return holder, release
+
+
 def _counter_engines(tmp_path: object) -> tuple[Any, Any]:
     from pathlib import Path
 
@@ -613,17 +632,9 @@ def test_a_coroutine_waiting_for_the_write_lock_lets_the_event_loop_run(
     # event loop (the dispatcher's other connections compose and send meanwhile), then gets
     # the lock, sees the other writer's commit, and commits its own write.
     import asyncio
-    import threading
     import time
 
     first, second = _counter_engines(tmp_path)
-    locked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with first.begin() as conn:
-            conn.exec_driver_sql("UPDATE counter SET n = n + 1")
-            locked.set()
-            release.wait(10)
 
     async def main() -> tuple[int, int, int]:
         ticks = 0
@@ -644,9 +655,7 @@ def test_a_coroutine_waiting_for_the_write_lock_lets_the_event_loop_run(
         ticker.cancel()
         return ticks, seen, timeout
 
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert locked.wait(10)
+    holder, release = _hold_write_lock(first)
     began = time.monotonic()
     ticks, seen, timeout = asyncio.run(main())
     holder.join()
@@ -692,25 +701,15 @@ def test_writing_gives_up_with_sqlalchemys_error_when_the_lock_never_comes(
     tmp_path: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import asyncio
-    import threading
 
     first, second = _counter_engines(tmp_path)
     monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 200)
-    locked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with first.begin() as conn:
-            conn.exec_driver_sql("UPDATE counter SET n = n + 1")
-            locked.set()
-            release.wait(10)
 
     async def write() -> None:
         async with store.writing(second) as conn:
             conn.exec_driver_sql("UPDATE counter SET n = n + 1")
 
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert locked.wait(10)
+    holder, release = _hold_write_lock(first)
     try:
         with pytest.raises(OperationalError, match="locked"):
             asyncio.run(write())
