@@ -120,11 +120,10 @@ def shop_runtime(folder: Path, messages: int, env: dict[str, str]) -> app.Runtim
     return rt
 
 
-def followup_rate(
-    port: int, messages: int, connections: int, folder: Path, processes: int = 1
-) -> tuple[float, int]:
-    """followup's dispatch of a shop of `messages` clients: messages per second and how many."""
-    env = {
+def sink_env(port: int, connections: int = 4) -> dict[str, str]:
+    """The settings that deliver into smtp-sink on `port`: batches of 500, `connections`
+    connections, no TLS (the other benches use them too)."""
+    return {
         "FOLLOWUP_DELIVERY_MODE": "smtp",
         "FOLLOWUP_DELIVERY_BATCH_SIZE": "500",
         "FOLLOWUP_SMTP_HOST": "127.0.0.1",
@@ -132,7 +131,20 @@ def followup_rate(
         "FOLLOWUP_SMTP_SECURITY": "none",
         "FOLLOWUP_SMTP_POOL_SIZE": str(connections),
     }
-    rt = shop_runtime(folder, messages, env)
+
+
+def machine() -> str:
+    return (
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; smtp-sink on 127.0.0.1"
+    )
+
+
+def followup_rate(
+    port: int, messages: int, connections: int, folder: Path, processes: int = 1
+) -> tuple[float, int]:
+    """followup's dispatch of a shop of `messages` clients: messages per second and how many."""
+    rt = shop_runtime(folder, messages, sink_env(port, connections))
     with store.reader(rt.engine) as conn:
         due = store.touch_counts(conn).get("planned", 0)
     began = time.perf_counter()
@@ -242,10 +254,7 @@ def main() -> None:
     finally:
         sink.terminate()
         sink.wait()
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}; smtp-sink on 127.0.0.1"
-    )
+    print(machine())
     print(
         f"followup: {sent} messages to {args.messages} clients, {args.processes} process(es) with "
         f"{args.connections} connection(s) each: "

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import shutil
 import sqlite3
 import sys
@@ -73,12 +71,7 @@ def dispatch_rate(folder: Path, port: int, messages: int) -> float:
         "FOLLOWUP_SECRET_KEY": "bench",
         "FOLLOWUP_POLITENESS_QUIET_HOURS": "",
         "FOLLOWUP_CAMPAIGNS_THANK_YOU_WINDOW": "00:00-00:00",
-        "FOLLOWUP_DELIVERY_MODE": "smtp",
-        "FOLLOWUP_DELIVERY_BATCH_SIZE": "500",
-        "FOLLOWUP_SMTP_HOST": "127.0.0.1",
-        "FOLLOWUP_SMTP_PORT": str(port),
-        "FOLLOWUP_SMTP_SECURITY": "none",
-        "FOLLOWUP_SMTP_POOL_SIZE": "4",
+        **deliver.sink_env(port),
     }
     rt = app.Runtime.open(load_settings(ROOT / "config.toml", env))
     try:
@@ -125,10 +118,7 @@ def main() -> None:
     finally:
         sink.terminate()
         sink.wait()
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}; smtp-sink on 127.0.0.1"
-    )
+    print(deliver.machine())
     for phase, label in (("early", "nothing sent yet"), ("late", f"{args.sent:,} sent")):
         rates = ", ".join(f"{rate:,.0f}" for rate in figures[phase])
         print(
