@@ -668,6 +668,41 @@ def test_a_coroutine_waiting_for_the_write_lock_lets_the_event_loop_run(
     second.dispose()
 
 
+def test_many_coroutines_waiting_for_the_write_lock_hold_one_pooled_connection(
+    tmp_path: object,
+) -> None:
+    # 40 writers (an [smtp] pool_size of 40) wait while another process holds the lock: they
+    # wait one at a time, so the engine's pool (5 + 10 overflow) is never exhausted, and each
+    # writes once the lock is free.
+    import asyncio
+
+    first, second = _counter_engines(tmp_path)
+    holder, release = _hold_write_lock(first)
+    checked_out: list[int] = []
+
+    async def write() -> None:
+        async with store.writing(second) as conn:
+            checked_out.append(second.pool.checkedout())  # type: ignore[attr-defined]
+            conn.exec_driver_sql("UPDATE counter SET n = n + 1")
+
+    async def main() -> None:
+        writers = asyncio.gather(*(write() for _ in range(40)))
+        await asyncio.sleep(0.2)
+        release.set()
+        await asyncio.wait_for(writers, 10)
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        holder.join()
+    assert len(checked_out) == 40 and max(checked_out) == 1
+    with second.connect() as conn:
+        assert conn.exec_driver_sql("SELECT n FROM counter").scalar_one() == 41
+    first.dispose()
+    second.dispose()
+
+
 def test_writing_rolls_back_on_error_and_leaves_the_connection_as_it_found_it(
     tmp_path: object,
 ) -> None:
