@@ -109,9 +109,11 @@ def data_block(message: bytes) -> bytes:
 class _Pipeline(asyncio.Protocol):
     """RFC 2920 PIPELINING on a connection that aiosmtplib opened (greeting, EHLO, STARTTLS
     and AUTH done): MAIL FROM, RCPT TO and DATA go out in one write and their three replies
-    come back together, then the message data and its reply: two round trips a message
-    instead of four, and none of the per-command bookkeeping. aiosmtplib reads one reply
-    per command written, so the transport is handed to this protocol for the transactions."""
+    come back together, then the message data and its reply, with the next message's MAIL,
+    RCPT and DATA in the same write when there is one (SmtpMailer.send's `then`): one or two
+    round trips a message instead of four, and none of the per-command bookkeeping.
+    aiosmtplib reads one reply per command written, so the transport is handed to this
+    protocol for the transactions."""
 
     def __init__(self, transport: asyncio.Transport, timeout: float) -> None:
         self.transport = transport
@@ -168,21 +170,13 @@ class _Pipeline(asyncio.Protocol):
         self._fail(aiosmtplib.SMTPServerDisconnected("the server closed the connection"))
         return False
 
-    @property
-    def received(self) -> list[tuple[int, str]]:
-        """The replies of the last exchange read so far (all of them once it returned; those
-        that came before the failure when it raised)."""
-        return self._replies
-
     async def exchange(self, data: bytes, replies: int) -> list[tuple[int, str]]:
         """Write `data` (one or more commands), then wait for `replies` replies. Raises
         SMTPServerDisconnected, SMTPResponseException (garbage) or TimeoutError."""
-        # Before anything can raise: `received` is never an earlier exchange's.
-        self._replies = []
         if self.lost is not None:
             raise self.lost
         loop = asyncio.get_running_loop()
-        self._wanted = replies
+        self._replies, self._wanted = [], replies
         self._waiter = waiter = loop.create_future()
         self.transport.write(data)
         self._parse()
@@ -226,8 +220,9 @@ class SmtpMailer:
     """One connection of the pool, opened on first use and reopened when the server drops it.
 
     With `[smtp] pipelining` (the default) and a server that offers PIPELINING, each message
-    takes two round trips (RFC 2920); otherwise aiosmtplib runs MAIL, RCPT and DATA step by
-    step. The outcome of a message is the same either way."""
+    takes two round trips, or one when its envelope went out behind the previous message's
+    data (RFC 2920); otherwise aiosmtplib runs MAIL, RCPT and DATA step by step. The outcome
+    of a message is the same either way."""
 
     def __init__(
         self,
@@ -246,10 +241,10 @@ class SmtpMailer:
         self._pipe: _Pipeline | None = None
         self._smtputf8 = False
         self._bucket = bucket
-        #: The replies to the envelope (MAIL, RCPT, DATA) of the next message, written behind
-        #: the last message's data: (sender, recipient, replies). While it is set and the
-        #: DATA was accepted, the server waits for that message's data.
-        self._ahead: tuple[str, str, list[tuple[int, str]]] | None = None
+        #: (sender, recipient) of the next message, whose envelope (MAIL, RCPT, DATA) went
+        #: out behind the last message's data; its replies are read by that message's send.
+        #: While it is set, the server may be waiting for that message's data.
+        self._ahead: tuple[str, str] | None = None
 
     @classmethod
     def pool(
@@ -336,7 +331,7 @@ class SmtpMailer:
             wait = self._bucket.take(asyncio.get_running_loop().time())
             if wait > 0:
                 await asyncio.sleep(wait)
-        if self._ahead is not None and self._ahead[:2] != (sender, recipient):
+        if self._ahead is not None and self._ahead != (sender, recipient):
             await self.close()
         if self._pipe is not None and self._pipe.lost is not None:
             await self.close()
@@ -428,26 +423,27 @@ class SmtpMailer:
     ) -> Delivery:
         """`send` over a pipelined connection: same outcomes, same rules about what may be
         retried (nothing once the message data has gone out)."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            # Its envelope went out behind the previous message's data (send checked that
-            # it is this message's).
-            envelope_replies = ahead[2]
+        if self._ahead is not None:
+            # Its envelope went out behind the previous message's data (send checked that it
+            # is this message's): only its replies are read.
+            envelope = b""
         else:
             if _envelope_address(sender, self._smtputf8) is None:
                 raise SmtpSetupError(
                     f"the envelope sender {sender!r} cannot be used in MAIL FROM "
                     "(check [sender] return_path)"
                 )
-            envelope = self._envelope(sender, recipient)
-            if envelope is None:
+            found = self._envelope(sender, recipient)
+            if found is None:
                 return Delivery(Outcome.FAILED, None, "the address cannot be used in RCPT TO")
-            try:
-                envelope_replies = await pipe.exchange(envelope, 3)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                # Nothing of the message went out: safe to try again.
-                await self.close()
-                return Delivery(Outcome.RETRY, None, f"{type(exc).__name__}: {exc}")
+            envelope = found
+        try:
+            envelope_replies = await pipe.exchange(envelope, 3)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            # Nothing of the message went out: safe to try again.
+            await self.close()
+            return Delivery(Outcome.RETRY, None, f"{type(exc).__name__}: {exc}")
+        self._ahead = None
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = envelope_replies
         mail_ok, rcpt_ok = 200 <= mail_code < 300, 200 <= rcpt_code < 300
         # RFC 2920 section 3.1: the server should have refused DATA; end it empty.
@@ -470,27 +466,23 @@ class SmtpMailer:
             # Nothing of the message went out, whatever the server says: safe to retry.
             return Delivery(Outcome.RETRY, data_code, f"unexpected reply to DATA: {data_text}")
         following = self._envelope(*then) if then is not None else None
+        if following is not None:
+            # Written with the data: from here on the server may wait for its message data,
+            # so the connection is never ended with QUIT (see close).
+            self._ahead = then
         try:
-            replies = await pipe.exchange(
-                data_block(message) + (following or b""), 1 if following is None else 4
-            )
+            # Only this message's reply is awaited: its outcome is known as soon as it comes.
+            ((code, text),) = await pipe.exchange(data_block(message) + (following or b""), 1)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            # The next envelope's replies, if any came, are lost with the connection: that
-            # message will go over a new one (nothing of its data went out).
-            replies = pipe.received[:1]
             await self.close()
-            if not replies:
-                return _no_reply(exc)
-        (code, text), next_replies = replies[0], replies[1:]
-        if next_replies and 200 <= code < 600 and code != 421:
-            # The data's reply ended this transaction; the next one's envelope is answered.
-            assert then is not None
-            self._ahead = (then[0], then[1], next_replies)
+            return _no_reply(exc)
         if 200 <= code < 300:
             return Delivery(Outcome.SENT, code, text)
         if 400 <= code < 600:
-            if self._ahead is None:
+            if self._ahead is None or code == 421:
                 await self._reset_pipe(pipe, code)
+            # Else the reply ended this transaction and the next one's envelope is on its way:
+            # no RSET.
             return classify_code(code, text, recipient=False)
         # Out of the protocol after the message data: the server may have taken it.
         await self.close()

@@ -358,6 +358,7 @@ async def run_connections(
     outcomes = []
     for recipient, then in sends:
         outcomes.append(await mailer.send("b@example.com", recipient, MESSAGE, then=then))
+        await asyncio.sleep(0.05)  # a connection the server closed is seen closed by then
     await mailer.close()
     # Each connection's script ends when the client has closed it (read until EOF).
     await asyncio.wait_for(asyncio.gather(*handlers), 5)
@@ -525,3 +526,139 @@ def test_a_connection_lost_behind_the_data_keeps_what_was_answered(replied: bool
     first_outcome = Outcome.SENT if replied else Outcome.UNCERTAIN
     assert [d.outcome for d in outcomes] == [first_outcome, Outcome.SENT]
     assert seen[1][:3] == ENVELOPE_2
+
+
+def test_the_outcome_of_an_answered_message_data_is_kept_when_the_send_is_cancelled() -> None:
+    # The server answers the data at once and the next envelope slowly (a recipient check);
+    # the send is cancelled meanwhile (the run stops): the message was taken, and the send
+    # says so, as it would without the next envelope behind its data.
+    async def run() -> tuple[Delivery, list[bytes]]:
+        seen: list[bytes] = []
+
+        handlers: list[asyncio.Task[None]] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+            try:
+                await greet(reader, writer)
+                await take_with_next_envelope(reader, writer, seen, b"250 as 1\r\n")
+                await asyncio.sleep(0.5)
+                writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+                seen.append(await reader.read())
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        mailer = SmtpMailer(settings(server.sockets[0].getsockname()[1]))
+        task = asyncio.create_task(
+            mailer.send("b@example.com", "c@example.com", MESSAGE, then=("b@example.com", "d@x"))
+        )
+        await asyncio.sleep(0.2)
+        task.cancel()
+        delivery = await task
+        await mailer.close()
+        await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 5)
+        server.close()
+        await server.wait_closed()
+        return delivery, seen
+
+    delivery, seen = asyncio.run(run())
+    assert (delivery.outcome, delivery.reply) == (Outcome.SENT, "as 1")
+    assert seen[4:6] == [ENVELOPE_2[0], b"RCPT TO:<d@x>\r\n"]
+
+
+@pytest.mark.parametrize("reply", [b"421 4.3.2 closing", b"199 odd"], ids=["421", "out-of-rfc"])
+def test_a_data_reply_that_ends_the_connection_ends_no_waiting_data(reply: bytes) -> None:
+    # The next envelope went out behind the data; the data's reply closes the connection (a
+    # 421) or is out of the protocol: the connection is dropped without QUIT, which the server,
+    # waiting for the next message's data, would take as data (and wait for more).
+    async def first(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await take_with_next_envelope(
+            reader, writer, seen, reply + b"\r\n250 ok\r\n250 ok\r\n354 go\r\n"
+        )
+
+    async def second(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await take_message(reader, writer, seen)
+        writer.write(b"250 as 2\r\n")
+        seen.append(await reader.readline())
+        writer.write(b"221 bye\r\n")
+
+    outcomes, seen = asyncio.run(
+        run_connections(
+            [first, second],
+            [("c@example.com", ("b@example.com", "d@example.com")), ("d@example.com", None)],
+        )
+    )
+    first_outcome = Outcome.RETRY if reply.startswith(b"421") else Outcome.UNCERTAIN
+    assert [d.outcome for d in outcomes] == [first_outcome, Outcome.SENT]
+    assert seen[0][7:] == [b""]  # nothing after the next envelope: no QUIT
+    assert seen[1][:3] == ENVELOPE_2
+
+
+def test_a_refused_sender_in_the_envelope_behind_the_data_stops_the_run() -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await take_with_next_envelope(
+            reader,
+            writer,
+            seen,
+            b"250 as 1\r\n550 5.7.1 sender refused\r\n503 no sender\r\n503 no sender\r\n",
+        )
+        seen.append(await reader.readline())  # RSET
+        writer.write(b"250 reset\r\n")
+        seen.append(await reader.readline())  # QUIT
+        writer.write(b"221 bye\r\n")
+
+    async def run() -> tuple[Delivery, BaseException]:
+        seen: list[bytes] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await greet(reader, writer)
+            await script(reader, writer, seen)
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        mailer = SmtpMailer(settings(server.sockets[0].getsockname()[1]))
+        then = ("b@example.com", "d@example.com")
+        first = await mailer.send("b@example.com", "c@example.com", MESSAGE, then=then)
+        with pytest.raises(SmtpSetupError) as refused:
+            await mailer.send("b@example.com", "d@example.com", MESSAGE)
+        await mailer.close()
+        server.close()
+        await server.wait_closed()
+        return first, refused.value
+
+    first, refused = asyncio.run(run())
+    assert first.outcome is Outcome.SENT
+    assert "refused the sender" in str(refused)
+
+
+def test_a_refused_recipient_behind_the_data_ends_an_accepted_data_empty() -> None:
+    # The server accepts DATA after refusing the only recipient (RFC 2920 says it should not):
+    # the empty data is ended with ".", the transaction reset, the address bounced.
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await take_with_next_envelope(
+            reader, writer, seen, b"250 as 1\r\n250 ok\r\n550 5.1.1 no such user\r\n354 go\r\n"
+        )
+        seen.append(await reader.readline())  # "."
+        writer.write(b"554 no valid recipients\r\n")
+        seen.append(await reader.readline())  # RSET
+        writer.write(b"250 reset\r\n")
+        seen.append(await reader.readline())  # QUIT
+        writer.write(b"221 bye\r\n")
+
+    outcomes, seen = asyncio.run(
+        run_connections(
+            [script],
+            [("c@example.com", ("b@example.com", "d@example.com")), ("d@example.com", None)],
+        )
+    )
+    assert [d.outcome for d in outcomes] == [Outcome.SENT, Outcome.BOUNCED]
+    assert seen[0][7:] == [b".\r\n", b"RSET\r\n", b"QUIT\r\n", b""]
