@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from babel import Locale, UnknownLocaleError
-from babel.numbers import get_currency_precision, is_currency
+from babel.numbers import is_currency
 from sqlalchemy import Connection, Engine, select
 
 from followup import store
 from followup.models import ClientStatus, PurchaseStatus
+from followup.money import minor_digits
 
 
 class Kind(enum.StrEnum):
@@ -219,7 +220,7 @@ def parse_amount(value: str, currency: str, column: str = "amount") -> int:
         raise FieldError(column, f"{text!r} is not a non-negative amount")
     if amount != 0 and amount.adjusted() > 15:
         raise FieldError(column, f"{text!r} is too large")
-    precision = get_currency_precision(currency)
+    precision = minor_digits(currency)
     # Exact arithmetic: a wide context, and equality to decide whether anything was dropped.
     exact = Context(prec=60)
     quantized = amount.quantize(Decimal(1).scaleb(-precision), context=exact)

@@ -42,7 +42,7 @@ import css_inline
 from babel import Locale
 from babel.dates import format_date
 from babel.dates import format_datetime as babel_datetime
-from babel.numbers import format_currency, format_decimal, get_currency_precision
+from babel.numbers import format_currency, format_decimal
 from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
@@ -61,6 +61,7 @@ from markupsafe import escape
 
 from followup import inline
 from followup.errors import RenderError
+from followup.money import minor_digits
 
 
 def _escaped_text(value: str) -> str:
@@ -128,7 +129,7 @@ def _cached_date(value: date, format: str, tag: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _cached_money(minor: int, currency: str, tag: str) -> str:
-    amount = minor / 10 ** get_currency_precision(currency)
+    amount = minor / 10 ** minor_digits(currency)
     return format_currency(amount, currency, locale=_locale(tag))
 
 
@@ -152,7 +153,7 @@ def _money_filter(context: Context, minor: int, currency: str) -> str:
     tag = _babel_locale(context)
     if type(minor) is int and type(currency) is str:
         return _cached_money(minor, currency, tag)
-    amount = minor / 10 ** get_currency_precision(currency)
+    amount = minor / 10 ** minor_digits(currency)
     return format_currency(amount, currency, locale=_locale(tag))
 
 

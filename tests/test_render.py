@@ -210,6 +210,31 @@ def test_money_in_us_english(filters_root: Path) -> None:
     assert number == "1,234.5"
 
 
+@pytest.mark.parametrize(
+    ("minor", "currency", "major"),
+    [
+        (350_000_000_000, "IDR", "3,500,000,000"),
+        (1_234_500, "HUF", "12,345"),
+        (1234, "RSD", "1,234"),
+    ],
+)
+def test_stored_amounts_keep_their_meaning_whatever_babels_currency_digits(
+    filters_root: Path, minor: int, currency: str, major: str
+) -> None:
+    # CLDR 48 (Babel 2.18) changed the digits of IDR and HUF from 2 to 0 and of RSD from 0 to
+    # 2; amounts stored before must not be shown a hundred times too large or too small.
+    (money, *_) = _filtered(filters_root, "en-US", minor, currency)
+    assert major in money and "350,000,000,000" not in money, money
+
+
+def test_the_minor_units_are_followups_own_table() -> None:
+    from followup.money import minor_digits
+
+    expected = {"USD": 2, "EUR": 2, "JPY": 0, "KWD": 3, "CLF": 4, "IDR": 2, "HUF": 2}
+    assert {code: minor_digits(code) for code in expected} == expected
+    assert minor_digits("RSD") == 0 and minor_digits("idr") == 2 and minor_digits("XYZ") == 2
+
+
 def test_money_follows_the_currencys_minor_unit(filters_root: Path) -> None:
     # The yen has no minor unit: 1234 minor units are ¥1,234, not ¥12.34.
     (money, *_) = _filtered(filters_root, "en-US", 1234, "JPY")
