@@ -381,6 +381,23 @@ async def take_message(
     seen.append(await reader.readuntil(b"\r\n.\r\n"))
 
 
+async def take_one_then_quit(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+) -> None:
+    """A connection that takes one message ("as 2"), then its QUIT."""
+    await take_message(reader, writer, seen)
+    writer.write(b"250 as 2\r\n")
+    seen.append(await reader.readline())
+    writer.write(b"221 bye\r\n")
+
+
+#: A send to c@ announcing d@ as the next, then the send to d@.
+ANNOUNCED_THEN_SENT: list[tuple[str, tuple[str, str] | None]] = [
+    ("c@example.com", ("b@example.com", "d@example.com")),
+    ("d@example.com", None),
+]
+
+
 async def take_with_next_envelope(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes], replies: bytes
 ) -> None:
@@ -407,7 +424,7 @@ def test_the_next_envelope_goes_out_behind_the_message_data() -> None:
     outcomes, seen = asyncio.run(
         run_connections(
             [script],
-            [("c@example.com", ("b@example.com", "d@example.com")), ("d@example.com", None)],
+            ANNOUNCED_THEN_SENT,
         )
     )
     assert [(d.outcome, d.reply) for d in outcomes] == [
@@ -440,7 +457,7 @@ def test_a_refused_message_data_keeps_the_next_envelope_and_sends_no_rset() -> N
     outcomes, seen = asyncio.run(
         run_connections(
             [script],
-            [("c@example.com", ("b@example.com", "d@example.com")), ("d@example.com", None)],
+            ANNOUNCED_THEN_SENT,
         )
     )
     assert outcomes[0].outcome is Outcome.FAILED and outcomes[0].code == 554
@@ -460,17 +477,9 @@ def test_another_message_than_announced_gets_a_new_connection_and_no_data_is_end
             reader, writer, seen, b"250 as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"
         )
 
-    async def second(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
-    ) -> None:
-        await take_message(reader, writer, seen)
-        writer.write(b"250 as 2\r\n")
-        seen.append(await reader.readline())  # QUIT
-        writer.write(b"221 bye\r\n")
-
     outcomes, seen = asyncio.run(
         run_connections(
-            [first, second],
+            [first, take_one_then_quit],
             [("c@example.com", ("b@example.com", "d@example.com")), ("e@example.com", None)],
         )
     )
@@ -509,18 +518,10 @@ def test_a_connection_lost_behind_the_data_keeps_what_was_answered(replied: bool
             await writer.drain()
         writer.close()  # before the next envelope's replies
 
-    async def second(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
-    ) -> None:
-        await take_message(reader, writer, seen)
-        writer.write(b"250 as 2\r\n")
-        seen.append(await reader.readline())
-        writer.write(b"221 bye\r\n")
-
     outcomes, seen = asyncio.run(
         run_connections(
-            [first, second],
-            [("c@example.com", ("b@example.com", "d@example.com")), ("d@example.com", None)],
+            [first, take_one_then_quit],
+            ANNOUNCED_THEN_SENT,
         )
     )
     first_outcome = Outcome.SENT if replied else Outcome.UNCERTAIN
@@ -579,18 +580,10 @@ def test_a_data_reply_that_ends_the_connection_ends_no_waiting_data(reply: bytes
             reader, writer, seen, reply + b"\r\n250 ok\r\n250 ok\r\n354 go\r\n"
         )
 
-    async def second(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
-    ) -> None:
-        await take_message(reader, writer, seen)
-        writer.write(b"250 as 2\r\n")
-        seen.append(await reader.readline())
-        writer.write(b"221 bye\r\n")
-
     outcomes, seen = asyncio.run(
         run_connections(
-            [first, second],
-            [("c@example.com", ("b@example.com", "d@example.com")), ("d@example.com", None)],
+            [first, take_one_then_quit],
+            ANNOUNCED_THEN_SENT,
         )
     )
     first_outcome = Outcome.RETRY if reply.startswith(b"421") else Outcome.UNCERTAIN
@@ -657,7 +650,7 @@ def test_a_refused_recipient_behind_the_data_ends_an_accepted_data_empty() -> No
     outcomes, seen = asyncio.run(
         run_connections(
             [script],
-            [("c@example.com", ("b@example.com", "d@example.com")), ("d@example.com", None)],
+            ANNOUNCED_THEN_SENT,
         )
     )
     assert [d.outcome for d in outcomes] == [Outcome.SENT, Outcome.BOUNCED]
