@@ -385,7 +385,7 @@ def plan(
     report = PlanReport()
     campaigns = rt.calendar.enabled
     with rt.engine.begin() as conn:
-        marks = {c.name: store.get_watermark(conn, c.name) for c in campaigns}
+        marks = {c.name: store.get_watermark(conn, c.name) for c in rt.calendar.campaigns}
     since: dict[str, datetime] = {}
     for campaign in campaigns:
         start = now - campaign.lateness
@@ -398,17 +398,11 @@ def plan(
     else:
         _plan_range(rt, window, None, report, progress)
     with rt.engine.begin() as conn:
-        for campaign in campaigns:
-            mark = marks[campaign.name]
+        # Disabled campaigns too: what falls due while one is off is not missed, and enabled
+        # again it starts afresh instead of recording months of "too late".
+        for name, mark in marks.items():
             if mark is None or until > mark:
-                store.set_watermark(conn, campaign.name, until)
-        # What falls due while a campaign is disabled is not missed: its watermark moves on,
-        # so that enabled again it starts afresh instead of recording months of "too late".
-        for campaign in rt.calendar.campaigns:
-            if not campaign.enabled:
-                mark = store.get_watermark(conn, campaign.name)
-                if mark is None or until > mark:
-                    store.set_watermark(conn, campaign.name, until)
+                store.set_watermark(conn, name, until)
     log_event("plan.done", planned=report.planned, skipped=report.skipped)
     record_run(rt, "plan", now, started, f"planned={report.planned} skipped={report.skipped}")
     return report

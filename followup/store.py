@@ -137,24 +137,40 @@ def _begin_immediate(conn: Connection) -> None:
     sending, most of each wait was sleeping after the lock was free again. So the first
     QUICK_WAIT seconds retry every 50 us to 1 ms; after that SQLite's handler waits as before
     (and its error, wrapped by SQLAlchemy, is what the caller sees)."""
+    with _busy_handler_off(conn) as dbapi:
+        pause, deadline = 0.00005, time.monotonic() + QUICK_WAIT
+        while time.monotonic() < deadline:
+            if _try_write_lock(dbapi):
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, 0.001)
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def _busy_handler_off(conn: Connection) -> Iterator[sqlite3.Connection]:
+    """The sqlite3 connection under `conn` with SQLite's busy handler off (a locked database
+    answers at once), for the writers' own waits; the handler is back afterwards."""
     dbapi = conn.connection.dbapi_connection
     assert isinstance(dbapi, sqlite3.Connection)
     raw = _Driver(dbapi)
     raw.execute("PRAGMA busy_timeout=0")
     try:
-        pause, deadline = 0.00005, time.monotonic() + QUICK_WAIT
-        while time.monotonic() < deadline:
-            try:
-                dbapi.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.Error as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                    break  # not a lock: the statement below raises it, wrapped
-            time.sleep(pause)
-            pause = min(pause * 2, 0.001)
+        yield dbapi
     finally:
         raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _try_write_lock(dbapi: sqlite3.Connection) -> bool:
+    """BEGIN IMMEDIATE, once: whether the write lock was taken (False while another writer
+    holds it); any other error is raised as SQLAlchemy raises it."""
+    try:
+        dbapi.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+            return False
+        raise _wrapped("BEGIN IMMEDIATE", exc) from exc
+    return True
 
 
 #: Connection.info key: `writing` took SQLite's write lock, the begin event must not.
@@ -194,27 +210,15 @@ async def _lock_for_write(conn: Connection) -> None:
     """BEGIN IMMEDIATE on `conn` without blocking the event loop: retried after the loop has
     run what is ready, then in steps of up to 1 ms, for BUSY_TIMEOUT_MS; then SQLite's error,
     wrapped as SQLAlchemy's. Marks the connection for the begin event (see open_engine)."""
-    dbapi = conn.connection.dbapi_connection
-    assert isinstance(dbapi, sqlite3.Connection)
-    raw = _Driver(dbapi)
-    raw.execute("PRAGMA busy_timeout=0")
-    try:
+    with _busy_handler_off(conn) as dbapi:
         pause, deadline = 0.0, time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        while True:
-            try:
-                dbapi.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                    raise _wrapped("BEGIN IMMEDIATE", exc) from exc
-                if time.monotonic() >= deadline:
-                    raise _wrapped("BEGIN IMMEDIATE", exc) from exc
-            else:
-                conn.info[_BEGUN] = True
-                return
+        while not _try_write_lock(dbapi):
+            if time.monotonic() >= deadline:
+                _Driver(dbapi).execute("BEGIN IMMEDIATE")  # a last try: the error, wrapped
+                break
             await asyncio.sleep(pause)
             pause = min(max(pause * 2, 0.00005), 0.001)
-    finally:
-        raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.info[_BEGUN] = True
 
 
 @contextmanager
