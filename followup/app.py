@@ -26,7 +26,17 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Connection, Engine, String, func, select, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    String,
+    bindparam,
+    func,
+    select,
+    type_coerce,
+)
 
 from followup import calendars, care, compose, logs, planner, store
 from followup.config import Settings
@@ -288,10 +298,34 @@ def client_stats(
 ) -> dict[int, care.ClientStats]:
     """Purchase facts of the clients with ids in [lo, hi] (or in `ids`), in one GROUP BY; the
     instants read with `_raw` and `_utc` (the planner reads a million of them)."""
+    if ids is not None:
+        found = store.rows(conn, _stats_query(True), ids=ids)
+    else:
+        found = store.rows(conn, _stats_query(False), lo=lo, hi=hi)
+    return {
+        client_id: care.ClientStats(
+            purchases=int(count),
+            total_spent_minor=int(total),
+            first_purchase=None if first is None else _utc(first),
+            last_purchase=None if last is None else _utc(last),
+            has_unpaid=unpaid > 0,
+            has_disputed=disputed > 0,
+        )
+        for client_id, count, total, first, last, unpaid, disputed in found
+    }
+
+
+@functools.cache
+def _stats_query(by_ids: bool) -> Select[Any]:
+    """client_stats' query, for a list of clients (`ids`) or a range (`lo`, `hi`); built once
+    (store.rows keeps its compiled form by the statement)."""
     p = store.purchases
     paid = p.c.status == "paid"
-    which = p.c.client_id.in_(ids) if ids is not None else p.c.client_id.between(lo, hi)
-    rows = conn.execute(
+    if by_ids:
+        which = p.c.client_id.in_(bindparam("ids", expanding=True))
+    else:
+        which = p.c.client_id.between(bindparam("lo"), bindparam("hi"))
+    return (
         select(
             p.c.client_id,
             func.count().filter(paid),
@@ -304,17 +338,6 @@ def client_stats(
         .where(which)
         .group_by(p.c.client_id)
     )
-    return {
-        client_id: care.ClientStats(
-            purchases=int(count),
-            total_spent_minor=int(total),
-            first_purchase=None if first is None else _utc(first),
-            last_purchase=None if last is None else _utc(last),
-            has_unpaid=unpaid > 0,
-            has_disputed=disputed > 0,
-        )
-        for client_id, count, total, first, last, unpaid, disputed in rows
-    }
 
 
 def _planned(
@@ -967,9 +990,37 @@ class _Prefetched:
 
 
 def _prefetch(conn: Connection, ids: list[int]) -> _Prefetched:
-    t, c, p = store.touches, store.clients, store.purchases
     found = _Prefetched()
-    columns = [
+    touches_query, facts_query, suppressions_query, seen_query = _prefetch_queries()
+    for batch in store.chunks(ids, 500):
+        for row in store.rows(conn, touches_query, ids=batch):
+            found.touches[row.id] = row
+        for row in store.rows(conn, facts_query, ids=batch):
+            # facts_query's columns are Facts' fields in order, then the touch's id.
+            found.facts[row[-1]] = compose.Facts(*row[:-1])
+    clients = sorted({f.client_id for f in found.facts.values()})
+    emails = {f.email.lower() for f in found.facts.values()}
+    keys = sorted(emails | {store.address_hash(e) for e in emails})
+    for addresses in store.chunks(keys, 500):
+        for row in store.rows(conn, suppressions_query, emails=addresses):
+            found.suppressed[row.email] = row.reason
+    for group in store.chunks(clients, 500):
+        found.stats.update(client_stats(conn, 0, 0, ids=group))
+        for row in store.rows(conn, seen_query, ids=group):
+            if row.status in compose.SEEN:
+                found.seen.setdefault(row.client_id, []).append(
+                    (row.updated_at, row.id, row.variant)
+                )
+    return found
+
+
+@functools.cache
+def _prefetch_queries() -> tuple[Select[Any], Select[Any], Select[Any], Select[Any]]:
+    """The prefetch's queries, each for a list of `ids` (touches, touches, addresses and
+    address hashes as `emails`, clients); built once (store.rows keeps their compiled form)."""
+    t, c, p, s = store.touches, store.clients, store.purchases, store.suppressions
+    ids: Any = bindparam("ids", expanding=True)
+    touches_query = select(
         t.c.id,
         t.c.client_id,
         t.c.campaign,
@@ -981,44 +1032,25 @@ def _prefetch(conn: Connection, ids: list[int]) -> _Prefetched:
         t.c.attempts,
         t.c.not_after,
         t.c.variant,
-    ]
-    for batch in store.chunks(ids, 500):
-        for row in conn.execute(select(*columns).where(t.c.id.in_(batch))):
-            found.touches[row.id] = row
-        query = (
-            compose.facts_query()
-            .add_columns(t.c.id.label("touch_id"))
-            .join(t, t.c.client_id == c.c.id)
-            .outerjoin(p, p.c.id == t.c.purchase_id)
-            .where(t.c.id.in_(batch))
-        )
-        for row in conn.execute(query):
-            # facts_query's columns are Facts' fields in order, then the touch's id.
-            found.facts[row[-1]] = compose.Facts(*row[:-1])
-    clients = sorted({f.client_id for f in found.facts.values()})
-    emails = {f.email.lower() for f in found.facts.values()}
-    keys = sorted(emails | {store.address_hash(e) for e in emails})
-    s = store.suppressions
-    for addresses in store.chunks(keys, 500):
-        for row in conn.execute(select(s.c.email, s.c.reason).where(s.c.email.in_(addresses))):
-            found.suppressed[row.email] = row.reason
-    for group in store.chunks(clients, 500):
-        found.stats.update(client_stats(conn, 0, 0, ids=group))
-        # The status is checked here, not in SQL: with `status IN (...)` in the query,
-        # SQLite (no statistics) searched ix_touches_due by status instead of the clients'
-        # key, reading every touch that ever went out for each batch (0.3 s a batch with
-        # 900,000 sent). A client has few touches; the few others with a variant (a retry, a
-        # failure) are read and dropped.
-        for row in conn.execute(
-            select(t.c.client_id, t.c.status, t.c.updated_at, t.c.id, t.c.variant).where(
-                t.c.client_id.in_(group), t.c.variant.is_not(None)
-            )
-        ):
-            if row.status in compose.SEEN:
-                found.seen.setdefault(row.client_id, []).append(
-                    (row.updated_at, row.id, row.variant)
-                )
-    return found
+    ).where(t.c.id.in_(ids))
+    facts_query = (
+        compose.facts_query()
+        .add_columns(t.c.id.label("touch_id"))
+        .join(t, t.c.client_id == c.c.id)
+        .outerjoin(p, p.c.id == t.c.purchase_id)
+        .where(t.c.id.in_(ids))
+    )
+    emails: Any = bindparam("emails", expanding=True)
+    suppressions_query = select(s.c.email, s.c.reason).where(s.c.email.in_(emails))
+    # The status is checked in Python, not in SQL: with `status IN (...)` in the query,
+    # SQLite (no statistics) searched ix_touches_due by status instead of the clients' key,
+    # reading every touch that ever went out for each batch (0.3 s a batch with 900,000
+    # sent). A client has few touches; the few others with a variant (a retry, a failure)
+    # are read and dropped.
+    seen_query = select(t.c.client_id, t.c.status, t.c.updated_at, t.c.id, t.c.variant).where(
+        t.c.client_id.in_(ids), t.c.variant.is_not(None)
+    )
+    return touches_query, facts_query, suppressions_query, seen_query
 
 
 def _prepare(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import event, func, select
+from sqlalchemy import bindparam, event, func, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import SQLModel
@@ -162,6 +163,90 @@ def test_the_planner_reads_purchase_facts_and_instants_as_sqlalchemy_does(
             raw = conn.execute(select(app._raw(column))).scalar_one()
             assert app._utc(raw) == conn.execute(select(column)).scalar_one()
             assert app._utc(raw).tzinfo is UTC
+
+
+def test_rows_reads_what_sqlalchemy_reads(runtime: app.Runtime) -> None:
+    """store.rows runs the dispatcher's prefetch queries through SQLite's driver: the same
+    values (dates, UTC instants, booleans, NULLs), by name and by position, as
+    conn.execute(...).all()."""
+    ann, bob = _client(runtime, "C1"), _client(runtime, "C2", "b@example.com")
+    paris = ZoneInfo("Europe/Paris")
+    with runtime.engine.begin() as conn:
+        store.upsert(
+            conn,
+            store.reps,
+            [
+                {
+                    "external_id": "R1",
+                    "name": "Rosa",
+                    "email": "rosa@example.com",
+                    "signature": "",
+                    "active": True,
+                    "updated_at": NOW,
+                }
+            ],
+            key="external_id",
+        )
+        rep = store.id_map(conn, store.reps, ["R1"])["R1"]
+        conn.execute(store.clients.update().where(store.clients.c.id == ann).values(rep_id=rep))
+        store.upsert(
+            conn,
+            store.purchases,
+            [
+                {
+                    "external_id": "P1",
+                    "client_id": ann,
+                    "purchased_at": datetime(2026, 3, 29, 4, 30, 0, 123456, tzinfo=paris),
+                    "product": "Roadster",
+                    "amount_minor": 4_200_000,
+                    "currency": "EUR",
+                    "status": "paid",
+                    "updated_at": NOW,
+                }
+            ],
+            key="external_id",
+        )
+        purchase = store.id_map(conn, store.purchases, ["P1"])["P1"]
+        store.insert_touches(
+            conn,
+            [
+                dataclasses.replace(_touch(ann), purchase_id=purchase),
+                _touch(bob, date(2027, 2, 14), datetime(2027, 2, 14, 9, 0, 0, 7, paris)),
+            ],
+            NOW,
+        )
+        store.suppress(conn, "b@example.com", "bounced", NOW)
+        ids = [row.id for row in conn.execute(select(store.touches.c.id))]
+        conn.execute(
+            store.touches.update().where(store.touches.c.client_id == ann).values(variant="sage")
+        )
+    queries = [
+        (query, {"ids": ids}) for query in app._prefetch_queries() if "ids" in str(query)
+    ] + [
+        (app._prefetch_queries()[2], {"emails": ["b@example.com", "nobody@example.com"]}),
+        (app._stats_query(True), {"ids": [ann, bob]}),
+        (app._stats_query(False), {"lo": ann, "hi": bob}),
+        (select(store.reps.c.active, store.reps.c.updated_at), {}),
+    ]
+    with store.reader(runtime.engine) as conn:
+        for query, values in queries:
+            expected = conn.execute(query, values).all()
+            found = store.rows(conn, query, **values)
+            assert expected, query
+            assert [tuple(row) for row in found] == [tuple(row) for row in expected]
+            for row, wanted in zip(found, expected, strict=True):
+                for key, value in wanted._mapping.items():
+                    if isinstance(key, str):
+                        assert getattr(row, key) == value
+        touches = store.rows(conn, app._prefetch_queries()[0], ids=ids)
+    assert {type(row.occurrence) for row in touches} == {date}
+    assert {row.due_at.tzinfo for row in touches} == {UTC}
+
+
+def test_rows_refuses_a_parameter_that_needs_sqlalchemys_processing() -> None:
+    query = select(store.touches.c.id).where(store.touches.c.due_at < bindparam("now"))
+    with pytest.raises(ValueError, match="'now' needs SQLAlchemy's processing"):
+        store._sqlite_select(query)
 
 
 def test_insert_touches_is_insert_if_absent(runtime: app.Runtime) -> None:
@@ -383,19 +468,23 @@ def test_a_claim_and_its_prefetch_search_by_ids_and_clients_not_by_status(
         ]
         store.transition_many(conn, TouchStatus.SENDING, sent)
         store.insert_touches(conn, [_touch(c) for c in clients], NOW)
-    statements: list[tuple[str, Any]] = []
+    # Every statement SQLite runs, with its values (some go through SQLAlchemy, some straight
+    # to the driver): those of the claim and the prefetch that read touches by a list.
+    statements: list[str] = []
 
-    def record(*args: Any) -> None:
-        _conn, _cursor, statement, parameters, _context, many = args
-        if not many and "touches" in statement:
-            statements.append((statement, parameters))
+    def record(statement: str) -> None:
+        if "touches" in statement and " IN (" in statement and "INSERT" not in statement:
+            statements.append(statement)
 
-    event.listen(rt.engine, "before_cursor_execute", record)
+    def trace(dbapi: Any, _record: Any, _proxy: Any) -> None:
+        dbapi.set_trace_callback(record)
+
+    event.listen(rt.engine.pool, "checkout", trace)
     with rt.engine.begin() as conn:
         claimed = store.claim_due(conn, "me", NOW, lease, 20)
     with store.reader(rt.engine) as conn:
         prefetched = app._prefetch(conn, claimed)
-    event.remove(rt.engine, "before_cursor_execute", record)
+    event.remove(rt.engine.pool, "checkout", trace)
 
     assert len(claimed) == 20 and not set(claimed) & set(first)
     assert {entries[0][2] for entries in prefetched.seen.values()} == {"sage"}
@@ -404,12 +493,12 @@ def test_a_claim_and_its_prefetch_search_by_ids_and_clients_not_by_status(
     with rt.engine.connect() as conn:
         raw = conn.connection.dbapi_connection
         assert raw is not None
-        for statement, parameters in statements:
-            plan = " | ".join(
-                row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + statement, parameters)
-            )
+        raw.set_trace_callback(None)
+        for statement in statements:
+            plan = " | ".join(row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + statement))
             plans.append(plan)
-    assert len(plans) >= 4, plans
+    # The claim's SELECT and UPDATE; the prefetch's touches, facts and previous variants.
+    assert len(plans) >= 5, plans
     assert not [plan for plan in plans if "ix_touches_due (status=?)" in plan], plans
     assert any("ix_touches_due (status=? AND next_attempt_at<?)" in plan for plan in plans)
 
