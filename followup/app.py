@@ -744,81 +744,82 @@ async def _dispatch_loop(
     settings = rt.settings
     done = 0
     try:
-        while (limit is None or done < limit) and not hooks.should_stop():
-            size = settings.delivery.batch_size
-            if limit is not None:
-                size = min(size, limit - done)
-            allowed = _allowance(rt, clock())
-            if allowed is not None:
-                if allowed <= 0:
-                    report.rate_limited = True
-                    log_event("dispatch.rate_limited")
+        async with store.keeping_writer(rt.engine):
+            while (limit is None or done < limit) and not hooks.should_stop():
+                size = settings.delivery.batch_size
+                if limit is not None:
+                    size = min(size, limit - done)
+                allowed = _allowance(rt, clock())
+                if allowed is not None:
+                    if allowed <= 0:
+                        report.rate_limited = True
+                        log_event("dispatch.rate_limited")
+                        return
+                    size = min(size, allowed)
+                async with store.writing(rt.engine) as conn:
+                    claimed = store.claim_due(conn, owner, clock(), lease, size)
+                if not claimed:
                     return
-                size = min(size, allowed)
-            async with store.writing(rt.engine) as conn:
-                claimed = store.claim_due(conn, owner, clock(), lease, size)
-            if not claimed:
-                return
-            with store.reader(rt.engine) as conn:
-                pre = _prefetch(conn, claimed)
-            recorder = _Recorder(rt, report, rng)
-            pending = deque(claimed)
-            handed: set[int] = set()
+                with store.reader(rt.engine) as conn:
+                    pre = _prefetch(conn, claimed)
+                recorder = _Recorder(rt, report, rng)
+                pending = deque(claimed)
+                handed: set[int] = set()
 
-            async def worker(
-                mailer: SmtpMailer,
-                pending: deque[int] = pending,
-                handed: set[int] = handed,
-                pre: _Prefetched = pre,
-                recorder: _Recorder = recorder,
-            ) -> None:
-                size = settings.delivery.group_size
-                while pending and not hooks.should_stop():
-                    # A fair share when little is left: every connection gets some.
-                    share = -(-len(pending) // len(mailers))
-                    ids = [pending.popleft() for _ in range(min(size, share))]
+                async def worker(
+                    mailer: SmtpMailer,
+                    pending: deque[int] = pending,
+                    handed: set[int] = handed,
+                    pre: _Prefetched = pre,
+                    recorder: _Recorder = recorder,
+                ) -> None:
+                    size = settings.delivery.group_size
+                    while pending and not hooks.should_stop():
+                        # A fair share when little is left: every connection gets some.
+                        share = -(-len(pending) // len(mailers))
+                        ids = [pending.popleft() for _ in range(min(size, share))]
+                        try:
+                            unsent = await _deliver_group(
+                                rt,
+                                ids,
+                                clock,
+                                owner,
+                                lease,
+                                key,
+                                mailer,
+                                report,
+                                handed,
+                                hooks,
+                                pre,
+                                recorder,
+                            )
+                        except BaseException:
+                            # Those never given to the mailer are safe to give back.
+                            pending.extendleft(reversed([t for t in ids if t not in handed]))
+                            raise
+                        pending.extendleft(reversed(unsent))
+
+                try:
                     try:
-                        unsent = await _deliver_group(
-                            rt,
-                            ids,
-                            clock,
-                            owner,
-                            lease,
-                            key,
-                            mailer,
-                            report,
-                            handed,
-                            hooks,
-                            pre,
-                            recorder,
-                        )
-                    except BaseException:
-                        # Those never given to the mailer are safe to give back.
-                        pending.extendleft(reversed([t for t in ids if t not in handed]))
-                        raise
-                    pending.extendleft(reversed(unsent))
-
-            try:
-                try:
-                    async with asyncio.TaskGroup() as group:
-                        for mailer in mailers:
-                            group.create_task(worker(mailer))
-                except BaseExceptionGroup as group_error:
-                    # One cause is enough for the operator (e.g. an untrusted certificate).
-                    raise group_error.exceptions[0] from None
-                done += len(claimed)
-            finally:
-                try:
-                    await recorder.flush()
-                except Exception:
-                    # Left "sending" with their Message-IDs: uncertain when the lease ends,
-                    # never resent on their own.
-                    log.exception("recording failed", extra={"event": "dispatch.record_error"})
-                if pending:
-                    # Stopped early (an error, an interrupt): the touches never handed to the
-                    # mailer go back to the queue now instead of turning uncertain later.
-                    async with store.writing(rt.engine) as conn:
-                        store.release(conn, list(pending), owner, clock())
+                        async with asyncio.TaskGroup() as group:
+                            for mailer in mailers:
+                                group.create_task(worker(mailer))
+                    except BaseExceptionGroup as group_error:
+                        # One cause is enough for the operator (e.g. an untrusted certificate).
+                        raise group_error.exceptions[0] from None
+                    done += len(claimed)
+                finally:
+                    try:
+                        await recorder.flush()
+                    except Exception:
+                        # Left "sending" with their Message-IDs: uncertain when the lease ends,
+                        # never resent on their own.
+                        log.exception("recording failed", extra={"event": "dispatch.record_error"})
+                    if pending:
+                        # Stopped early (an error, an interrupt): the touches never handed to the
+                        # mailer go back to the queue now instead of turning uncertain later.
+                        async with store.writing(rt.engine) as conn:
+                            store.release(conn, list(pending), owner, clock())
     finally:
         for mailer in mailers:
             await mailer.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import hashlib
 import os
@@ -179,10 +180,29 @@ def _try_write_lock(dbapi: sqlite3.Connection) -> bool:
 _BEGUN = "followup_begun"
 
 
-#: Per event loop and engine: the coroutines that wait for SQLite's write lock, one at a time.
+class _Writer:
+    """Per event loop and engine: the coroutines that wait for SQLite's write lock, one at a
+    time, and the connection they write on while `keeping_writer` holds one for them."""
+
+    __slots__ = ("keeping", "kept", "lock")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.kept: Connection | None = None
+        self.keeping = 0
+
+
 _writers: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Engine, asyncio.Lock]
+    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Engine, _Writer]
 ] = weakref.WeakKeyDictionary()
+
+
+def _writer(engine: Engine) -> _Writer:
+    engines = _writers.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
+    writer = engines.get(engine)
+    if writer is None:
+        writer = engines[engine] = _Writer()
+    return writer
 
 
 @asynccontextmanager
@@ -192,20 +212,51 @@ async def writing(engine: Engine) -> AsyncIterator[Connection]:
     (composing, sending) instead of stopping in BEGIN IMMEDIATE: with two processes sending,
     each spent about a tenth of its time waiting there. The coroutines of one loop wait one at
     a time (SQLite has one write lock), so that waiting never holds more than one of the
-    pool's connections."""
+    pool's connections: the one `keeping_writer` keeps, or one checked out for the
+    transaction."""
     if engine.dialect.name != "sqlite":
         with engine.begin() as conn:
             yield conn
         return
-    locks = _writers.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
-    async with locks.setdefault(engine, asyncio.Lock()):
-        with engine.connect() as conn:
+    writer = _writer(engine)
+    async with writer.lock:
+        if writer.keeping:
+            if writer.kept is None or writer.kept.closed or writer.kept.invalidated:
+                writer.kept = engine.connect()
+            connection: contextlib.AbstractContextManager[Connection] = contextlib.nullcontext(
+                writer.kept
+            )
+        else:
+            connection = engine.connect()
+        with connection as conn:
             try:
                 await _lock_for_write(conn)
                 with conn.begin():
                     yield conn
             finally:
                 conn.info.pop(_BEGUN, None)
+
+
+@asynccontextmanager
+async def keeping_writer(engine: Engine) -> AsyncIterator[None]:
+    """Within it, `writing(engine)` on this event loop writes on one connection, checked out
+    once instead of for each transaction: the dispatcher writes every few messages, and a
+    checkout (SQLAlchemy's Connection, its events, the pool) cost more than a small
+    transaction's statements. It goes back to the pool at the end."""
+    if engine.dialect.name != "sqlite":
+        yield
+        return
+    writer = _writer(engine)
+    writer.keeping += 1
+    try:
+        yield
+    finally:
+        writer.keeping -= 1
+        if not writer.keeping and writer.kept is not None:
+            async with writer.lock:  # never while a transaction is open on it
+                if not writer.keeping and writer.kept is not None:
+                    writer.kept.close()
+                    writer.kept = None
 
 
 async def _lock_for_write(conn: Connection) -> None:

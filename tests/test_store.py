@@ -792,6 +792,48 @@ def test_many_coroutines_waiting_for_the_write_lock_hold_one_pooled_connection(
     second.dispose()
 
 
+def test_keeping_writer_writes_on_one_connection_and_gives_it_back(tmp_path: object) -> None:
+    # Within keeping_writer, every transaction of `writing` (one failed among them) is on the
+    # same pooled connection, committed or rolled back one by one, and waits for the lock
+    # another process holds; afterwards the connection is back in the pool.
+    import asyncio
+
+    first, second = _counter_engines(tmp_path)
+    used: list[object] = []
+
+    async def write(fail: bool = False) -> None:
+        async with store.writing(second) as conn:
+            used.append(conn.connection.dbapi_connection)
+            conn.exec_driver_sql("UPDATE counter SET n = n + 1")
+            if fail:
+                raise RuntimeError("boom")
+
+    async def main() -> None:
+        async with store.keeping_writer(second):
+            await write()
+            with pytest.raises(RuntimeError):
+                await write(fail=True)
+            holder, release = _hold_write_lock(first)
+            try:
+                waiting = asyncio.gather(write(), write())
+                await asyncio.sleep(0.2)
+                assert not waiting.done()
+                release.set()
+                await asyncio.wait_for(waiting, 10)
+            finally:
+                release.set()
+                holder.join()
+            assert second.pool.checkedout() == 1  # type: ignore[attr-defined]
+            with second.connect() as conn:
+                assert conn.exec_driver_sql("SELECT n FROM counter").scalar_one() == 4
+
+    asyncio.run(main())
+    assert len(used) == 4 and len({id(dbapi) for dbapi in used}) == 1
+    assert second.pool.checkedout() == 0  # type: ignore[attr-defined]
+    first.dispose()
+    second.dispose()
+
+
 def test_writing_rolls_back_on_error_and_leaves_the_connection_as_it_found_it(
     tmp_path: object,
 ) -> None:
