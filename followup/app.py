@@ -1069,36 +1069,16 @@ def _prepare(
     cleared = {"lease_owner": None, "lease_expires_at": None}
     touch = pre.touches[touch_id]
     facts = pre.facts.get(touch_id)
-    with contextlib.ExitStack() as settle:
-        try:
-            if facts is None:
-                raise compose.Skip("client no longer exists")
-            compose.check_audience_with(facts, pre.suppression(facts.email))
-            stats = pre.stats.get(facts.client_id, care.ClientStats())
-            client = client_for(rt, touch.campaign, facts, stats, clock())
-            occasion = occasion_for(
-                rt, touch.campaign, touch.occurrence, touch.occasion, facts, stats
-            )
-            later = _outside_window(rt, touch, facts.timezone, clock())
-            if later is not None:
-                # Caught up after downtime at an hour the client should not get mail: wait
-                # for the campaign's next send time (still within the touch's lateness).
-                conn = settle.enter_context(rt.engine.begin())
-                store.transition(
-                    conn,
-                    touch_id,
-                    sending,
-                    TouchStatus.PLANNED if touch.attempts <= 1 else TouchStatus.RETRY,
-                    clock(),
-                    f"outside the send window; next at {later.isoformat()}",
-                    next_attempt_at=later,
-                    attempts=max(touch.attempts - 1, 0),
-                    **cleared,
-                )
-                log_event("touch.waiting", touch=touch_id, campaign=touch.campaign)
-                return None
-        except compose.Skip as skip:
-            conn = settle.enter_context(rt.engine.begin())
+    try:
+        if facts is None:
+            raise compose.Skip("client no longer exists")
+        compose.check_audience_with(facts, pre.suppression(facts.email))
+        stats = pre.stats.get(facts.client_id, care.ClientStats())
+        client = client_for(rt, touch.campaign, facts, stats, clock())
+        occasion = occasion_for(rt, touch.campaign, touch.occurrence, touch.occasion, facts, stats)
+        later = _outside_window(rt, touch, facts.timezone, clock())
+    except compose.Skip as skip:
+        with rt.engine.begin() as conn:
             store.transition(
                 conn,
                 touch_id,
@@ -1109,10 +1089,27 @@ def _prepare(
                 reason=str(skip),
                 **cleared,
             )
-            report.skipped += 1
-            log_event("touch.skipped", touch=touch_id, campaign=touch.campaign, reason=str(skip))
-            return None
-        previous = pre.previous_variant(touch.client_id, touch_id)
+        report.skipped += 1
+        log_event("touch.skipped", touch=touch_id, campaign=touch.campaign, reason=str(skip))
+        return None
+    if later is not None:
+        # Caught up after downtime at an hour the client should not get mail: wait for the
+        # campaign's next send time (still within the touch's lateness).
+        with rt.engine.begin() as conn:
+            store.transition(
+                conn,
+                touch_id,
+                sending,
+                TouchStatus.PLANNED if touch.attempts <= 1 else TouchStatus.RETRY,
+                clock(),
+                f"outside the send window; next at {later.isoformat()}",
+                next_attempt_at=later,
+                attempts=max(touch.attempts - 1, 0),
+                **cleared,
+            )
+        log_event("touch.waiting", touch=touch_id, campaign=touch.campaign)
+        return None
+    previous = pre.previous_variant(touch.client_id, touch_id)
     assert facts is not None
     try:
         message = compose.compose(

@@ -175,11 +175,19 @@ class _Pipeline(asyncio.Protocol):
         SMTPServerDisconnected, SMTPResponseException (garbage) or TimeoutError."""
         if self.lost is not None:
             raise self.lost
-        loop = asyncio.get_running_loop()
         self._replies, self._wanted = [], replies
-        self._waiter = waiter = loop.create_future()
-        self.transport.write(data)
+        if data:
+            self.transport.write(data)
         self._parse()
+        if self.lost is not None:  # a malformed reply already read
+            self._wanted = 0
+            raise self.lost
+        if len(self._replies) >= replies:
+            # Already read (the envelope's replies behind the previous message's): no wait.
+            self._wanted = 0
+            return self._replies
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
         timer = loop.call_later(self.timeout, self._time_out, waiter)
         try:
             await waiter

@@ -442,6 +442,22 @@ def test_the_next_envelope_goes_out_behind_the_message_data() -> None:
     assert lines[8:] == [b"QUIT\r\n", b""]
 
 
+def test_garbage_read_with_the_data_reply_fails_the_next_send_at_once_unsent() -> None:
+    # The server answers the data and, in the same write, something that is not a reply to
+    # the next envelope. The next send finds it already read: it is retried at once (nothing
+    # of its data went out), without waiting for the reply timeout.
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await take_with_next_envelope(reader, writer, seen, b"250 as 1\r\nbogus\r\n")
+
+    outcomes, seen = asyncio.run(run_connections([script], ANNOUNCED_THEN_SENT))
+    assert [(d.outcome, d.code) for d in outcomes] == [(Outcome.SENT, 250), (Outcome.RETRY, None)]
+    assert "malformed reply: 'bogus'" in outcomes[1].reply
+    (lines,) = seen
+    assert lines[4:7] == ENVELOPE_2 and lines[7:] == [b""]  # no data, no QUIT
+
+
 def test_a_refused_message_data_keeps_the_next_envelope_and_sends_no_rset() -> None:
     async def script(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
