@@ -302,4 +302,5 @@ class Daemon:
 def run(rt: app.Runtime, clock: Callable[[], datetime]) -> None:
     """`followup daemon`: runs until SIGTERM or SIGINT."""
     with single_instance(rt):
+        app.freeze_startup_heap()
         asyncio.run(Daemon(rt, clock).run())

@@ -590,3 +590,33 @@ def test_spawned_workers_log_as_the_command_that_started_them(
     assert [(e["processes"], e["method"]) for e in started] == [(2, "spawn")]
     sent = [e for e in events if e["event"] == "touch.sent"]
     assert report.sent == len(sent) == len(smtp_server.handler.received) > 0
+
+
+def test_the_startup_heap_is_frozen_once_after_its_garbage_is_collected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A long run's full garbage collections no longer walk what was alive at its start; a
+    # cycle that was already garbage is collected first, not kept for ever.
+    import gc
+    import weakref
+
+    class Node:
+        other: object = None
+
+    monkeypatch.setattr(app, "_heap_frozen", False)
+    gc.unfreeze()
+    garbage = Node()
+    garbage.other = Node()
+    garbage.other.other = garbage  # type: ignore[attr-defined]
+    gone = weakref.ref(garbage)
+    kept = Node()
+    del garbage
+    try:
+        app.freeze_startup_heap()
+        assert gone() is None
+        frozen = gc.get_freeze_count()
+        assert frozen > 0 and not any(obj is kept for obj in gc.get_objects())
+        app.freeze_startup_heap()  # once per process
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
