@@ -49,7 +49,7 @@ import generate  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from followup import app, compose, store  # noqa: E402
-from followup.config import load_settings  # noqa: E402
+from followup.config import Settings, load_settings  # noqa: E402
 
 NOW = datetime(2027, 1, 8, 19, 0, tzinfo=UTC)
 SINK = "/usr/sbin/smtp-sink"
@@ -100,6 +100,15 @@ def shop_runtime(folder: Path, messages: int, env: dict[str, str]) -> app.Runtim
     """bench/generate.py's shop of `messages` clients (7 markets, their zones and languages,
     20 reps), each with one purchase at PURCHASED, in a new database, planned at NOW: a
     thank-you each (the other campaigns are off)."""
+    rt = app.Runtime.open(shop_settings(folder, env), create=True)
+    store.upgrade(rt.engine)
+    generate.generate(rt.engine, messages, purchased_on=PURCHASED)
+    app.plan(rt, NOW)
+    return rt
+
+
+def shop_settings(folder: Path, env: dict[str, str]) -> Settings:
+    """The settings of the shop in `folder` (see shop_runtime)."""
     env = {
         "FOLLOWUP_DATABASE_URL": f"sqlite:///{folder / 'followup.db'}",
         "FOLLOWUP_SECRET_KEY": "bench",
@@ -113,11 +122,7 @@ def shop_runtime(folder: Path, messages: int, env: dict[str, str]) -> app.Runtim
     for campaign in calendar:
         if campaign.name != "thank_you":
             env[f"FOLLOWUP_CAMPAIGNS_{campaign.name.upper()}_ENABLED"] = "false"
-    rt = app.Runtime.open(load_settings(ROOT / "config.toml", env), create=True)
-    store.upgrade(rt.engine)
-    generate.generate(rt.engine, messages, purchased_on=PURCHASED)
-    app.plan(rt, NOW)
-    return rt
+    return load_settings(ROOT / "config.toml", env)
 
 
 def sink_env(port: int, connections: int = 4) -> dict[str, str]:

@@ -25,6 +25,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from sqlalchemy import func, select  # noqa: E402
 
 from followup import app, compose, store  # noqa: E402
 from followup.config import load_settings  # noqa: E402
+from followup.render import Templates  # noqa: E402
 
 SEND_AT = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 
@@ -86,24 +88,19 @@ def jobs(rt: app.Runtime, messages: int) -> list[Job]:
     return found
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=20_000)
-    args = parser.parse_args()
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    with tempfile.TemporaryDirectory() as folder:
-        settings = load_settings(
-            ROOT / "config.toml",
-            {
-                "FOLLOWUP_SECRET_KEY": "bench",
-                "FOLLOWUP_DATABASE_URL": f"sqlite:///{folder}/render.db",
-            },
-        )
-        rt = app.Runtime.open(settings, create=True)
-        store.upgrade(rt.engine)
-        work = jobs(rt, args.messages)
-        rt.engine.dispose()
+def composer(
+    folder: Path, messages: int
+) -> tuple[Callable[[Job], compose.Composed], list[Job], Templates]:
+    """compose() as the dispatcher calls it for a thank-you, the jobs of `messages` clients
+    (a shop in `folder`, read beforehand) and the templates it renders."""
+    settings = load_settings(
+        ROOT / "config.toml",
+        {"FOLLOWUP_SECRET_KEY": "bench", "FOLLOWUP_DATABASE_URL": f"sqlite:///{folder}/render.db"},
+    )
+    rt = app.Runtime.open(settings, create=True)
+    store.upgrade(rt.engine)
+    work = jobs(rt, messages)
+    rt.engine.dispose()
     templates = rt.templates
 
     def thank_you(job: Job) -> compose.Composed:
@@ -120,6 +117,18 @@ def main() -> None:
             occasion=occasion,
             client=client,
         )
+
+    return thank_you, work, templates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    with tempfile.TemporaryDirectory() as folder:
+        thank_you, work, templates = composer(Path(folder), args.messages)
 
     # Warm up: compile every template once, as a long-running dispatcher has (one message per
     # market: each language has its own files).
