@@ -59,15 +59,20 @@ SOURCE = "/usr/sbin/smtp-source"
 def ensure_postfix() -> None:
     if Path(SINK).exists() and Path(SOURCE).exists():
         return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(
         ["debconf-set-selections"],
         input=b"postfix postfix/main_mailer_type select No configuration\n",
         check=False,
     )
+    apt_install("postfix")
+
+
+def apt_install(package: str) -> None:
+    """Installs a Debian package (the benches' tools), without questions."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
     subprocess.run(
-        ["apt-get", "install", "-y", "-q", "postfix"],
+        ["apt-get", "install", "-y", "-q", package],
         check=True,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -34,16 +34,8 @@ import deliver  # noqa: E402
 
 
 def ensure_valgrind() -> None:
-    if shutil.which("valgrind"):
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "valgrind"],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
+    if not shutil.which("valgrind"):
+        deliver.apt_install("valgrind")
 
 
 def counted(arguments: list[str], out: Path) -> int:
