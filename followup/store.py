@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
 import hashlib
 import os
@@ -220,21 +219,41 @@ async def writing(engine: Engine) -> AsyncIterator[Connection]:
         return
     writer = _writer(engine)
     async with writer.lock:
+        kept = writer.kept if writer.keeping else None
+        if kept is not None and not _reusable(kept):
+            writer.kept = None
+            kept.close()  # back to the pool, which rolls back what SQLite still has open
+            kept = None
+        conn = kept or engine.connect()
         if writer.keeping:
-            if writer.kept is None or writer.kept.closed or writer.kept.invalidated:
-                writer.kept = engine.connect()
-            connection: contextlib.AbstractContextManager[Connection] = contextlib.nullcontext(
-                writer.kept
-            )
-        else:
-            connection = engine.connect()
-        with connection as conn:
+            writer.kept = conn
+        try:
             try:
                 await _lock_for_write(conn)
                 with conn.begin():
                     yield conn
             finally:
                 conn.info.pop(_BEGUN, None)
+        except BaseException:
+            # Never kept after a failure: a COMMIT that failed can leave SQLite's transaction
+            # (and its write lock) open where SQLAlchemy sees none.
+            if writer.kept is conn:
+                writer.kept = None
+            conn.close()
+            raise
+        if writer.kept is conn and not writer.keeping:
+            writer.kept = None  # keeping_writer ended during this transaction
+        if writer.kept is not conn:
+            conn.close()
+
+
+def _reusable(conn: Connection) -> bool:
+    """Whether a kept connection is as a transaction left it: open, and without a transaction
+    SQLAlchemy does not know about."""
+    if conn.closed or conn.invalidated:
+        return False
+    dbapi = conn.connection.dbapi_connection
+    return not (isinstance(dbapi, sqlite3.Connection) and dbapi.in_transaction)
 
 
 @asynccontextmanager
@@ -242,7 +261,8 @@ async def keeping_writer(engine: Engine) -> AsyncIterator[None]:
     """Within it, `writing(engine)` on this event loop writes on one connection, checked out
     once instead of for each transaction: the dispatcher writes every few messages, and a
     checkout (SQLAlchemy's Connection, its events, the pool) cost more than a small
-    transaction's statements. It goes back to the pool at the end."""
+    transaction's statements. It goes back to the pool at the end (by the transaction still
+    open on it, if one is), and after any failed transaction."""
     if engine.dialect.name != "sqlite":
         yield
         return
@@ -252,11 +272,11 @@ async def keeping_writer(engine: Engine) -> AsyncIterator[None]:
         yield
     finally:
         writer.keeping -= 1
-        if not writer.keeping and writer.kept is not None:
-            async with writer.lock:  # never while a transaction is open on it
-                if not writer.keeping and writer.kept is not None:
-                    writer.kept.close()
-                    writer.kept = None
+        # Nothing to await here (a second cancellation would leave it checked out): if a
+        # transaction holds it, `writing` closes it at the end of that transaction.
+        if not writer.keeping and writer.kept is not None and not writer.lock.locked():
+            writer.kept.close()
+            writer.kept = None
 
 
 async def _lock_for_write(conn: Connection) -> None:
@@ -388,7 +408,7 @@ def upsert(
 class _SqliteSelect:
     """A SELECT compiled once for SQLite and run through the driver (see `rows`)."""
 
-    __slots__ = ("convert", "expanding", "make", "names", "sql", "values")
+    __slots__ = ("convert", "expanding", "make", "names", "required", "sql", "values")
 
     def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -397,6 +417,8 @@ class _SqliteSelect:
         binds = compiled.binds
         self.expanding = frozenset(name for name in self.names if binds[name].expanding)
         self.values = dict(compiled.params)
+        #: Parameters without a value in the statement: the caller must give them.
+        self.required = frozenset(name for name in self.names if binds[name].required)
         for name in self.names:
             if binds[name].type.dialect_impl(dialect).bind_processor(dialect) is not None:
                 raise ValueError(f"parameter {name!r} needs SQLAlchemy's processing")
@@ -411,6 +433,9 @@ class _SqliteSelect:
 
     def run(self, raw: _Driver, values: dict[str, Any]) -> list[Any]:
         sql, parameters = self.sql, []
+        missing = self.required - values.keys()
+        if missing:
+            raise ValueError(f"no value for the parameter(s) {', '.join(sorted(missing))}")
         for name in self.names:
             value = values[name] if name in values else self.values[name]
             if name in self.expanding:
@@ -424,6 +449,8 @@ class _SqliteSelect:
         if make is None:
             names = [column[0] for column in cursor.description]
             shape: Any = collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
+            if list(shape._fields) != names:
+                raise ValueError(f"column names that a row cannot have as attributes: {names}")
             make = self.make = shape._make
         if not convert:
             return [make(row) for row in cursor]

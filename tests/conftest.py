@@ -33,6 +33,14 @@ POSTGRES_URL = os.environ.get("FOLLOWUP_TEST_POSTGRES_URL", "")
 NO_POSTGRES = "FOLLOWUP_TEST_POSTGRES_URL is not set (PostgreSQL tests need a real server)"
 
 
+@pytest.fixture(autouse=True)
+def _heap_not_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dispatch_in_processes freezes its process's heap once (app.freeze_startup_heap): in the
+    test process that would change the garbage collection of every later test, by the order
+    they run in. The real executable, in the end-to-end tests, freezes as in production."""
+    monkeypatch.setattr(app, "_heap_frozen", True)
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -243,10 +244,21 @@ def test_rows_reads_what_sqlalchemy_reads(runtime: app.Runtime) -> None:
     assert {row.due_at.tzinfo for row in touches} == {UTC}
 
 
-def test_rows_refuses_a_parameter_that_needs_sqlalchemys_processing() -> None:
+def test_rows_refuses_what_it_cannot_read_as_sqlalchemy_does(tmp_path: Path) -> None:
+    # A parameter that needs SQLAlchemy's processing, one without a value (SQLAlchemy raises
+    # too), a column name that a row cannot have as an attribute.
     query = select(store.touches.c.id).where(store.touches.c.due_at < bindparam("now"))
     with pytest.raises(ValueError, match="'now' needs SQLAlchemy's processing"):
         store._sqlite_select(query)
+    engine = store.open_engine(f"sqlite:///{tmp_path / 'rows.db'}")
+    store.upgrade(engine)
+    with store.reader(engine) as conn:
+        with pytest.raises(ValueError, match=re.escape("no value for the parameter(s) hi")):
+            store.rows(conn, app._stats_query(False), lo=1)
+        labelled = select(store.touches.c.id.label("class"))
+        with pytest.raises(ValueError, match="column names"):
+            store.rows(conn, labelled)
+    engine.dispose()
 
 
 def test_insert_touches_is_insert_if_absent(runtime: app.Runtime) -> None:
@@ -830,6 +842,78 @@ def test_keeping_writer_writes_on_one_connection_and_gives_it_back(tmp_path: obj
     asyncio.run(main())
     assert len(used) == 4 and len({id(dbapi) for dbapi in used}) == 1
     assert second.pool.checkedout() == 0  # type: ignore[attr-defined]
+    first.dispose()
+    second.dispose()
+
+
+def test_a_kept_connection_is_dropped_after_a_commit_that_failed(tmp_path: object) -> None:
+    # A COMMIT refused by a deferred foreign key leaves SQLite's transaction, and its write
+    # lock, open where SQLAlchemy sees none: that connection is not kept, the next transaction
+    # writes, and another writer gets the lock at once.
+    import asyncio
+    import sqlite3
+    from pathlib import Path
+
+    first, second = _counter_engines(tmp_path)
+    with first.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql(
+            "CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER "
+            "REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+
+    async def main() -> None:
+        async with store.keeping_writer(second):
+            with pytest.raises(IntegrityError):
+                async with store.writing(second) as conn:
+                    conn.exec_driver_sql("INSERT INTO child VALUES (1, 99)")
+            async with store.writing(second) as conn:
+                conn.exec_driver_sql("UPDATE counter SET n = n + 1")
+            other = sqlite3.connect(str(Path(str(tmp_path)) / "lock.db"), timeout=0)
+            other.execute("BEGIN IMMEDIATE")  # not "database is locked"
+            other.rollback()
+            other.close()
+
+    asyncio.run(main())
+    with second.connect() as conn:
+        assert conn.exec_driver_sql("SELECT n FROM counter").scalar_one() == 1
+        assert conn.exec_driver_sql("SELECT count(*) FROM child").scalar_one() == 0
+    assert second.pool.checkedout() == 0  # type: ignore[attr-defined]
+    first.dispose()
+    second.dispose()
+
+
+def test_a_kept_connection_in_use_when_keeping_ends_goes_back_after_its_transaction(
+    tmp_path: object,
+) -> None:
+    # keeping_writer ends (awaiting nothing) while a transaction waits for the lock on the
+    # kept connection: that transaction finishes on it, then gives it back to the pool.
+    import asyncio
+
+    first, second = _counter_engines(tmp_path)
+    holder, release = _hold_write_lock(first)
+
+    async def write() -> None:
+        async with store.writing(second) as conn:
+            conn.exec_driver_sql("UPDATE counter SET n = n + 1")
+
+    async def main() -> None:
+        async with store.keeping_writer(second):
+            waiting = asyncio.create_task(write())
+            await asyncio.sleep(0.1)
+        assert not waiting.done()
+        assert second.pool.checkedout() == 1  # type: ignore[attr-defined]
+        release.set()
+        await asyncio.wait_for(waiting, 10)
+        assert second.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        holder.join()
+    with second.connect() as conn:
+        assert conn.exec_driver_sql("SELECT n FROM counter").scalar_one() == 2
     first.dispose()
     second.dispose()
 
