@@ -87,6 +87,14 @@ async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.write(b"250-scripted\r\n250-PIPELINING\r\n250 HELP\r\n")
 
 
+async def answer_quit(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+) -> None:
+    """Reads what the client says next (its QUIT) and says goodbye."""
+    seen.append(await reader.readline())
+    writer.write(b"221 bye\r\n")
+
+
 async def run_scripted(
     script: Script, recipient: str = "c@example.com", *, envelope: bool = True
 ) -> tuple[Delivery | SmtpSetupError, list[bytes]]:
@@ -125,8 +133,7 @@ def test_multiline_replies_are_read_whole() -> None:
         data = await reader.readuntil(b"\r\n.\r\n")
         seen.append(data)
         writer.write(b"250-queued\r\n250 as 42\r\n")
-        seen.append(await reader.readline())  # QUIT
-        writer.write(b"221 bye\r\n")
+        await answer_quit(reader, writer, seen)
 
     delivery, seen = asyncio.run(run_scripted(script))
     assert isinstance(delivery, Delivery)
@@ -152,8 +159,7 @@ def test_a_354_after_a_refused_recipient_sends_no_message() -> None:
         writer.write(b"554 no valid recipients\r\n")
         seen.append(await reader.readline())  # RSET
         writer.write(b"250 reset\r\n")
-        seen.append(await reader.readline())  # QUIT
-        writer.write(b"221 bye\r\n")
+        await answer_quit(reader, writer, seen)
 
     delivery, seen = asyncio.run(run_scripted(script))
     assert isinstance(delivery, Delivery)
@@ -198,8 +204,7 @@ def test_a_sender_refused_while_pipelining_stops_the_run() -> None:
         )
         seen.append(await reader.readline())
         writer.write(b"250 reset\r\n")
-        seen.append(await reader.readline())
-        writer.write(b"221 bye\r\n")
+        await answer_quit(reader, writer, seen)
 
     result, seen = asyncio.run(run_scripted(script))
     assert isinstance(result, SmtpSetupError)
@@ -214,8 +219,7 @@ def test_an_address_that_cannot_go_between_angle_brackets_is_refused_unsent(reci
     async def script(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
     ) -> None:
-        seen.append(await reader.readline())
-        writer.write(b"221 bye\r\n")
+        await answer_quit(reader, writer, seen)
 
     delivery, seen = asyncio.run(run_scripted(script, recipient, envelope=False))
     assert isinstance(delivery, Delivery)
@@ -387,8 +391,7 @@ async def take_one_then_quit(
     """A connection that takes one message ("as 2"), then its QUIT."""
     await take_message(reader, writer, seen)
     writer.write(b"250 as 2\r\n")
-    seen.append(await reader.readline())
-    writer.write(b"221 bye\r\n")
+    await answer_quit(reader, writer, seen)
 
 
 #: A send to c@ announcing d@ as the next, then the send to d@.
@@ -408,25 +411,27 @@ async def take_with_next_envelope(
     writer.write(replies)
 
 
+async def take_one_with_next_envelope(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+) -> None:
+    """take_with_next_envelope: the message answered ("as 1") and the next envelope accepted
+    (its DATA answered 354); then the server waits for that message's data."""
+    await take_with_next_envelope(
+        reader, writer, seen, b"250 as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"
+    )
+
+
 def test_the_next_envelope_goes_out_behind_the_message_data() -> None:
     async def script(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
     ) -> None:
         # The next envelope is read before the data's reply is written.
-        await take_with_next_envelope(
-            reader, writer, seen, b"250 as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"
-        )
+        await take_one_with_next_envelope(reader, writer, seen)
         seen.append(await reader.readuntil(b"\r\n.\r\n"))
         writer.write(b"250 as 2\r\n")
-        seen.append(await reader.readline())  # QUIT
-        writer.write(b"221 bye\r\n")
+        await answer_quit(reader, writer, seen)
 
-    outcomes, seen = asyncio.run(
-        run_connections(
-            [script],
-            ANNOUNCED_THEN_SENT,
-        )
-    )
+    outcomes, seen = asyncio.run(run_connections([script], ANNOUNCED_THEN_SENT))
     assert [(d.outcome, d.reply) for d in outcomes] == [
         (Outcome.SENT, "as 1"),
         (Outcome.SENT, "as 2"),
@@ -467,15 +472,9 @@ def test_a_refused_message_data_keeps_the_next_envelope_and_sends_no_rset() -> N
         )
         seen.append(await reader.readuntil(b"\r\n.\r\n"))
         writer.write(b"250 as 2\r\n")
-        seen.append(await reader.readline())  # QUIT, not RSET
-        writer.write(b"221 bye\r\n")
+        await answer_quit(reader, writer, seen)  # QUIT, not RSET
 
-    outcomes, seen = asyncio.run(
-        run_connections(
-            [script],
-            ANNOUNCED_THEN_SENT,
-        )
-    )
+    outcomes, seen = asyncio.run(run_connections([script], ANNOUNCED_THEN_SENT))
     assert outcomes[0].outcome is Outcome.FAILED and outcomes[0].code == 554
     assert outcomes[1].outcome is Outcome.SENT
     assert seen[0][4:7] == ENVELOPE_2
@@ -486,16 +485,9 @@ def test_another_message_than_announced_gets_a_new_connection_and_no_data_is_end
     # The server waits for d@'s data after its 354; the caller sends to e@ instead (a touch
     # lost its lease): the connection is dropped without a "." (which would send an empty
     # message to d@) nor a QUIT (which would be taken as d@'s data).
-    async def first(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
-    ) -> None:
-        await take_with_next_envelope(
-            reader, writer, seen, b"250 as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"
-        )
-
     outcomes, seen = asyncio.run(
         run_connections(
-            [first, take_one_then_quit],
+            [take_one_with_next_envelope, take_one_then_quit],
             [("c@example.com", ("b@example.com", "d@example.com")), ("e@example.com", None)],
         )
     )
@@ -506,15 +498,10 @@ def test_another_message_than_announced_gets_a_new_connection_and_no_data_is_end
 
 
 def test_closing_with_an_announced_message_pending_ends_no_data() -> None:
-    async def script(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
-    ) -> None:
-        await take_with_next_envelope(
-            reader, writer, seen, b"250 as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"
-        )
-
     outcomes, seen = asyncio.run(
-        run_connections([script], [("c@example.com", ("b@example.com", "d@example.com"))])
+        run_connections(
+            [take_one_with_next_envelope], [("c@example.com", ("b@example.com", "d@example.com"))]
+        )
     )
     assert [d.outcome for d in outcomes] == [Outcome.SENT]
     assert seen[0][7:] == [b""]
@@ -620,8 +607,7 @@ def test_a_refused_sender_in_the_envelope_behind_the_data_stops_the_run() -> Non
         )
         seen.append(await reader.readline())  # RSET
         writer.write(b"250 reset\r\n")
-        seen.append(await reader.readline())  # QUIT
-        writer.write(b"221 bye\r\n")
+        await answer_quit(reader, writer, seen)
 
     async def run() -> tuple[Delivery, BaseException]:
         seen: list[bytes] = []
@@ -660,14 +646,8 @@ def test_a_refused_recipient_behind_the_data_ends_an_accepted_data_empty() -> No
         writer.write(b"554 no valid recipients\r\n")
         seen.append(await reader.readline())  # RSET
         writer.write(b"250 reset\r\n")
-        seen.append(await reader.readline())  # QUIT
-        writer.write(b"221 bye\r\n")
+        await answer_quit(reader, writer, seen)
 
-    outcomes, seen = asyncio.run(
-        run_connections(
-            [script],
-            ANNOUNCED_THEN_SENT,
-        )
-    )
+    outcomes, seen = asyncio.run(run_connections([script], ANNOUNCED_THEN_SENT))
     assert [d.outcome for d in outcomes] == [Outcome.SENT, Outcome.BOUNCED]
     assert seen[0][7:] == [b".\r\n", b"RSET\r\n", b"QUIT\r\n", b""]
