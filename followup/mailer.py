@@ -412,11 +412,17 @@ class SmtpMailer:
         )
 
     def _envelope(self, sender: str, recipient: str) -> bytes | None:
-        """MAIL FROM, RCPT TO and DATA for a pipelined transaction; None when an address
-        cannot go between angle brackets."""
+        """MAIL FROM, RCPT TO and DATA for a pipelined transaction; None when the recipient
+        cannot go between angle brackets. A sender that cannot is a setup error (nothing
+        is sent)."""
         mail_from = _envelope_address(sender, self._smtputf8)
+        if mail_from is None:
+            raise SmtpSetupError(
+                f"the envelope sender {sender!r} cannot be used in MAIL FROM "
+                "(check [sender] return_path)"
+            )
         rcpt_to = _envelope_address(recipient, self._smtputf8)
-        if mail_from is None or rcpt_to is None:
+        if rcpt_to is None:
             return None
         utf8 = b"" if (sender + recipient).isascii() else b" SMTPUTF8"
         return b"MAIL FROM:<%s>%s\r\nRCPT TO:<%s>\r\nDATA\r\n" % (mail_from, utf8, rcpt_to)
@@ -436,11 +442,6 @@ class SmtpMailer:
             # is this message's): only its replies are read.
             envelope = b""
         else:
-            if _envelope_address(sender, self._smtputf8) is None:
-                raise SmtpSetupError(
-                    f"the envelope sender {sender!r} cannot be used in MAIL FROM "
-                    "(check [sender] return_path)"
-                )
             found = self._envelope(sender, recipient)
             if found is None:
                 return Delivery(Outcome.FAILED, None, "the address cannot be used in RCPT TO")

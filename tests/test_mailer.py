@@ -96,7 +96,11 @@ async def answer_quit(
 
 
 async def run_scripted(
-    script: Script, recipient: str = "c@example.com", *, envelope: bool = True
+    script: Script,
+    recipient: str = "c@example.com",
+    *,
+    envelope: bool = True,
+    sender: str = "b@example.com",
 ) -> tuple[Delivery | SmtpSetupError, list[bytes]]:
     """One send to a server that greets, reads the pipelined MAIL, RCPT and DATA into `seen`
     (unless `envelope` is False), then runs `script`."""
@@ -116,7 +120,7 @@ async def run_scripted(
     port = server.sockets[0].getsockname()[1]
     mailer = SmtpMailer(settings(port))
     try:
-        result: Delivery | SmtpSetupError = await mailer.send("b@example.com", recipient, MESSAGE)
+        result: Delivery | SmtpSetupError = await mailer.send(sender, recipient, MESSAGE)
     except SmtpSetupError as exc:
         result = exc
     await mailer.close()
@@ -224,6 +228,18 @@ def test_an_address_that_cannot_go_between_angle_brackets_is_refused_unsent(reci
     delivery, seen = asyncio.run(run_scripted(script, recipient, envelope=False))
     assert isinstance(delivery, Delivery)
     assert delivery.outcome is Outcome.FAILED
+    assert seen == [b"QUIT\r\n"]
+
+
+def test_a_sender_that_cannot_go_between_angle_brackets_stops_the_run_unsent() -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[bytes]
+    ) -> None:
+        await answer_quit(reader, writer, seen)
+
+    error, seen = asyncio.run(run_scripted(script, sender="bounces @example.com", envelope=False))
+    assert isinstance(error, SmtpSetupError)
+    assert "cannot be used in MAIL FROM" in str(error)
     assert seen == [b"QUIT\r\n"]
 
 
