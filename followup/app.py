@@ -733,17 +733,11 @@ def _allowance(rt: Runtime, now: datetime) -> int | None:
     smtp = rt.settings.smtp
     limits = [(timedelta(hours=1), smtp.rate_per_hour), (timedelta(days=1), smtp.rate_per_day)]
     allowed: int | None = None
-    t = store.touches
     with store.reader(rt.engine) as conn:
         for window, limit in limits:
             if limit <= 0:
                 continue
-            sent = conn.execute(
-                select(func.count()).where(
-                    t.c.status == TouchStatus.SENT.value, t.c.updated_at >= now - window
-                )
-            ).scalar_one()
-            left = max(limit - int(sent), 0)
+            left = max(limit - store.sent_since(conn, now - window), 0)
             allowed = left if allowed is None else min(allowed, left)
     return allowed
 

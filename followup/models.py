@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Column, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, String, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -40,6 +40,10 @@ class TouchStatus(enum.StrEnum):
     SKIPPED = "skipped"
     UNCERTAIN = "uncertain"
 
+
+#: The condition of ix_touches_sent, written as the queries that use it must write it (a
+#: partial index serves a query whose WHERE holds the very same term, not a bound value).
+SENT_PREDICATE = f"status = '{TouchStatus.SENT.value}'"
 
 #: A touch in one of these states will not change again on its own.
 FINAL_STATUSES = frozenset({TouchStatus.SENT, TouchStatus.FAILED, TouchStatus.SKIPPED})
@@ -106,6 +110,17 @@ class Touch(SQLModel, table=True):
         # the purchase's local date) changes later. NULLs are distinct: other campaigns pass.
         UniqueConstraint("campaign", "purchase_id", name="uq_touches_purchase"),
         Index("ix_touches_due", "status", "next_attempt_at"),
+        # The hourly and daily sending limits count the touches sent since a time: a partial
+        # index holds only those (one entry each, added as it is sent), so counting reads the
+        # window's entries instead of every touch ever sent, and only the index: it holds the
+        # status too (store.sent_since).
+        Index(
+            "ix_touches_sent",
+            "status",
+            "updated_at",
+            sqlite_where=text(SENT_PREDICATE),
+            postgresql_where=text(SENT_PREDICATE),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

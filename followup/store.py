@@ -43,7 +43,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Stateme
 from sqlmodel import SQLModel
 
 from followup.errors import ConfigError, DatabaseNotReady
-from followup.models import ClientStatus, TouchStatus
+from followup.models import SENT_PREDICATE, ClientStatus, TouchStatus
 from followup.planner import NewTouch
 
 reps = SQLModel.metadata.tables["reps"]
@@ -1193,6 +1193,30 @@ def suppress(
         .on_conflict_do_nothing(index_elements=["email"])
     )
     conn.execute(stmt)
+
+
+def sent_since(conn: Connection, since: datetime) -> int:
+    """How many touches were sent at or after `since` (their last change: being sent), for
+    the hourly and daily limits. Counted in ix_touches_sent, which holds only sent touches:
+    the window's entries are read, not every touch ever sent (1 s a count with 900,000 sent
+    through ix_touches_due; the dispatcher counts before each batch)."""
+    if is_postgres(conn):
+        query = select(func.count()).where(
+            # The partial index's own term, as text: a bound value would not match it.
+            text(SENT_PREDICATE),
+            touches.c.updated_at >= since,
+        )
+        return int(conn.execute(query).scalar_one())
+    # Without statistics SQLite would search ix_touches_due by status (every touch ever
+    # sent); INDEXED BY makes it use the partial index, or fail if it cannot.
+    found = _sqlite(conn).execute(_SENT_SINCE_SQLITE, (_sqlite_stamp(since),)).fetchone()
+    return int(found[0])
+
+
+_SENT_SINCE_SQLITE = (
+    f"SELECT count(*) FROM touches INDEXED BY ix_touches_sent "  # noqa: S608 (constants)
+    f"WHERE {SENT_PREDICATE} AND updated_at >= ?"
+)
 
 
 def touch_counts(conn: Connection) -> dict[str, int]:
