@@ -559,6 +559,11 @@ class Clock:
 
 
 _heap_frozen = False
+#: Allocations between collections of the youngest generation (Python's default: 700). Each
+#: collection walks the young objects still alive (a batch's rows, messages in flight):
+#: collecting every 20,000 allocations instead of 700 takes 0.7% fewer instructions a
+#: dispatched message (callgrind). Cyclic garbage waits a little longer to be freed.
+YOUNG_COLLECTION_THRESHOLD = 20_000
 
 
 def freeze_startup_heap() -> None:
@@ -566,13 +571,16 @@ def freeze_startup_heap() -> None:
     settings: about 100,000 objects) leaves the cyclic garbage collector's generations, whose
     full collections walked it all again and again (60 ms each, 2-4% of a dispatch run;
     gc.freeze). Garbage is collected first, so none is kept; objects made later are
-    collected as before. In a parent, before fork, it also keeps the children from copying
-    the pages those objects are on."""
+    collected as before, the youngest every YOUNG_COLLECTION_THRESHOLD allocations. In a
+    parent, before fork, it also keeps the children from copying the pages those objects
+    are on."""
     global _heap_frozen
     if not _heap_frozen:
         _heap_frozen = True
         gc.collect()
         gc.freeze()
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
 
 
 def dispatch_in_processes(

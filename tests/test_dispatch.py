@@ -596,7 +596,8 @@ def test_the_startup_heap_is_frozen_once_after_its_garbage_is_collected(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A long run's full garbage collections no longer walk what was alive at its start; a
-    # cycle that was already garbage is collected first, not kept for ever.
+    # cycle that was already garbage is collected first, not kept for ever. The youngest
+    # generation is collected less often (each collection walks what is alive in it).
     import gc
     import weakref
 
@@ -605,6 +606,7 @@ def test_the_startup_heap_is_frozen_once_after_its_garbage_is_collected(
 
     monkeypatch.setattr(app, "_heap_frozen", False)
     gc.unfreeze()
+    thresholds = gc.get_threshold()
     garbage = Node()
     garbage.other = Node()
     garbage.other.other = garbage  # type: ignore[attr-defined]
@@ -616,7 +618,10 @@ def test_the_startup_heap_is_frozen_once_after_its_garbage_is_collected(
         assert gone() is None
         frozen = gc.get_freeze_count()
         assert frozen > 0 and not any(obj is kept for obj in gc.get_objects())
+        assert gc.get_threshold() == (app.YOUNG_COLLECTION_THRESHOLD, *thresholds[1:])
+        assert thresholds[0] < app.YOUNG_COLLECTION_THRESHOLD
         app.freeze_startup_heap()  # once per process
         assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
