@@ -7,7 +7,8 @@ smtp-sink (bench/deliver.py installs Postfix when needed) and the real `followup
 its clock at 2027-01-08 19:00 UTC: the daemon plans the day (a thank-you per client, and the
 calendar's other occasions of those days) and delivers over 4 connections. The daemon's peak
 RSS (VmHWM from /proc) is sampled until every thank-you is sent, then it is stopped with
-SIGTERM.
+SIGTERM. A shop of app.LARGE_SHOP_CLIENTS or more is planned in worker processes: their peaks,
+and the most the daemon and they held together, are printed too.
 """
 
 from __future__ import annotations
@@ -37,11 +38,27 @@ from followup import store  # noqa: E402
 EXECUTABLE = Path(sys.executable).parent / "followup"
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+def rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """A process's peak (VmHWM) or current (VmRSS) resident memory; 0 once it has gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    for line in lines:
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (the daemon plans a large shop in a worker process)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
 
 
 def main() -> None:
@@ -80,11 +97,18 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         peak, sent, waiting = 0.0, 0, 1
+        workers: dict[int, float] = {}  # worker process -> its peak RSS
+        together = 0.0  # the daemon's and its workers' RSS at one time, at most
         t = store.touches
         counted = 0.0
         try:
             while daemon.poll() is None:
-                peak = max(peak, peak_rss_mb(daemon.pid))
+                peak = max(peak, rss_mb(daemon.pid))
+                now = rss_mb(daemon.pid, "VmRSS")
+                for child in children(daemon.pid):
+                    workers[child] = max(workers.get(child, 0.0), rss_mb(child))
+                    now += rss_mb(child, "VmRSS")
+                together = max(together, now)
                 # VmHWM is the high-water mark: read it often. Counting the ledger scans
                 # every row: every 5 s only, so that the poller takes little of the CPU.
                 time.sleep(0.5)
@@ -105,7 +129,7 @@ def main() -> None:
                     break
         finally:
             seconds = time.perf_counter() - began
-            peak = max(peak, peak_rss_mb(daemon.pid)) if daemon.poll() is None else peak
+            peak = max(peak, rss_mb(daemon.pid)) if daemon.poll() is None else peak
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=120)
             sink.terminate()
@@ -118,6 +142,12 @@ def main() -> None:
         f"daemon: {args.clients} clients, {sent} touches sent in {seconds:.0f} s "
         f"({sent / seconds:,.0f}/s, planning included); peak RSS {peak:.0f} MB"
     )
+    if workers:
+        print(
+            f"its {len(workers)} worker process(es) (planning): peak RSS "
+            f"{max(workers.values()):.0f} MB the largest; the daemon and its workers together "
+            f"{together:.0f} MB at most (sampled every 0.5 s)"
+        )
 
 
 if __name__ == "__main__":

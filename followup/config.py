@@ -116,7 +116,8 @@ class ScheduleSettings(_Section):
     dispatch_interval_seconds: int = Field(default=5, ge=1)
     #: How far ahead `followup plan` creates touches.
     plan_horizon_days: int = Field(default=2, ge=0, le=366)
-    #: Processes that plan in parallel, each a range of clients (1: in the calling process).
+    #: Processes that plan in parallel, each a range of clients (1: in the calling process,
+    #: but the daemon plans a shop of app.LARGE_SHOP_CLIENTS or more in one worker process).
     plan_processes: int = Field(default=1, ge=1, le=64)
     #: `followup daemon`: the hourly housekeeping (expired leases, touches too late).
     housekeeping_interval_seconds: int = Field(default=3600, ge=1)

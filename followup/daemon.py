@@ -180,8 +180,15 @@ class Daemon:
 
     async def plan(self) -> None:
         async def work() -> str:
-            # Planning is synchronous database work: off the event loop.
-            report = await asyncio.to_thread(app.plan, self.rt, self.clock())
+            # Planning is synchronous database work: off the event loop. A large shop is
+            # planned in worker processes: in a thread, the re-plan of every client held the
+            # interpreter the dispatcher sends with (bench/replan.py).
+            now = self.clock()
+
+            def planning() -> app.PlanReport:
+                return app.plan(self.rt, now, in_workers=app.plans_in_workers(self.rt))
+
+            report = await asyncio.to_thread(planning)
             return f"planned={report.planned}"
 
         await self._job("plan", work)

@@ -4,9 +4,13 @@ flight when the grace period is shorter than the SMTP server's answer, and the s
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
 
 from followup import app, daemon, store
 from followup.config import Settings
@@ -98,3 +102,47 @@ def test_the_daemon_asks_its_scheduler_for_three_jobs_and_stops_it(
     asyncio.run(scenario())
     assert fake.jobs == {"plan": 60, "dispatch": 2, "housekeeping": 3600}
     assert fake.calls == ["start", "pause", "shutdown"]
+
+
+def test_the_daemon_plans_a_large_shop_in_a_worker_process_and_a_small_one_itself(
+    tmp_path: Path,
+    open_runtime: Callable[[Settings], app.Runtime],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A re-plan reads every client: for a large shop, in a thread it held the interpreter the
+    # dispatcher sends with. "Large" is lowered here to this shop's clients.
+    settings = make_settings(
+        tmp_path, f"sqlite:///{tmp_path / 'followup.db'}", http={"port": free_port()}
+    )
+    rt = open_runtime(settings)
+    seed(rt, tmp_path)
+    worker = daemon.Daemon(rt, lambda: NOW)
+
+    def plan_once() -> list[dict[str, object]]:
+        """The daemon's plan job, once: the worker processes it started."""
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=app.log.name):
+            asyncio.run(worker.plan())
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+        events = [(getattr(r, "event", None), getattr(r, "fields", {})) for r in caplog.records]
+        assert "plan.done" in {event for event, _ in events}, events
+        return [fields for event, fields in events if event == "processes.start"]
+
+    with rt.engine.connect() as conn:
+        span = conn.execute(select(func.max(store.clients.c.id) - func.min(store.clients.c.id)))
+        clients = int(span.scalar_one()) + 1
+    monkeypatch.setattr(app, "LARGE_SHOP_CLIENTS", clients + 1)
+    assert not app.plans_in_workers(rt)
+    assert plan_once() == []
+    planned = statuses(rt)
+    assert planned.get("planned", 0) > 0
+
+    monkeypatch.setattr(app, "LARGE_SHOP_CLIENTS", clients)
+    assert app.plans_in_workers(rt)
+    with rt.engine.begin() as conn:
+        conn.execute(store.touch_events.delete())
+        conn.execute(store.touches.delete())
+    (started,) = plan_once()
+    assert started["processes"] == 1
+    assert statuses(rt) == planned, "the worker plans what the daemon planned itself"
