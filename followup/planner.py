@@ -80,7 +80,8 @@ QUIET = Window(time(21), time(8))
 
 @dataclass(frozen=True, slots=True)
 class Politeness:
-    """At most `max_touches` capped touches per client in any `per`; nothing in quiet hours."""
+    """At most `max_touches` capped touches per client in any `per` of the client's wall clock
+    (local days, whatever DST does to their length); nothing in quiet hours."""
 
     max_touches: int = 1
     per: timedelta = timedelta(days=3)
@@ -147,17 +148,35 @@ def nominal_due(campaign: Campaign, occurrence: Occurrence, zone: ZoneInfo) -> d
     return local_instant(occurrence.day, campaign.send_time, zone)
 
 
-def _cap_allows(times: Sequence[datetime], at: datetime, politeness: Politeness) -> bool:
-    """Whether one more capped touch at `at` keeps every rolling window within the cap."""
+#: More than any UTC offset change (DST moves clocks by at most an hour here and there, two in
+#: a few zones' history): instants this much further apart than `per` are never within it.
+_OFFSET_CHANGE = timedelta(hours=3)
+
+
+def _wall(instant: datetime, zone: ZoneInfo) -> datetime:
+    """`instant` on the client's wall clock (naive): the cap counts the client's days, so the
+    same hour on two consecutive days is a day apart across a DST change too, where 23 or 25
+    hours pass."""
+    return instant.astimezone(zone).replace(tzinfo=None)
+
+
+def _cap_allows(
+    times: Sequence[datetime], at: datetime, politeness: Politeness, zone: ZoneInfo
+) -> bool:
+    """Whether one more capped touch at `at` keeps every rolling window of `per` (on the
+    client's wall clock) within the cap."""
     per, limit = politeness.per, politeness.max_touches
-    near = [t for t in times if abs(t - at) < per]
+    wall, reach = _wall(at, zone), per + _OFFSET_CHANGE
+    near = [
+        local for t in times if abs(t - at) < reach and abs((local := _wall(t, zone)) - wall) < per
+    ]
     if len(near) < limit:
         return True
-    points = sorted([*near, at])
+    points = sorted([*near, wall])
     for i, start in enumerate(points):
-        if start > at:
+        if start > wall:
             break
-        if at - start >= per:
+        if wall - start >= per:
             continue
         if sum(1 for t in points[i:] if t - start < per) > limit:
             return False
@@ -165,9 +184,15 @@ def _cap_allows(times: Sequence[datetime], at: datetime, politeness: Politeness)
 
 
 def _blocker(
-    times: Sequence[tuple[datetime, str]], at: datetime, per: timedelta
+    times: Sequence[tuple[datetime, str]], at: datetime, per: timedelta, zone: ZoneInfo
 ) -> tuple[datetime, str] | None:
-    near = [(abs(t - at), t, name) for t, name in times if abs(t - at) < per]
+    """The capped touch nearest to `at` within `per` on the client's wall clock."""
+    wall, reach = _wall(at, zone), per + _OFFSET_CHANGE
+    near = [
+        (gap, t, name)
+        for t, name in times
+        if abs(t - at) < reach and (gap := abs(_wall(t, zone) - wall)) < per
+    ]
     if not near:
         return None
     _, t, name = min(near)
@@ -348,10 +373,10 @@ def _place(
     first_block: tuple[datetime, str] | None = None
     day = local_date(at, zone)
     while True:
-        if _cap_allows(times, at, politeness):
+        if _cap_allows(times, at, politeness, zone):
             break
         if first_block is None:
-            first_block = _blocker(taken, at, politeness.per)
+            first_block = _blocker(taken, at, politeness.per, zone)
         start = local_instant(day, campaign.send_time, zone)
         if start <= at:
             # Today's send time is behind us (a catch-up, or a window past midnight): try

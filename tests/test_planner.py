@@ -460,24 +460,28 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Campaign], ClientFacts, list[Ledger
                 send_time=time(draw(st.integers(0, 23)), draw(st.sampled_from([0, 30]))),
             )
         )
+    zone = draw(st.sampled_from(ZONES))
     ledger: list[LedgerTouch] = []
     for n in range(draw(st.integers(0, 4))):
-        at = datetime(2027, 1, 1, tzinfo=UTC) + timedelta(hours=draw(st.integers(0, 24 * 60)))
+        at = SCENARIO_START + timedelta(hours=draw(st.integers(0, 24 * 60)))
         trial = [*(t.at for t in ledger), at]
-        if all(
-            sum(1 for u in trial if abs(u - t) < politeness.per) <= politeness.max_touches
-            for t in trial
-        ):
+        if not _over_cap(trial, politeness, ZoneInfo(zone)):
             ledger.append(LedgerTouch(f"old{n}", at.date(), at, "sent"))
-    zone = draw(st.sampled_from(["America/New_York", "Europe/Paris", "Pacific/Apia", "UTC"]))
     return campaigns, _client(timezone=zone), ledger, politeness
 
 
-def _over_cap(times: list[datetime], politeness: Politeness) -> bool:
-    times = sorted(times)
+#: The scenarios' time: from late February, so that New York's and Paris's clocks go forward
+#: within it, and Sydney's back.
+SCENARIO_START = datetime(2027, 2, 20, tzinfo=UTC)
+ZONES = ["America/New_York", "Europe/Paris", "Australia/Sydney", "Pacific/Apia", "UTC"]
+
+
+def _over_cap(times: list[datetime], politeness: Politeness, zone: ZoneInfo) -> bool:
+    """Whether more than `max_touches` fall within some `per` of the client's wall clock."""
+    walls = sorted(t.astimezone(zone).replace(tzinfo=None) for t in times)
     return any(
-        sum(1 for u in times[i:] if u - t < politeness.per) > politeness.max_touches
-        for i, t in enumerate(times)
+        sum(1 for u in walls[i:] if u - t < politeness.per) > politeness.max_touches
+        for i, t in enumerate(walls)
     )
 
 
@@ -490,8 +494,7 @@ def test_the_cap_is_never_exceeded_and_no_key_is_planned_twice(
 ) -> None:
     campaigns, client, ledger, politeness = scenario
     capped = {c.name for c in campaigns if c.capped}
-    start = datetime(2027, 1, 1, tzinfo=UTC)
-    now = start + timedelta(hours=now_hours)
+    now = SCENARIO_START + timedelta(hours=now_hours)
     # Plan repeatedly as the daemon does, a day at a time, the ledger growing each pass.
     ledger = list(ledger)
     keys: list[tuple[str, date]] = []
@@ -520,7 +523,7 @@ def test_the_cap_is_never_exceeded_and_no_key_is_planned_twice(
         for t in ledger
         if t.status in planner.COUNTING and (t.campaign in capped or t.campaign.startswith("old"))
     ]
-    assert not _over_cap(counted, politeness)
+    assert not _over_cap(counted, politeness, ZoneInfo(client.timezone))
 
 
 @settings(deadline=None)
@@ -693,6 +696,48 @@ def test_distinct_keys_have_distinct_message_ids(
 ) -> None:
     assume(a != b)
     assert planner.message_id(*a, "example.com") != planner.message_id(*b, "example.com")
+
+
+@pytest.mark.parametrize(
+    ("zone_name", "first", "second"),
+    [
+        # Clocks go forward overnight: 23 hours between the two 10:00s.
+        ("America/New_York", date(2027, 3, 13), date(2027, 3, 14)),
+        ("Europe/Paris", date(2027, 3, 27), date(2027, 3, 28)),
+        # Back: 25 hours.
+        ("America/New_York", date(2027, 11, 6), date(2027, 11, 7)),
+        # Lord Howe Island moves its clocks by half an hour.
+        ("Australia/Lord_Howe", date(2027, 4, 3), date(2027, 4, 4)),
+    ],
+)
+def test_one_capped_touch_a_day_means_one_each_local_day_across_a_dst_change(
+    zone_name: str, first: date, second: date
+) -> None:
+    # "At most one per day": the occasions of two consecutive local days both go out at their
+    # 10:00, however many hours lie between; a third the same day as the second waits a day.
+    zone = ZoneInfo(zone_name)
+    campaigns = [
+        _campaign(
+            name,
+            rule=f"FREQ=YEARLY;BYMONTH={day.month};BYMONTHDAY={day.day}",
+            priority=priority,
+            lateness=timedelta(days=3),
+        )
+        for name, day, priority in (("one", first, 60), ("two", second, 50), ("three", second, 40))
+    ]
+    touches = _plan(
+        _client(timezone=zone_name),
+        *campaigns,
+        since=datetime(first.year, 1, 1, tzinfo=UTC),
+        until=datetime(first.year, 12, 31, tzinfo=UTC),
+        now=datetime.combine(first - timedelta(days=1), time(12), tzinfo=zone),
+        politeness=Politeness(max_touches=1, per=timedelta(days=1), quiet=None),
+    )
+    due = {t.campaign: t.due_at.astimezone(zone) for t in touches}
+    assert {t.status for t in touches} == {TouchStatus.PLANNED}
+    assert due["one"] == datetime.combine(first, time(10), tzinfo=zone)
+    assert due["two"] == datetime.combine(second, time(10), tzinfo=zone)
+    assert due["three"] == datetime.combine(second + timedelta(days=1), time(10), tzinfo=zone)
 
 
 def test_a_capped_catch_up_takes_the_same_days_send_time_when_the_cap_allows() -> None:
