@@ -65,7 +65,10 @@ _NOT_FREE_ATTRIBUTE = re.compile(r'["\x00-\x08\x0b-\x1f\x7f\ud800-\udfff\ue000\u
 _OTHER_AMPERSAND = re.compile(r"&(?!(?:amp|lt|gt|quot|#34|#39);)")
 
 #: skeleton -> (pieces, placeholder index after each piece); None: inline such pages directly.
-_cache: dict[str, tuple[tuple[str, ...], tuple[int, ...]] | None] = {}
+#: A skeleton is kept as its parts, not joined: most are the same string objects from one
+#: message to the next (kept in _pieces), whose hashes Python keeps, so looking a page up
+#: does not hash and compare the whole page.
+_cache: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[int, ...]] | None] = {}
 #: In the skeleton (the build numbers them).
 _SLOT = _OPEN + _CLOSE
 
@@ -94,9 +97,9 @@ def inline(html: str) -> str:
 _MISSING: tuple[tuple[str, ...], tuple[int, ...]] = ((), ())
 
 
-def _build(key: str, count: int) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
+def _build(key: tuple[str, ...], count: int) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
     """The skeleton inlined, as the pieces between its placeholders and their order."""
-    parts = key.split(_SLOT)
+    parts = "".join(key).split(_SLOT)
     numbered = [parts[0]]
     for number, part in enumerate(parts[1:]):
         numbered.append(f"{_OPEN}{number}{_CLOSE}{part}")
@@ -120,7 +123,7 @@ _pieces: dict[str, _Piece] = {}
 PIECES_SIZE = 4096
 
 
-def _skeleton(html: str) -> tuple[str, list[str]] | None:
+def _skeleton(html: str) -> tuple[tuple[str, ...], list[str]] | None:
     """The page with placeholders and what they stand for, as css-inline writes it; None
     when the page is not of the shape this handles."""
     if _OPEN in html or _CLOSE in html:
@@ -153,7 +156,7 @@ def _skeleton(html: str) -> tuple[str, list[str]] | None:
         values += texts
     if raw or (selectors and links):
         return None
-    return "".join(key), values
+    return tuple(key), values
 
 
 def _kept(cache: dict[str, V], key: str, make: Callable[[str], V]) -> V:
