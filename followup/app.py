@@ -141,7 +141,7 @@ def _client_chunks(
     campaigns = rt.calendar.enabled
     politeness = rt.politeness
     earliest = min(window.since.values(), default=window.until)
-    ahead = window.until + politeness.per
+    ahead = window.until + planner.arbitration_reach(politeness)
     needs_purchases = any(c.kind == "after_purchase" for c in campaigns)
     needs_context = any(c.audience for c in campaigns)
     no_stats = care.ClientStats()

@@ -148,9 +148,17 @@ def nominal_due(campaign: Campaign, occurrence: Occurrence, zone: ZoneInfo) -> d
     return local_instant(occurrence.day, campaign.send_time, zone)
 
 
-#: More than any UTC offset change (DST moves clocks by at most an hour here and there, two in
-#: a few zones' history): instants this much further apart than `per` are never within it.
+#: More than any change of a zone's UTC offset since 1995 (DST moves clocks by an hour, half an
+#: hour on Lord Howe Island; Antarctica/Casey moved 3 hours, backward changes of 7 to 23 hours
+#: are older): instants this much further apart than `per` in real time are not within `per`
+#: on the wall clock (the comparisons are strict).
 _OFFSET_CHANGE = timedelta(hours=3)
+
+
+def arbitration_reach(politeness: Politeness) -> timedelta:
+    """How far past a plan's horizon occasions still take part in its arbitration: `per` on
+    the client's wall clock, which can be up to _OFFSET_CHANGE longer in real time."""
+    return politeness.per + _OFFSET_CHANGE
 
 
 def _wall(instant: datetime, zone: ZoneInfo) -> datetime:
@@ -240,7 +248,7 @@ def campaigns_for(
     is due in the window. `plan_client` with these (and `capped` naming every campaign)
     returns what it returns with all of them."""
     zone = calendars.zone(client.timezone)
-    ahead = until + politeness.per
+    ahead = until + arbitration_reach(politeness)
     earliest = min(since.values(), default=until)
     first, last = _local_span(earliest, ahead, client.timezone)
     kept = []
@@ -273,13 +281,14 @@ def plan_client(
     """The touches to add for one client: occasions due in [since, until] (`since` may differ
     by campaign), arbitrated against the ledger and each other.
 
-    Occasions due up to `politeness.per` after `until` take part in the arbitration (so a
-    higher-priority touch just past the horizon is not overtaken), but are only returned once
-    a later call's horizon reaches them. A key already in the ledger is never returned.
+    Occasions due up to `politeness.per` after `until` on the client's wall clock take part in
+    the arbitration (so a higher-priority touch just past the horizon is not overtaken), but
+    are only returned once a later call's horizon reaches them. A key already in the ledger
+    is never returned.
     """
     zone = calendars.zone(client.timezone)
     campaigns = list(campaigns)
-    ahead = until + politeness.per
+    ahead = until + arbitration_reach(politeness)
     starts = since if isinstance(since, dict) else {c.name: since for c in campaigns}
     earliest = min(starts.values(), default=until)
     first, last = _local_span(earliest, ahead, client.timezone)

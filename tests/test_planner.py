@@ -740,6 +740,77 @@ def test_one_capped_touch_a_day_means_one_each_local_day_across_a_dst_change(
     assert due["three"] == datetime.combine(second + timedelta(days=1), time(10), tzinfo=zone)
 
 
+def test_a_touch_23_hours_and_a_half_after_another_on_the_wall_clock_waits_across_fall_back() -> (
+    None
+):
+    # Sydney, one capped touch a day. The clocks go back in the night of 04-03: 09:30 on 04-04
+    # is 24.5 hours after 10:00 on 04-03, but 23.5 on the client's clock: it waits a day.
+    zone = ZoneInfo("Australia/Sydney")
+    sent = datetime(2027, 4, 3, 10, tzinfo=zone)
+    ledger = (LedgerTouch("old", date(2027, 4, 3), sent.astimezone(UTC), "sent"),)
+    campaign = _campaign(
+        "two",
+        rule="FREQ=YEARLY;BYMONTH=4;BYMONTHDAY=4",
+        send_time=time(9, 30),
+        lateness=timedelta(days=3),
+    )
+    (touch,) = _plan(
+        _client(timezone="Australia/Sydney"),
+        campaign,
+        ledger=ledger,
+        since=datetime(2027, 1, 1, tzinfo=UTC),
+        until=datetime(2027, 12, 31, tzinfo=UTC),
+        now=datetime(2027, 4, 3, 12, tzinfo=zone),
+        politeness=Politeness(max_touches=1, per=timedelta(days=1), quiet=None),
+    )
+    assert touch.status is TouchStatus.PLANNED
+    assert touch.due_at.astimezone(zone) == datetime(2027, 4, 5, 9, 30, tzinfo=zone)
+
+
+def test_a_higher_priority_occasion_keeps_its_day_whatever_the_horizon_across_fall_back() -> None:
+    # The daemon's horizon reaches the low-priority occasion (04-03 10:00) first; the
+    # high-priority one is 23.5 hours later on the client's clock (24.5 in real time) and must
+    # take part in that first arbitration, as it does when both are planned at once.
+    zone = ZoneInfo("Australia/Sydney")
+    low, high = (
+        _campaign(
+            name,
+            rule=f"FREQ=YEARLY;BYMONTH=4;BYMONTHDAY={day}",
+            priority=priority,
+            send_time=send_time,
+            lateness=timedelta(days=3),
+        )
+        for name, day, priority, send_time in (
+            ("low", 3, 10, time(10)),
+            ("high", 4, 90, time(9, 30)),
+        )
+    )
+    politeness = Politeness(max_touches=1, per=timedelta(days=1), quiet=None)
+    client = _client(timezone="Australia/Sydney")
+    now = datetime(2027, 4, 1, 12, tzinfo=zone)
+
+    def plan(until: datetime, ledger: list[LedgerTouch]) -> list[NewTouch]:
+        return planner.plan_client(
+            [low, high],
+            client,
+            ledger,
+            since=datetime(2027, 3, 1, tzinfo=UTC),
+            until=until,
+            now=now,
+            politeness=politeness,
+        )
+
+    def local(touches: list[NewTouch]) -> dict[str, datetime]:
+        return {t.campaign: t.due_at.astimezone(zone) for t in touches}
+
+    at_once = local(plan(datetime(2027, 4, 10, tzinfo=UTC), []))
+    first = plan(datetime(2027, 4, 3, 10, tzinfo=zone).astimezone(UTC), [])
+    ledger = [LedgerTouch(t.campaign, t.occurrence, t.due_at, t.status.value) for t in first]
+    step_by_step = local([*first, *plan(datetime(2027, 4, 10, tzinfo=UTC), ledger)])
+    assert at_once["high"] == datetime(2027, 4, 4, 9, 30, tzinfo=zone)
+    assert step_by_step == at_once
+
+
 def test_a_capped_catch_up_takes_the_same_days_send_time_when_the_cap_allows() -> None:
     # Paris, one capped touch per day; another went out on 06-09 at 09:00. This one was due
     # 06-09 at 10:00 and may be 30 h late; planning at 08:30 on 06-10 gives it 10:00 that day.
