@@ -14,13 +14,14 @@ import logging
 import multiprocessing
 import os
 import random
+import signal
 import socket
 import sys
 import threading
 import time as monotonic_time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -394,12 +395,16 @@ def plan(
     processes: int | None = None,
     *,
     in_workers: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> PlanReport:
     """Insert every touch due up to `until` (default: the configured horizon). Idempotent, and
     safe to run from several processes at once: the ledger's unique keys refuse duplicates.
     With `processes` (default `[schedule] plan_processes`) above 1, the clients are split by
     id range over that many worker processes (the planner is CPU-bound Python); with
-    `in_workers`, a single one also plans in a worker process, not in this one.
+    `in_workers`, a single one also plans in a worker process, not in this one. Workers
+    started with `should_stop` ignore SIGINT (the caller handles it) and are terminated, and
+    PlanStopped raised, once it returns True; the touches already inserted stay (a plan is
+    idempotent), and the next plan does the rest.
 
     Occurrences missed while followup was down and past their lateness are recorded as
     skipped "too late", from each campaign's watermark on; the first plan starts at the
@@ -411,7 +416,7 @@ def plan(
     until = until or now + timedelta(days=rt.settings.schedule.plan_horizon_days)
     report = PlanReport()
     campaigns = rt.calendar.enabled
-    with rt.engine.begin() as conn:
+    with store.reader(rt.engine) as conn:
         marks = {c.name: store.get_watermark(conn, c.name) for c in rt.calendar.campaigns}
     since: dict[str, datetime] = {}
     for campaign in campaigns:
@@ -421,7 +426,7 @@ def plan(
     window = _Window(since, until, now)
     processes = processes or rt.settings.schedule.plan_processes
     if processes > 1 or in_workers:
-        _plan_in_processes(rt, window, processes, report, progress)
+        _plan_in_processes(rt, window, processes, report, progress, should_stop)
     else:
         _plan_range(rt, window, None, report, progress)
     with rt.engine.begin() as conn:
@@ -435,20 +440,20 @@ def plan(
     return report
 
 
-#: From about this many clients, the daemon plans in worker processes (see plans_in_workers).
+#: From this many clients, the daemon plans in worker processes (see plans_in_workers).
 LARGE_SHOP_CLIENTS = 50_000
 
 
 def plans_in_workers(rt: Runtime) -> bool:
     """Whether the daemon should plan outside its own process: a re-plan reads every client
     (45 us each on the bench machine), and in the daemon's thread it holds the interpreter
-    that sends. From LARGE_SHOP_CLIENTS on (counted by id range: erased clients leave gaps,
-    so it may overcount) a worker process costs less than it saves; below, its start (most
-    of a second) costs more than the plan itself."""
-    c = store.clients
+    that sends. From LARGE_SHOP_CLIENTS on, a worker process costs less than it saves; below,
+    its start (most of a second) costs more than the plan itself. Counted, not guessed from
+    the ids: on PostgreSQL every upsert of a known client uses up a sequence value, so
+    nightly imports leave the ids far apart."""
     with store.reader(rt.engine) as conn:
-        low, high = conn.execute(select(func.min(c.c.id), func.max(c.c.id))).one()
-    return low is not None and high - low + 1 >= LARGE_SHOP_CLIENTS
+        count = conn.execute(select(func.count()).select_from(store.clients)).scalar_one()
+    return int(count) >= LARGE_SHOP_CLIENTS
 
 
 def _plan_range(
@@ -488,6 +493,7 @@ def _plan_in_processes(
     processes: int,
     report: PlanReport,
     progress: Callable[[int], None] | None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     c = store.clients
     with store.reader(rt.engine) as conn:
@@ -496,8 +502,14 @@ def _plan_in_processes(
         return
     step = max(1, (high - low + 1) // processes + 1)
     ranges = [(start - 1, min(start - 1 + step, high)) for start in range(low, high + 1, step)]
-    with process_pool(rt, len(ranges)) as pool:
+    with process_pool(rt, len(ranges), ignore_interrupt=should_stop is not None) as pool:
         futures = [pool.submit(_plan_worker, rt.settings, window, ids) for ids in ranges]
+        pending: set[Future[PlanReport]] = set(futures)
+        while should_stop is not None and pending:
+            _, pending = wait(pending, timeout=STOP_POLL_SECONDS)
+            if pending and should_stop():
+                _terminate(pool)
+                raise PlanStopped(f"stopped with {len(pending)} of {len(futures)} ranges unplanned")
         for future in futures:
             part = future.result()
             report.clients += part.clients
@@ -624,8 +636,12 @@ def dispatch_in_processes(
 
 
 @contextlib.contextmanager
-def process_pool(rt: Runtime, processes: int) -> Iterator[ProcessPoolExecutor]:
-    """`processes` worker processes (planning, dispatch), started by `start_method`."""
+def process_pool(
+    rt: Runtime, processes: int, *, ignore_interrupt: bool = False
+) -> Iterator[ProcessPoolExecutor]:
+    """`processes` worker processes (planning, dispatch), started by `start_method`. With
+    `ignore_interrupt`, they ignore SIGINT: a Ctrl-C at a terminal goes to the whole process
+    group, and the daemon, which handles it as a request to stop, stops its workers itself."""
     method = start_method(rt.engine)
     if method == "fork":
         # A forked process must not share the parent's pooled database connections.
@@ -635,16 +651,42 @@ def process_pool(rt: Runtime, processes: int) -> Iterator[ProcessPoolExecutor]:
     with ProcessPoolExecutor(
         max_workers=processes,
         mp_context=context,
-        initializer=_worker_logging,
-        initargs=(logs.current(),),
+        initializer=_worker_start,
+        initargs=(logs.current(), ignore_interrupt),
     ) as pool:
         yield pool
 
 
-def _worker_logging(configured: tuple[int, bool] | None) -> None:
+def _worker_start(configured: tuple[int, bool] | None, ignore_interrupt: bool) -> None:
     """A worker logs as the command that started it (spawned ones start unconfigured)."""
+    if ignore_interrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if configured is not None:
         logs.configure(*configured)
+
+
+#: How often a plan in worker processes checks whether it should stop, and how long a
+#: terminated worker may take to exit before it is killed.
+STOP_POLL_SECONDS = 0.5
+TERMINATE_WAIT_SECONDS = 5.0
+
+
+class PlanStopped(Exception):
+    """A plan in worker processes was stopped (see `plan`'s should_stop)."""
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and terminate the pool's worker processes (SIGTERM): a
+    worker in the middle of a range stops at once, its last chunk's transaction rolled back."""
+    # The executor keeps no public list of its processes, and forgets them at shutdown.
+    processes = list((pool._processes or {}).values())
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(TERMINATE_WAIT_SECONDS)
+        if process.is_alive():
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def start_method(engine: Engine) -> str:

@@ -21,6 +21,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -34,6 +35,8 @@ from followup.errors import FollowupError
 from followup.metrics import Metrics
 
 Job = Callable[[], Awaitable[None]]
+#: What a job's work returns when the daemon's stop cut it short.
+STOPPED = "stopped"
 
 
 class Scheduler(Protocol):
@@ -145,7 +148,8 @@ class Daemon:
         started, started_at = time.monotonic(), self.clock()
         counter = {"plan": self.metrics.plan_runs, "dispatch": self.metrics.dispatch_runs}
         try:
-            await work()
+            if await work() == STOPPED:
+                return  # cut short by the stop: neither a run nor an error
         except Exception as exc:
             first_line = (str(exc).splitlines() or [""])[0]
             app.log.error(
@@ -186,9 +190,22 @@ class Daemon:
             now = self.clock()
 
             def planning() -> app.PlanReport:
-                return app.plan(self.rt, now, in_workers=app.plans_in_workers(self.rt))
+                return app.plan(
+                    self.rt,
+                    now,
+                    in_workers=app.plans_in_workers(self.rt),
+                    should_stop=lambda: self._stopping,
+                )
 
-            report = await asyncio.to_thread(planning)
+            try:
+                report = await asyncio.to_thread(planning)
+            except (app.PlanStopped, BrokenProcessPool) as exc:
+                if not self._stopping:
+                    raise
+                # Stopping: the workers were terminated (or a signal to the whole process
+                # group reached them first). What they inserted stays; the next plan goes on.
+                app.log_event("plan.stopped", reason=type(exc).__name__)
+                return STOPPED
             return f"planned={report.planned}"
 
         await self._job("plan", work)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import signal
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,11 +65,13 @@ class FakeScheduler:
 
     def __init__(self) -> None:
         self.jobs: dict[str, float] = {}
+        self.work: dict[str, daemon.Job] = {}
         self.calls: list[str] = []
         self.started = asyncio.Event()
 
     def every(self, name: str, seconds: float, job: daemon.Job) -> None:
         self.jobs[name] = seconds
+        self.work[name] = job
 
     def start(self) -> None:
         self.calls.append("start")
@@ -130,8 +134,7 @@ def test_the_daemon_plans_a_large_shop_in_a_worker_process_and_a_small_one_itsel
         return [fields for event, fields in events if event == "processes.start"]
 
     with rt.engine.connect() as conn:
-        span = conn.execute(select(func.max(store.clients.c.id) - func.min(store.clients.c.id)))
-        clients = int(span.scalar_one()) + 1
+        clients = conn.execute(select(func.count()).select_from(store.clients)).scalar_one()
     monkeypatch.setattr(app, "LARGE_SHOP_CLIENTS", clients + 1)
     assert not app.plans_in_workers(rt)
     assert plan_once() == []
@@ -146,3 +149,54 @@ def test_the_daemon_plans_a_large_shop_in_a_worker_process_and_a_small_one_itsel
     (started,) = plan_once()
     assert started["processes"] == 1
     assert statuses(rt) == planned, "the worker plans what the daemon planned itself"
+
+
+def test_a_stop_during_a_plan_in_a_worker_process_terminates_the_worker(
+    tmp_path: Path,
+    open_runtime: Callable[[Settings], app.Runtime],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The worker cannot write (the test holds SQLite's write lock) and would wait for up to
+    # 30 s; the daemon is stopped meanwhile: its plan job terminates the worker and ends
+    # without an error, and the daemon exits without waiting for the plan.
+    settings = make_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'followup.db'}",
+        http={"port": free_port()},
+        schedule={"shutdown_grace_seconds": 60},
+    )
+    rt = open_runtime(settings)
+    seed(rt, tmp_path)
+    monkeypatch.setattr(app, "LARGE_SHOP_CLIENTS", 1)
+    fake = FakeScheduler()
+    worker = daemon.Daemon(rt, lambda: NOW, scheduler=lambda: fake)
+    lock = sqlite3.connect(tmp_path / "followup.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+
+    async def scenario() -> None:
+        running = asyncio.create_task(worker.run())
+        await asyncio.wait_for(fake.started.wait(), timeout=60)
+        planning = asyncio.create_task(fake.work["plan"]())
+        await asyncio.sleep(3)
+        assert not planning.done(), "the worker waits for the write lock"
+        worker.request_stop(signal.SIGTERM)
+        # Well within the grace period: the job did not wait for the plan to end.
+        await asyncio.wait_for(planning, timeout=20)
+        lock.rollback()  # the daemon settles its leases as it exits
+        await asyncio.wait_for(running, timeout=20)
+
+    try:
+        with caplog.at_level(logging.INFO, logger=app.log.name):
+            asyncio.run(scenario())
+    finally:
+        if lock.in_transaction:
+            lock.rollback()
+        lock.close()
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert "processes.start" in events and "plan.stopped" in events, events
+    assert "plan.error" not in events and "plan.done" not in events, events
+    assert multiprocessing.active_children() == []
+    assert statuses(rt) == {}, "nothing was planned"
+    with rt.engine.connect() as conn:
+        assert store.last_runs(conn).get("plan") is None, "no plan run recorded"
