@@ -23,7 +23,7 @@ from sqlmodel import SQLModel
 from followup import app, care, store
 from followup.config import Settings
 from followup.errors import DatabaseNotReady
-from followup.models import TouchStatus
+from followup.models import SENT_PREDICATE, TouchStatus
 from followup.planner import NewTouch
 from tests.conftest import make_settings
 
@@ -532,6 +532,17 @@ def test_the_sending_limits_count_the_touches_sent_in_their_window(runtime: app.
                 .values(status=status.value, updated_at=at)
             )
     with store.reader(runtime.engine) as conn:
+        # The index holds the sent touches only (Alembic's comparison ignores the condition).
+        if store.is_postgres(conn):
+            definition = conn.exec_driver_sql(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_touches_sent'"
+            ).scalar_one()
+            assert definition.endswith("(status, updated_at) WHERE ((status)::text = 'sent'::text)")
+        else:
+            definition = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'ix_touches_sent'"
+            ).scalar_one()
+            assert definition.endswith(f"(status, updated_at) WHERE {SENT_PREDICATE}")
         assert store.sent_since(conn, NOW + timedelta(seconds=1)) == 0
         assert store.sent_since(conn, NOW) == 1
         assert store.sent_since(conn, NOW - timedelta(hours=1)) == 2
