@@ -32,12 +32,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import smtplib
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,6 +114,27 @@ def shop_runtime(folder: Path, messages: int, env: dict[str, str]) -> app.Runtim
     generate.generate(rt.engine, messages, purchased_on=PURCHASED)
     app.plan(rt, NOW)
     return rt
+
+
+def shop_file(folder: Path, messages: int) -> Path:
+    """shop_runtime's shop in `folder`, its write-ahead log folded into the file: the one file
+    to copy for each run (bench/ledger.py, bench/replan.py)."""
+    shop_runtime(folder, messages, {}).engine.dispose()
+    con = sqlite3.connect(folder / "followup.db")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    return folder / "followup.db"
+
+
+@contextmanager
+def fresh_copy(shop: Path, work: Path) -> Iterator[Path]:
+    """A copy of the shop file `shop` in the folder `work`, for one run; emptied afterwards."""
+    shutil.copy(shop, work / "followup.db")
+    try:
+        yield work
+    finally:
+        for leftover in work.iterdir():
+            leftover.unlink()
 
 
 def shop_settings(folder: Path, env: dict[str, str]) -> Settings:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sqlite3
 import sys
 import tempfile
@@ -111,22 +110,15 @@ def main() -> None:
     figures: dict[str, list[float]] = {"early": [], "late": []}
     try:
         with tempfile.TemporaryDirectory() as built, tempfile.TemporaryDirectory() as work:
-            shop = Path(built)
-            deliver.shop_runtime(shop, args.clients, {}).engine.dispose()
-            con = sqlite3.connect(shop / "followup.db")
-            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            con.close()
+            shop = deliver.shop_file(Path(built), args.clients)
             for _ in range(args.rounds):
                 for phase in ("early", "late"):
-                    copy = Path(work)
-                    shutil.copy(shop / "followup.db", copy / "followup.db")
-                    if phase == "late":
-                        mark_sent(copy / "followup.db", args.sent)
-                    figures[phase].append(
-                        dispatch_rate(copy, port, args.messages, args.rate_limits)
-                    )
-                    for leftover in copy.iterdir():
-                        leftover.unlink()
+                    with deliver.fresh_copy(shop, Path(work)) as copy:
+                        if phase == "late":
+                            mark_sent(copy / "followup.db", args.sent)
+                        figures[phase].append(
+                            dispatch_rate(copy, port, args.messages, args.rate_limits)
+                        )
     finally:
         sink.terminate()
         sink.wait()

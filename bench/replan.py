@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -84,17 +82,10 @@ def main() -> None:
     figures: dict[str, tuple[float, float, float]] = {}
     try:
         with tempfile.TemporaryDirectory() as built, tempfile.TemporaryDirectory() as work:
-            shop = Path(built)
-            deliver.shop_runtime(shop, args.clients, deliver.sink_env(port)).engine.dispose()
-            con = sqlite3.connect(shop / "followup.db")
-            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            con.close()
+            shop = deliver.shop_file(Path(built), args.clients)
             for mode in MODES:
-                copy = Path(work)
-                shutil.copy(shop / "followup.db", copy / "followup.db")
-                figures[mode] = sending_rate(copy, port, args.messages, mode)
-                for leftover in copy.iterdir():
-                    leftover.unlink()
+                with deliver.fresh_copy(shop, Path(work)) as copy:
+                    figures[mode] = sending_rate(copy, port, args.messages, mode)
     finally:
         sink.terminate()
         sink.wait()

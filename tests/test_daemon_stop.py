@@ -108,6 +108,21 @@ def test_the_daemon_asks_its_scheduler_for_three_jobs_and_stops_it(
     assert fake.calls == ["start", "pause", "shutdown"]
 
 
+def seeded(
+    tmp_path: Path, open_runtime: Callable[[Settings], app.Runtime], **schedule: object
+) -> app.Runtime:
+    """A runtime on a new SQLite file with test_dispatch's shop imported (nothing planned)."""
+    settings = make_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'followup.db'}",
+        http={"port": free_port()},
+        schedule=schedule,
+    )
+    rt = open_runtime(settings)
+    seed(rt, tmp_path)
+    return rt
+
+
 def test_the_daemon_plans_a_large_shop_in_a_worker_process_and_a_small_one_itself(
     tmp_path: Path,
     open_runtime: Callable[[Settings], app.Runtime],
@@ -116,11 +131,7 @@ def test_the_daemon_plans_a_large_shop_in_a_worker_process_and_a_small_one_itsel
 ) -> None:
     # A re-plan reads every client: for a large shop, in a thread it held the interpreter the
     # dispatcher sends with. "Large" is lowered here to this shop's clients.
-    settings = make_settings(
-        tmp_path, f"sqlite:///{tmp_path / 'followup.db'}", http={"port": free_port()}
-    )
-    rt = open_runtime(settings)
-    seed(rt, tmp_path)
+    rt = seeded(tmp_path, open_runtime)
     worker = daemon.Daemon(rt, lambda: NOW)
 
     def plan_once() -> list[dict[str, object]]:
@@ -160,14 +171,7 @@ def test_a_stop_during_a_plan_in_a_worker_process_terminates_the_worker(
     # The worker cannot write (the test holds SQLite's write lock) and would wait for up to
     # 30 s; the daemon is stopped meanwhile: its plan job terminates the worker and ends
     # without an error, and the daemon exits without waiting for the plan.
-    settings = make_settings(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'followup.db'}",
-        http={"port": free_port()},
-        schedule={"shutdown_grace_seconds": 60},
-    )
-    rt = open_runtime(settings)
-    seed(rt, tmp_path)
+    rt = seeded(tmp_path, open_runtime, shutdown_grace_seconds=60)
     monkeypatch.setattr(app, "LARGE_SHOP_CLIENTS", 1)
     fake = FakeScheduler()
     worker = daemon.Daemon(rt, lambda: NOW, scheduler=lambda: fake)
