@@ -168,43 +168,33 @@ def _wall(instant: datetime, zone: ZoneInfo) -> datetime:
     return instant.astimezone(zone).replace(tzinfo=None)
 
 
-def _cap_allows(
-    times: Sequence[datetime], at: datetime, politeness: Politeness, zone: ZoneInfo
-) -> bool:
-    """Whether one more capped touch at `at` keeps every rolling window of `per` (on the
-    client's wall clock) within the cap."""
-    per, limit = politeness.per, politeness.max_touches
-    wall, reach = _wall(at, zone), per + _OFFSET_CHANGE
-    near = [
-        local for t in times if abs(t - at) < reach and abs((local := _wall(t, zone)) - wall) < per
+def _near(
+    taken: Sequence[tuple[datetime, str]], at: datetime, politeness: Politeness, zone: ZoneInfo
+) -> list[tuple[timedelta, datetime, str]]:
+    """The capped touches less than `per` from `at` on the client's wall clock: each one's
+    signed offset from `at` on that clock, its instant and its campaign."""
+    wall, reach, per = _wall(at, zone), arbitration_reach(politeness), politeness.per
+    return [
+        (offset, t, name)
+        for t, name in taken
+        if abs(t - at) < reach and abs(offset := _wall(t, zone) - wall) < per
     ]
+
+
+def _cap_allows(near: Sequence[tuple[timedelta, datetime, str]], politeness: Politeness) -> bool:
+    """Whether one more capped touch keeps every rolling window of `per` within the cap, given
+    the touches `_near` it."""
+    per, limit = politeness.per, politeness.max_touches
     if len(near) < limit:
         return True
-    points = sorted([*near, wall])
+    zero = timedelta(0)  # the new touch
+    points = sorted([*(offset for offset, _, _ in near), zero])
     for i, start in enumerate(points):
-        if start > wall:
+        if start > zero:
             break
-        if wall - start >= per:
-            continue
         if sum(1 for t in points[i:] if t - start < per) > limit:
             return False
     return True
-
-
-def _blocker(
-    times: Sequence[tuple[datetime, str]], at: datetime, per: timedelta, zone: ZoneInfo
-) -> tuple[datetime, str] | None:
-    """The capped touch nearest to `at` within `per` on the client's wall clock."""
-    wall, reach = _wall(at, zone), per + _OFFSET_CHANGE
-    near = [
-        (gap, t, name)
-        for t, name in times
-        if abs(t - at) < reach and (gap := abs(_wall(t, zone) - wall)) < per
-    ]
-    if not near:
-        return None
-    _, t, name = min(near)
-    return t, name
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,14 +368,16 @@ def _place(
         return touch(nominal, TouchStatus.SKIPPED, f"{TOO_LATE}: no allowed send time")
     if not campaign.capped:
         return touch(at, TouchStatus.PLANNED, None)
-    times = [t for t, _ in taken]
     first_block: tuple[datetime, str] | None = None
     day = local_date(at, zone)
     while True:
-        if _cap_allows(times, at, politeness, zone):
+        near = _near(taken, at, politeness, zone)
+        if _cap_allows(near, politeness):
             break
         if first_block is None:
-            first_block = _blocker(taken, at, politeness.per, zone)
+            # The nearest on the wall clock names the reason if the touch ends up skipped.
+            _, when, name = min((abs(offset), t, name) for offset, t, name in near)
+            first_block = (when, name)
         start = local_instant(day, campaign.send_time, zone)
         if start <= at:
             # Today's send time is behind us (a catch-up, or a window past midnight): try
