@@ -1,6 +1,7 @@
-"""Sending while the daemon re-plans a large shop: in its own thread, or in a worker process.
+"""Sending while the daemon re-plans a large shop: in its own thread, or in a worker process,
+every client or only those whose data changed.
 
-    .venv/bin/python bench/replan.py --clients 200000 --messages 20000
+    .venv/bin/python bench/replan.py --clients 200000 --messages 20000 --changed 1000
 
 Builds bench/deliver.py's shop of --clients clients (a thank-you each, planned; not timed), then,
 on a fresh copy for each mode, dispatches --messages of them into smtp-sink from one process
@@ -10,7 +11,9 @@ every client, as the daemon does every `[schedule] plan_interval_seconds`:
 - thread: `app.plan` in a thread of the sending process, as the daemon plans a shop below
   `app.LARGE_SHOP_CLIENTS`;
 - worker: `app.plan(in_workers=True)`, one worker process, as the daemon plans from
-  `app.LARGE_SHOP_CLIENTS` on.
+  `app.LARGE_SHOP_CLIENTS` on;
+- changed: `app.plan(only=app.changed(rt))` in a thread, as the daemon plans between its plans
+  of every client, after --changed clients had a column the planner reads changed (their tags).
 The plan starts 2 s before the sending (a worker process has started by then). Prints the
 sending rate, how long the plan took, and for what share of the sending time it ran.
 """
@@ -30,21 +33,33 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import deliver  # noqa: E402
+from sqlalchemy import update  # noqa: E402
 
-from followup import app  # noqa: E402
+from followup import app, store  # noqa: E402
 
-MODES = ("alone", "thread", "worker")
+MODES = ("alone", "thread", "worker", "changed")
 
 
-def sending_rate(folder: Path, port: int, messages: int, mode: str) -> tuple[float, float, float]:
+def sending_rate(
+    folder: Path, port: int, messages: int, mode: str, changed: int
+) -> tuple[float, float, float]:
     """Messages per second sent while planning in `mode`, the plan's seconds (0 when alone)
     and the share of the sending time during which the plan ran."""
     rt = app.Runtime.open(deliver.shop_settings(folder, deliver.sink_env(port)))
     plan_ended = 0.0
+    if mode == "changed":
+        c = store.clients
+        with rt.engine.begin() as conn:
+            conn.execute(update(c).where(c.c.id <= changed).values(tags="bench"))
 
     def replan() -> None:
         nonlocal plan_ended
-        app.plan(rt, deliver.NOW, in_workers=mode == "worker")
+        if mode == "changed":
+            report = app.plan(rt, deliver.NOW, only=app.changed(rt))
+            if report.clients != changed:
+                raise RuntimeError(f"planned {report.clients} changed clients of {changed}")
+        else:
+            app.plan(rt, deliver.NOW, in_workers=mode == "worker")
         plan_ended = time.perf_counter()
 
     planner = threading.Thread(target=replan)
@@ -73,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=200_000)
     parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--changed", type=int, default=1_000, help="clients changed (changed)")
     args = parser.parse_args()
     if args.messages > args.clients:
         parser.error("--messages must not exceed --clients")
@@ -85,15 +101,20 @@ def main() -> None:
             shop = deliver.shop_file(Path(built), args.clients)
             for mode in MODES:
                 with deliver.fresh_copy(shop, Path(work)) as copy:
-                    figures[mode] = sending_rate(copy, port, args.messages, mode)
+                    figures[mode] = sending_rate(copy, port, args.messages, mode, args.changed)
     finally:
         sink.terminate()
         sink.wait()
     print(deliver.machine())
     for mode in MODES:
         rate, plan_seconds, overlap = figures[mode]
+        which = {
+            "thread": f"{args.clients:,} clients in a thread",
+            "worker": f"{args.clients:,} clients in a worker",
+            "changed": f"the {args.changed:,} changed clients of {args.clients:,} in a thread",
+        }
         plan = (
-            f"re-planning {args.clients:,} clients in a {mode} ({plan_seconds:.1f} s; it ran "
+            f"re-planning {which[mode]} ({plan_seconds:.2f} s; it ran "
             f"for {100 * overlap:.0f}% of the sending time)"
             if mode != "alone"
             else "no plan running"

@@ -20,7 +20,7 @@ import sys
 import threading
 import time as monotonic_time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -133,12 +133,26 @@ class _Window:
     now: datetime
 
 
+@dataclass
+class _Chunk:
+    """A chunk of clients read for the planner, in one read transaction."""
+
+    clients: list[calendars.ClientFacts]
+    ledger: dict[int, list[planner.LedgerTouch]]
+    #: (client id, plan_version) of the chunk's clients whose version no plan has read yet.
+    versions: list[tuple[int, int]]
+
+
 def _client_chunks(
-    rt: Runtime, window: _Window, chunk: int = 2000, ids: tuple[int, int] | None = None
-) -> Iterator[tuple[list[calendars.ClientFacts], dict[int, list[planner.LedgerTouch]]]]:
+    rt: Runtime,
+    window: _Window,
+    chunk: int = 2000,
+    ids: tuple[int, int] | None = None,
+    only: Sequence[int] | None = None,
+) -> Iterator[_Chunk]:
     """The clients in id order, `chunk` at a time, each chunk read in its own short read
     transaction with the purchases and ledger touches the planner needs: memory stays flat
-    with the number of clients."""
+    with the number of clients. `ids` limits them to an id range, `only` to a sorted list."""
     campaigns = rt.calendar.enabled
     politeness = rt.politeness
     earliest = min(window.since.values(), default=window.until)
@@ -149,10 +163,19 @@ def _client_chunks(
     bought_from, bought_until = planner.purchase_window(rt.calendar.max_delay, earliest, ahead)
     ledger_from = earliest - politeness.per - timedelta(days=1)
     occurrence_from = (bought_from - timedelta(days=1)).date()
-    c, p, t = store.clients, store.purchases, store.touches
+    c, p, t, pc = store.clients, store.purchases, store.touches, store.planned_clients
     last_id, highest = ids if ids is not None else (0, None)
     zone = calendars.zone
+    listed = iter(store.chunks(only, chunk)) if only is not None else None
+    which: list[ColumnElement[bool]]
     while True:
+        if listed is not None:
+            chosen = next(listed, None)
+            if chosen is None:
+                return
+            which = [c.c.id.in_(chosen)]
+        else:
+            which = [c.c.id > last_id, *([] if highest is None else [c.c.id <= highest])]
         with store.reader(rt.engine) as conn:
             rows = conn.execute(
                 select(
@@ -167,15 +190,28 @@ def _client_chunks(
                     c.c.birthday_month,
                     c.c.birthday_day,
                     c.c.birthday_year,
+                    c.c.plan_version,
+                    pc.c.plan_version.label("planned_version"),
                 )
-                .where(c.c.id > last_id, *([] if highest is None else [c.c.id <= highest]))
+                .select_from(c.outerjoin(pc, pc.c.client_id == c.c.id))
+                .where(*which)
                 .order_by(c.c.id)
                 .limit(chunk)
             ).all()
             if not rows:
+                if listed is not None:
+                    continue  # all of this part of the list gone (never, today: none deleted)
                 return
             lo, hi = rows[0].id, rows[-1].id
             last_id = hi
+            # A listed chunk's clients may lie far apart: read theirs by id, not by range.
+            chosen_ids = [row.id for row in rows] if listed is not None else None
+            of_purchase = (
+                p.c.client_id.in_(chosen_ids) if chosen_ids else p.c.client_id.between(lo, hi)
+            )
+            of_touch = (
+                t.c.client_id.in_(chosen_ids) if chosen_ids else t.c.client_id.between(lo, hi)
+            )
             bought: dict[int, list[calendars.PurchaseFact]] = {}
             if needs_purchases:
                 for purchase_id, client_id, purchased_at, status, product in conn.execute(
@@ -187,7 +223,7 @@ def _client_chunks(
                         p.c.product,
                     )
                     .where(
-                        p.c.client_id.between(lo, hi),
+                        of_purchase,
                         p.c.purchased_at.between(bought_from, bought_until),
                         p.c.status == "paid",
                     )
@@ -197,7 +233,7 @@ def _client_chunks(
                     bought.setdefault(client_id, []).append(
                         calendars.PurchaseFact(purchase_id, _utc(purchased_at), status, product)
                     )
-            stats = client_stats(conn, lo, hi)
+            stats = client_stats(conn, lo, hi, chosen_ids)
             ledger: dict[int, list[planner.LedgerTouch]] = {}
             for client_id, campaign, occurrence, due_at, status, purchase_id in conn.execute(
                 select(
@@ -208,7 +244,7 @@ def _client_chunks(
                     t.c.status,
                     t.c.purchase_id,
                 ).where(
-                    t.c.client_id.between(lo, hi),
+                    of_touch,
                     (t.c.occurrence >= occurrence_from) | (t.c.due_at >= ledger_from),
                 )
             ):
@@ -228,6 +264,8 @@ def _client_chunks(
             birthday_month,
             birthday_day,
             birthday_year,
+            _version,
+            _planned_version,
         ) in rows:
             birthday = None
             if birthday_month and birthday_day:
@@ -263,7 +301,10 @@ def _client_chunks(
                     context=context,
                 )
             )
-        yield facts, ledger
+        versions = [
+            (row.id, row.plan_version) for row in rows if row.planned_version != row.plan_version
+        ]
+        yield _Chunk(facts, ledger, versions)
 
 
 def _raw(column: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -343,18 +384,22 @@ def _stats_query(by_ids: bool) -> Select[Any]:
 
 
 def _planned(
-    rt: Runtime, window: _Window, ids: tuple[int, int] | None = None
-) -> Iterator[tuple[list[calendars.ClientFacts], list[planner.NewTouch]]]:
-    """The planner's touches, one list per chunk of clients (with the chunk's clients), for
-    every client or those with ids in (ids[0], ids[1]]."""
+    rt: Runtime,
+    window: _Window,
+    ids: tuple[int, int] | None = None,
+    only: Sequence[int] | None = None,
+) -> Iterator[tuple[_Chunk, list[planner.NewTouch]]]:
+    """The planner's touches, one list per chunk of clients (with the chunk), for every
+    client, those with ids in (ids[0], ids[1]], or those listed in `only` (sorted)."""
     campaigns = rt.calendar.enabled
     politeness = rt.politeness
     capped = {c.name: c.capped for c in rt.calendar.campaigns}
     # The campaigns that can fire, by zone, country and language (a handful of groups).
     relevant: dict[tuple[str, str, str], list[calendars.Campaign]] = {}
-    for clients, ledger in _client_chunks(rt, window, ids=ids):
+    for read in _client_chunks(rt, window, ids=ids, only=only):
         touches: list[planner.NewTouch] = []
-        for client in clients:
+        ledger = read.ledger
+        for client in read.clients:
             group = (client.timezone, client.country, client.locale)
             some = relevant.get(group)
             if some is None:
@@ -379,7 +424,7 @@ def _planned(
                     capped=capped,
                 )
             )
-        yield clients, touches
+        yield read, touches
 
 
 def client_count(rt: Runtime) -> int:
@@ -396,9 +441,15 @@ def plan(
     *,
     in_workers: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    only: Sequence[int] | None = None,
 ) -> PlanReport:
     """Insert every touch due up to `until` (default: the configured horizon). Idempotent, and
     safe to run from several processes at once: the ledger's unique keys refuse duplicates.
+    Each client's plan_version read is recorded with its touches (store.mark_planned).
+
+    With `only` (sorted client ids, as `changed` gives them), only those clients are planned,
+    in this process, and the watermarks stay where they are: they say up to when every client
+    has been planned.
     With `processes` (default `[schedule] plan_processes`) above 1, the clients are split by
     id range over that many worker processes (the planner is CPU-bound Python); with
     `in_workers`, a single one also plans in a worker process, not in this one. Workers
@@ -425,6 +476,12 @@ def plan(
         since[campaign.name] = min(start, mark) if mark is not None else start
     window = _Window(since, until, now)
     processes = processes or rt.settings.schedule.plan_processes
+    if only is not None:
+        _plan_range(rt, window, None, report, progress, only)
+        log_event("plan.done", planned=report.planned, skipped=report.skipped, changed=len(only))
+        detail = f"planned={report.planned} skipped={report.skipped} changed={len(only)}"
+        record_run(rt, "plan", now, started, detail)
+        return report
     if processes > 1 or in_workers:
         _plan_in_processes(rt, window, processes, report, progress, should_stop)
     else:
@@ -442,6 +499,14 @@ def plan(
 
 #: From this many clients, the daemon plans in worker processes (see plans_in_workers).
 LARGE_SHOP_CLIENTS = 50_000
+
+
+def changed(rt: Runtime) -> list[int]:
+    """The clients to plan again: those whose data (a column the planner reads, a purchase)
+    changed since a plan last read them, or that no plan has read yet, in id order. The
+    database's triggers keep each client's plan_version (migration 0007)."""
+    with store.reader(rt.engine) as conn:
+        return store.changed_clients(conn)
 
 
 def plans_in_workers(rt: Runtime) -> bool:
@@ -462,16 +527,21 @@ def _plan_range(
     ids: tuple[int, int] | None,
     report: PlanReport,
     progress: Callable[[int], None] | None = None,
+    only: Sequence[int] | None = None,
 ) -> None:
-    """Plans the clients with ids in (ids[0], ids[1]] (all when None) into `report`."""
+    """Plans the clients with ids in (ids[0], ids[1]] (all when None), or those listed in
+    `only`, into `report`."""
     created: dict[str, int] = {}
-    for clients, touches in _planned(rt, window, ids):
-        if touches:
+    for read, touches in _planned(rt, window, ids, only):
+        if touches or read.versions:
+            # The versions read go in with the touches planned from them: a client changed
+            # since this chunk was read keeps a newer version, and is planned again.
             with rt.engine.begin() as conn:
                 store.insert_touches(conn, touches, window.now, created, report.by_campaign)
-        report.clients += len(clients)
+                store.mark_planned(conn, read.versions)
+        report.clients += len(read.clients)
         if progress is not None:
-            progress(len(clients))
+            progress(len(read.clients))
     report.planned += created.get(TouchStatus.PLANNED.value, 0)
     report.skipped += created.get(TouchStatus.SKIPPED.value, 0)
 
@@ -1484,8 +1554,8 @@ def _dry_run_candidates(
     plan_now = max(now, start) if now is not None else start
     campaigns = rt.calendar.enabled
     plan_window = _Window({c.name: start for c in campaigns}, until, plan_now)
-    for clients, touches in _planned(rt, plan_window):
-        zones = {client.client_id: ZoneInfo(client.timezone) for client in clients}
+    for read, touches in _planned(rt, plan_window):
+        zones = {client.client_id: ZoneInfo(client.timezone) for client in read.clients}
         for new in touches:
             if new.key in found:
                 continue

@@ -112,7 +112,12 @@ class HttpSettings(_Section):
 
 
 class ScheduleSettings(_Section):
+    #: `followup daemon`: how often it plans the clients whose data changed (an import, an
+    #: erasure, a bounce), ...
     plan_interval_seconds: int = Field(default=300, ge=1)
+    #: ... and how often it plans every client, which also moves the horizon on (sooner when
+    #: the horizon is shorter than the plan interval).
+    full_plan_interval_seconds: int = Field(default=3600, ge=1)
     dispatch_interval_seconds: int = Field(default=5, ge=1)
     #: How far ahead `followup plan` creates touches.
     plan_horizon_days: int = Field(default=2, ge=0, le=366)

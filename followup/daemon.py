@@ -22,7 +22,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from apscheduler.executors.asyncio import AsyncIOExecutor
@@ -135,6 +135,8 @@ class Daemon:
         self._stop: asyncio.Event | None = None
         self._hurry: asyncio.Event | None = None
         self._running: set[asyncio.Task[Any]] = set()
+        #: When the last plan of every client ran, and its horizon.
+        self._full_plan: tuple[datetime, datetime] | None = None
 
     # ------------------------------------------------------------------------- jobs
 
@@ -182,20 +184,43 @@ class Daemon:
         finally:
             self._running.discard(task)
 
+    def full_plan_due(self, now: datetime) -> bool:
+        """Whether this plan must read every client: at start, every full_plan_interval, and
+        before the next plan would pass the horizon of the last one (the clients that did not
+        change have their touches up to there). Otherwise, only the changed clients."""
+        if self._full_plan is None:
+            return True
+        at, until = self._full_plan
+        schedule = self.rt.settings.schedule
+        return (
+            now - at >= timedelta(seconds=schedule.full_plan_interval_seconds)
+            or now + timedelta(seconds=schedule.plan_interval_seconds) > until
+        )
+
     async def plan(self) -> None:
         async def work() -> str:
             # Planning is synchronous database work: off the event loop. A large shop is
             # planned in worker processes: in a thread, the re-plan of every client held the
-            # interpreter the dispatcher sends with (bench/replan.py).
+            # interpreter the dispatcher sends with (bench/replan.py). Between plans of every
+            # client, only those whose data changed are planned (bench/replan.py --changed).
             now = self.clock()
+            until = now + timedelta(days=self.rt.settings.schedule.plan_horizon_days)
 
             def planning() -> app.PlanReport:
-                return app.plan(
+                if not self.full_plan_due(now):
+                    changed = app.changed(self.rt)
+                    if len(changed) < app.LARGE_SHOP_CLIENTS:
+                        return app.plan(self.rt, now, until, only=changed)
+                    # As many as a large shop (a nightly import): every client, in workers.
+                report = app.plan(
                     self.rt,
                     now,
+                    until,
                     in_workers=app.plans_in_workers(self.rt),
                     should_stop=lambda: self._stopping,
                 )
+                self._full_plan = (now, until)
+                return report
 
             try:
                 report = await asyncio.to_thread(planning)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Column, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, Index, Integer, String, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -82,6 +82,12 @@ class Client(SQLModel, table=True):
     status: str = Field(default=ClientStatus.ACTIVE.value, max_length=32)
     created_at: datetime
     updated_at: datetime
+    #: Raised by the database's own triggers (migration 0007) whenever a column the planner
+    #: reads, or one of the client's purchases, changes; see PlannedClient.
+    plan_version: int = Field(
+        default=1,
+        sa_column=Column(Integer, nullable=False, server_default="1", index=True),
+    )
 
 
 class Purchase(SQLModel, table=True):
@@ -98,6 +104,16 @@ class Purchase(SQLModel, table=True):
     currency: str = Field(max_length=3)
     status: str = Field(default=PurchaseStatus.PAID.value, max_length=16)
     updated_at: datetime
+
+
+class PlannedClient(SQLModel, table=True):
+    """The client's plan_version that a plan last read: the daemon re-plans, between its
+    plans of every client, only the clients whose version has moved since (app.changed)."""
+
+    __tablename__ = "planned_clients"
+
+    client_id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    plan_version: int
 
 
 class Touch(SQLModel, table=True):

@@ -55,6 +55,7 @@ suppressions = SQLModel.metadata.tables["suppressions"]
 watermarks = SQLModel.metadata.tables["planner_watermarks"]
 survey_answers = SQLModel.metadata.tables["survey_answers"]
 runs = SQLModel.metadata.tables["runs"]
+planned_clients = SQLModel.metadata.tables["planned_clients"]
 
 T = TypeVar("T")
 
@@ -492,6 +493,41 @@ def id_map(conn: Connection, table: Table, external_ids: Iterable[str]) -> dict[
         )
         found.update({row.external_id: row.id for row in result})
     return found
+
+
+# ----------------------------------------------------------------------------- plan versions
+
+
+def changed_clients(conn: Connection) -> list[int]:
+    """The ids of the clients whose plan_version has moved since a plan last read it (or that
+    no plan has read yet), in id order: what the daemon re-plans between its plans of every
+    client. Reads the (plan_version, id) index and planned_clients' key, not the clients."""
+    c, pc = clients, planned_clients
+    stale = (
+        select(c.c.id)
+        .select_from(c.outerjoin(pc, pc.c.client_id == c.c.id))
+        .where((pc.c.plan_version.is_(None)) | (pc.c.plan_version != c.c.plan_version))
+        .order_by(c.c.id)
+    )
+    return [row[0] for row in conn.execute(stale)]
+
+
+def mark_planned(conn: Connection, versions: Sequence[tuple[int, int]]) -> None:
+    """Record (client id, plan_version) for clients that a plan has just read at that version,
+    in the transaction that inserts their touches. A version only rises: a slower planner that
+    read an older one leaves the newer one, and the client is read again if it is still stale."""
+    if not versions:
+        return
+    pc = planned_clients
+    for batch in chunks(versions):
+        stmt = _insert(conn, pc).values([{"client_id": i, "plan_version": v} for i, v in batch])
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[pc.c.client_id],
+                set_={"plan_version": stmt.excluded.plan_version},
+                where=pc.c.plan_version < stmt.excluded.plan_version,
+            )
+        )
 
 
 # ----------------------------------------------------------------------------- the ledger

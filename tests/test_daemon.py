@@ -286,6 +286,37 @@ def test_the_daemon_delivers_serves_health_metrics_and_one_click_unsubscribe_the
     assert not re.search(r"Client\d+ Test", logs)
 
 
+def test_a_client_imported_while_the_daemon_runs_is_planned_without_a_plan_of_every_client(
+    tmp_path: Path, smtp_server: SmtpServer, daemons: list[Daemon]
+) -> None:
+    received = smtp_server.handler.received
+    make_shop(tmp_path, [date(2027, 1, 6)] * 3)
+    # The daemon starts with c0 and c1; c2 comes with the next import, the whole files again.
+    for kind in ("clients", "purchases"):
+        lines = (tmp_path / f"{kind}.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+        (tmp_path / f"{kind}-first.csv").write_text("".join(lines[:3]), encoding="utf-8")
+    env = smtp_env(smtp_server, T0, FOLLOWUP_SCHEDULE_FULL_PLAN_INTERVAL_SECONDS="86400")
+    followup(tmp_path, "db", "upgrade", env=env)
+    followup(tmp_path, "import", "reps", str(tmp_path / "reps.csv"), env=env)
+    for kind in ("clients", "purchases"):
+        followup(tmp_path, "import", kind, str(tmp_path / f"{kind}-first.csv"), env=env)
+
+    daemon = Daemon(tmp_path, env)
+    daemons.append(daemon)
+    wait_for(lambda: statuses(tmp_path).get("sent") == 2, "c0's and c1's thank-yous sent")
+    for kind in ("clients", "purchases"):
+        followup(tmp_path, "import", kind, str(tmp_path / f"{kind}.csv"), env=env)
+    wait_for(lambda: statuses(tmp_path).get("sent") == 3, "c2's thank-you sent")
+    assert sorted(r.rcpt_tos[0] for r in received) == [f"client{n}@example.com" for n in range(3)]
+    assert daemon.stop() == 0
+    # Only the first plan read every client; the one that planned c2 read c2 alone (the
+    # files imported again left c0 and c1 unchanged).
+    done = re.findall(r"event=plan\.done .*", daemon.log)
+    assert "changed=" not in done[0], done
+    assert any(re.search(r"planned=1 .*changed=1\b", line) for line in done), done
+    assert all("changed=" in line for line in done[1:]), done
+
+
 def test_sigterm_lets_the_send_in_flight_finish_and_returns_the_rest_to_the_queue(
     tmp_path: Path, smtp_server: SmtpServer, daemons: list[Daemon]
 ) -> None:

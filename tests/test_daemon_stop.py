@@ -132,13 +132,13 @@ def test_the_daemon_plans_a_large_shop_in_a_worker_process_and_a_small_one_itsel
     # A re-plan reads every client: for a large shop, in a thread it held the interpreter the
     # dispatcher sends with. "Large" is lowered here to this shop's clients.
     rt = seeded(tmp_path, open_runtime)
-    worker = daemon.Daemon(rt, lambda: NOW)
 
     def plan_once() -> list[dict[str, object]]:
-        """The daemon's plan job, once: the worker processes it started."""
+        """A new daemon's plan job (the first plan reads every client): the worker processes
+        it started."""
         caplog.clear()
         with caplog.at_level(logging.INFO, logger=app.log.name):
-            asyncio.run(worker.plan())
+            asyncio.run(daemon.Daemon(rt, lambda: NOW).plan())
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
         events = [(getattr(r, "event", None), getattr(r, "fields", {})) for r in caplog.records]
         assert "plan.done" in {event for event, _ in events}, events

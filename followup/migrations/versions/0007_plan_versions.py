@@ -1,0 +1,138 @@
+"""What the daemon must re-plan: each client's plan version, raised by the database itself
+whenever a column the planner reads or one of the client's purchases changes, and the version
+each client was last planned at. The daemon re-plans every few minutes only the clients whose
+two versions differ, and every client only from time to time.
+
+Triggers, not the code, raise the version: whatever writes the tables (an import, an erasure,
+a bounce, the business's own SQL) is seen. An update that leaves those columns as they were
+(a nightly import of the same file) changes nothing.
+
+Revision ID: 0007
+Revises: 0006
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+# The columns the planner reads (app._client_chunks, app.client_stats), at this revision.
+_CLIENT = (
+    "external_id",
+    "timezone",
+    "country",
+    "locale",
+    "status",
+    "tier",
+    "tags",
+    "birthday_month",
+    "birthday_day",
+    "birthday_year",
+)
+_PURCHASE = ("client_id", "purchased_at", "status", "product", "amount_minor", "currency")
+
+
+def _row(prefix: str, columns: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"{prefix}.{column}" for column in columns) + ")"
+
+
+def _changed(columns: tuple[str, ...], distinct: str) -> str:
+    """Whether any of `columns` changed, NULLs compared as values: SQLite's IS NOT takes row
+    values (since 3.15), PostgreSQL's IS DISTINCT FROM does."""
+    return f"{_row('OLD', columns)} {distinct} {_row('NEW', columns)}"
+
+
+# Built from this file's constants only: no outside value goes into the SQL below.
+_CLIENT_CHANGED = {
+    "sqlite": _changed(_CLIENT, "IS NOT"),
+    "pg": _changed(_CLIENT, "IS DISTINCT FROM"),
+}
+_PURCHASE_CHANGED = {
+    "sqlite": _changed(_PURCHASE, "IS NOT"),
+    "pg": _changed(_PURCHASE, "IS DISTINCT FROM"),
+}
+
+
+_SQLITE = [
+    f"""CREATE TRIGGER tr_clients_plan_version AFTER UPDATE ON clients
+    WHEN NEW.plan_version = OLD.plan_version AND {_CLIENT_CHANGED["sqlite"]}
+    BEGIN UPDATE clients SET plan_version = plan_version + 1 WHERE id = NEW.id; END""",  # noqa: S608
+    """CREATE TRIGGER tr_purchases_insert_plan_version AFTER INSERT ON purchases
+    BEGIN UPDATE clients SET plan_version = plan_version + 1 WHERE id = NEW.client_id; END""",
+    f"""CREATE TRIGGER tr_purchases_update_plan_version AFTER UPDATE ON purchases
+    WHEN {_PURCHASE_CHANGED["sqlite"]}
+    BEGIN UPDATE clients SET plan_version = plan_version + 1
+    WHERE id IN (OLD.client_id, NEW.client_id); END""",  # noqa: S608
+    """CREATE TRIGGER tr_purchases_delete_plan_version AFTER DELETE ON purchases
+    BEGIN UPDATE clients SET plan_version = plan_version + 1 WHERE id = OLD.client_id; END""",
+]
+
+_POSTGRESQL = [
+    """CREATE FUNCTION followup_client_plan_version() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        NEW.plan_version := OLD.plan_version + 1;
+        RETURN NEW;
+    END $$""",
+    f"""CREATE TRIGGER tr_clients_plan_version BEFORE UPDATE ON clients FOR EACH ROW
+    WHEN (NEW.plan_version = OLD.plan_version
+          AND {_CLIENT_CHANGED["pg"]})
+    EXECUTE FUNCTION followup_client_plan_version()""",
+    """CREATE FUNCTION followup_purchase_plan_version() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP <> 'DELETE' THEN
+            UPDATE clients SET plan_version = plan_version + 1 WHERE id = NEW.client_id;
+        END IF;
+        IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.client_id <> NEW.client_id) THEN
+            UPDATE clients SET plan_version = plan_version + 1 WHERE id = OLD.client_id;
+        END IF;
+        RETURN NULL;
+    END $$""",
+    """CREATE TRIGGER tr_purchases_plan_version AFTER INSERT OR DELETE ON purchases
+    FOR EACH ROW EXECUTE FUNCTION followup_purchase_plan_version()""",
+    f"""CREATE TRIGGER tr_purchases_update_plan_version AFTER UPDATE ON purchases FOR EACH ROW
+    WHEN ({_PURCHASE_CHANGED["pg"]})
+    EXECUTE FUNCTION followup_purchase_plan_version()""",
+]
+
+
+def upgrade() -> None:
+    # Every client existing now is new to the daemon: version 1, planned at none.
+    op.add_column(
+        "clients",
+        sa.Column("plan_version", sa.Integer(), nullable=False, server_default="1"),
+    )
+    op.create_index("ix_clients_plan_version", "clients", ["plan_version"], unique=False)
+    op.create_table(
+        "planned_clients",
+        sa.Column("client_id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("plan_version", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("client_id"),
+    )
+    postgres = op.get_bind().dialect.name == "postgresql"
+    for statement in _POSTGRESQL if postgres else _SQLITE:
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER tr_purchases_update_plan_version ON purchases")
+        op.execute("DROP TRIGGER tr_purchases_plan_version ON purchases")
+        op.execute("DROP TRIGGER tr_clients_plan_version ON clients")
+        op.execute("DROP FUNCTION followup_purchase_plan_version()")
+        op.execute("DROP FUNCTION followup_client_plan_version()")
+    else:
+        for name in (
+            "tr_clients_plan_version",
+            "tr_purchases_insert_plan_version",
+            "tr_purchases_update_plan_version",
+            "tr_purchases_delete_plan_version",
+        ):
+            op.execute(f"DROP TRIGGER {name}")
+    op.drop_table("planned_clients")
+    op.drop_index("ix_clients_plan_version", table_name="clients")
+    op.drop_column("clients", "plan_version")

@@ -1,0 +1,197 @@
+"""What the daemon re-plans between its plans of every client: the clients whose data changed,
+as the database's own triggers record them (migration 0007), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text, update
+
+from followup import app, daemon, importer, people, store
+from followup.config import Settings
+from tests.conftest import make_settings
+from tests.test_dispatch import CLIENTS, NOW, PURCHASES, seed
+
+
+def ids(rt: app.Runtime) -> dict[str, int]:
+    with rt.engine.connect() as conn:
+        return dict(conn.execute(select(store.clients.c.external_id, store.clients.c.id)).all())
+
+
+def changed(rt: app.Runtime) -> set[str]:
+    """The external ids of the clients a changed-only plan would read."""
+    by_id = {v: k for k, v in ids(rt).items()}
+    return {by_id[i] for i in app.changed(rt)}
+
+
+def load(rt: app.Runtime, tmp_path: Path, kind: str, content: str) -> None:
+    path = tmp_path / f"again-{kind}.csv"
+    path.write_text(content, encoding="utf-8")
+    report = importer.import_csv(rt.engine, importer.Kind(kind), path, now=NOW, strict=True)
+    assert report.errors == []
+
+
+def run_sql(rt: app.Runtime, sql: str, **values: object) -> None:
+    with rt.engine.begin() as conn:
+        conn.execute(text(sql), values)
+
+
+def test_the_clients_whose_planned_data_changed_and_only_they_are_to_plan_again(
+    tmp_path: Path, runtime: app.Runtime
+) -> None:
+    seed(runtime, tmp_path)
+    assert changed(runtime) == {"c1", "c2", "c3", "c4"}, "no plan has read them yet"
+    app.plan(runtime, NOW)
+    assert changed(runtime) == set()
+
+    # The nightly import of the same files, and a change the planner does not read (a name).
+    load(runtime, tmp_path, "clients", CLIENTS)
+    load(runtime, tmp_path, "purchases", PURCHASES)
+    load(runtime, tmp_path, "clients", CLIENTS.replace("Ann,Lee", "Anne,Lee"))
+    assert changed(runtime) == set()
+
+    # A column the planner reads (the zone), a new purchase, a refund.
+    load(runtime, tmp_path, "clients", CLIENTS.replace("Europe/Paris", "Europe/Brussels"))
+    assert changed(runtime) == {"c2"}
+    load(runtime, tmp_path, "purchases", PURCHASES + "p6,c3,2027-01-07T10:00:00,Mats,90,GBP,paid\n")
+    assert changed(runtime) == {"c2", "c3"}
+    app.plan(runtime, NOW)
+    assert changed(runtime) == set()
+    load(runtime, tmp_path, "purchases", PURCHASES.replace("USD,unpaid", "USD,refunded"))
+    assert changed(runtime) == {"c4"}
+    app.plan(runtime, NOW)
+
+    # The business's own SQL: a purchase moved to another client counts for both; a deleted
+    # purchase, a birthday, a status (a bounce) each count.
+    known = ids(runtime)
+    run_sql(
+        runtime,
+        "UPDATE purchases SET client_id = :to WHERE external_id = 'p5'",
+        to=known["c2"],
+    )
+    assert changed(runtime) == {"c1", "c2"}
+    # (A purchase that no touch refers to: a touch's purchase cannot be deleted.)
+    load(runtime, tmp_path, "purchases", PURCHASES + "p7,c3,2020-01-07T10:00:00,Mats,9,GBP,paid\n")
+    app.plan(runtime, NOW)
+    run_sql(runtime, "DELETE FROM purchases WHERE external_id = 'p7'")
+    assert changed(runtime) == {"c3"}
+    app.plan(runtime, NOW)
+    run_sql(runtime, "UPDATE clients SET birthday_month = 3 WHERE id = :i", i=known["c1"])
+    assert changed(runtime) == {"c1"}
+    app.plan(runtime, NOW)
+    with runtime.engine.begin() as conn:
+        conn.execute(
+            update(store.clients).where(store.clients.c.id == known["c4"]).values(status="bounced")
+        )
+    assert changed(runtime) == {"c4"}
+    app.plan(runtime, NOW)
+    assert changed(runtime) == set()
+
+    # An erasure removes the purchases and the birthday: the planner must see it.
+    people.erase_client(runtime.engine, "c3", NOW)
+    assert app.changed(runtime) == [known["c3"]]
+
+
+def test_a_changed_only_plan_plans_those_clients_and_leaves_the_watermarks(
+    tmp_path: Path, runtime: app.Runtime
+) -> None:
+    seed(runtime, tmp_path)
+    first = app.plan(runtime, NOW)
+    assert first.clients == 4
+    with runtime.engine.connect() as conn:
+        marks = conn.execute(select(store.watermarks)).all()
+
+    # A purchase of today for c3: its thank-you comes from a plan of c3 alone.
+    load(runtime, tmp_path, "purchases", PURCHASES + "p6,c3,2027-01-08T09:30:00,Mats,90,GBP,paid\n")
+    later = NOW + timedelta(minutes=5)
+    report = app.plan(runtime, later, only=app.changed(runtime))
+    assert (report.clients, report.planned) == (1, 1)
+    with runtime.engine.connect() as conn:
+        new = conn.execute(
+            select(store.touches.c.campaign, store.purchases.c.external_id).join(
+                store.purchases, store.purchases.c.id == store.touches.c.purchase_id
+            )
+        ).all()
+        assert ("thank_you", "p6") in new
+        assert conn.execute(select(store.watermarks)).all() == marks, "every client's horizon"
+        (run,) = conn.execute(select(store.runs.c.detail).where(store.runs.c.kind == "plan"))
+    assert run.detail == "planned=1 skipped=0 changed=1"
+    assert app.changed(runtime) == []
+    assert app.plan(runtime, later, only=[]).clients == 0
+
+
+def test_a_client_changed_while_a_plan_reads_it_is_planned_again(
+    tmp_path: Path, runtime: app.Runtime
+) -> None:
+    seed(runtime, tmp_path)
+    now = NOW
+    window = app._Window({c.name: now for c in runtime.calendar.enabled}, now, now)
+    (read,) = list(app._client_chunks(runtime, window))
+    assert len(read.versions) == 4
+    # The import of a new zone lands after the plan read c2 and before it records what it read.
+    load(runtime, tmp_path, "clients", CLIENTS.replace("Paris", "Rome"))
+    with runtime.engine.begin() as conn:
+        store.mark_planned(conn, read.versions)
+    assert changed(runtime) == {"c2"}
+    # A slower planner that read an older version does not take the newer one back.
+    app.plan(runtime, now)
+    assert changed(runtime) == set()
+    with runtime.engine.begin() as conn:
+        store.mark_planned(conn, read.versions)
+    assert changed(runtime) == set()
+
+
+def test_the_daemon_plans_every_client_at_start_hourly_and_before_its_horizon_else_the_changed(
+    tmp_path: Path,
+    database_url: str,
+    open_runtime: Callable[[Settings], app.Runtime],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rt = open_runtime(make_settings(tmp_path, database_url))
+    seed(rt, tmp_path)
+    clock = [NOW]
+
+    def plan_at(worker: daemon.Daemon, minutes: int) -> dict[str, object]:
+        """The daemon's plan job at NOW + minutes: the fields of its plan.done."""
+        clock[0] = NOW + timedelta(minutes=minutes)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=app.log.name):
+            asyncio.run(worker.plan())
+        (done,) = [r for r in caplog.records if getattr(r, "event", None) == "plan.done"]
+        fields: dict[str, object] = done.fields  # type: ignore[attr-defined]
+        return fields
+
+    worker = daemon.Daemon(rt, lambda: clock[0])
+    assert "changed" not in plan_at(worker, 0)
+    assert plan_at(worker, 5) == {"planned": 0, "skipped": 0, "changed": 0}
+    load(rt, tmp_path, "purchases", PURCHASES + "p6,c3,2027-01-08T09:30:00,Mats,90,GBP,paid\n")
+    assert plan_at(worker, 10) == {"planned": 1, "skipped": 0, "changed": 1}
+    assert "changed" not in plan_at(worker, 60), "an hour after the last plan of every client"
+    assert plan_at(worker, 65)["changed"] == 0
+
+    # A horizon shorter than the plan interval: every plan reads every client.
+    settings = make_settings(tmp_path, database_url, schedule={"plan_horizon_days": 0})
+    short = daemon.Daemon(open_runtime(settings), lambda: clock[0])
+    assert "changed" not in plan_at(short, 70)
+    assert "changed" not in plan_at(short, 75)
+
+
+def test_full_plan_due_follows_the_interval_and_the_horizon(
+    tmp_path: Path, open_runtime: Callable[[Settings], app.Runtime]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    rt = open_runtime(make_settings(tmp_path, url, schedule={"full_plan_interval_seconds": 1800}))
+    worker = daemon.Daemon(rt, lambda: NOW)
+    assert worker.full_plan_due(NOW)
+    worker._full_plan = (NOW, NOW + timedelta(days=2))
+    assert not worker.full_plan_due(NOW + timedelta(minutes=29))
+    assert worker.full_plan_due(NOW + timedelta(minutes=30))
+    # The horizon would be passed before the next plan (5 minutes on): every client now.
+    worker._full_plan = (NOW, NOW + timedelta(minutes=8))
+    assert not worker.full_plan_due(NOW + timedelta(minutes=2))
+    assert worker.full_plan_due(NOW + timedelta(minutes=4))
