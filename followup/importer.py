@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from babel import Locale, UnknownLocaleError
 from babel.numbers import is_currency
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine
 
 from followup import store
 from followup.models import ClientStatus, PurchaseStatus
@@ -502,15 +502,9 @@ class _Lookups:
         if kind is Kind.PURCHASES:
             at = header.index("client")
             wanted = {c[at].strip() for _, c in batch if len(c) > at}
-            for part in store.chunks(sorted(wanted)):
-                result = conn.execute(
-                    select(
-                        store.clients.c.external_id, store.clients.c.id, store.clients.c.timezone
-                    ).where(store.clients.c.external_id.in_(part))
-                )
-                for row in result:
-                    lookups.client_ids[row.external_id] = row.id
-                    lookups.client_zones[row.external_id] = row.timezone
+            for row in store.by_external_id(conn, store.clients, wanted, "timezone"):
+                lookups.client_ids[row.external_id] = row.id
+                lookups.client_zones[row.external_id] = row.timezone
         return lookups
 
     def record(self, kind: Kind, row: dict[str, str]) -> dict[str, Any]:
