@@ -41,10 +41,10 @@ def _row(prefix: str, columns: tuple[str, ...]) -> str:
     return "(" + ", ".join(f"{prefix}.{column}" for column in columns) + ")"
 
 
-def _changed(columns: tuple[str, ...], distinct: str) -> str:
+def _changed(columns: tuple[str, ...], distinct: str, old: str = "OLD", new: str = "NEW") -> str:
     """Whether any of `columns` changed, NULLs compared as values: SQLite's IS NOT takes row
     values (since 3.15), PostgreSQL's IS DISTINCT FROM does."""
-    return f"{_row('OLD', columns)} {distinct} {_row('NEW', columns)}"
+    return f"{_row(old, columns)} {distinct} {_row(new, columns)}"
 
 
 # Built from this file's constants only: no outside value goes into the SQL below.
@@ -54,7 +54,8 @@ _CLIENT_CHANGED = {
 }
 _PURCHASE_CHANGED = {
     "sqlite": _changed(_PURCHASE, "IS NOT"),
-    "pg": _changed(_PURCHASE, "IS DISTINCT FROM"),
+    # Rows of a statement's transition tables (see below).
+    "pg": _changed(_PURCHASE, "IS DISTINCT FROM", "o", "n"),
 }
 
 
@@ -82,21 +83,33 @@ _POSTGRESQL = [
     WHEN (NEW.plan_version = OLD.plan_version
           AND {_CLIENT_CHANGED["pg"]})
     EXECUTE FUNCTION followup_client_plan_version()""",
-    """CREATE FUNCTION followup_purchase_plan_version() RETURNS trigger LANGUAGE plpgsql AS $$
+    # Purchases: one UPDATE of the clients for each statement (a batch of an import), from the
+    # statement's transition table, not one for each row.
+    """CREATE FUNCTION followup_purchases_plan_version() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        IF TG_OP <> 'DELETE' THEN
-            UPDATE clients SET plan_version = plan_version + 1 WHERE id = NEW.client_id;
-        END IF;
-        IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.client_id <> NEW.client_id) THEN
-            UPDATE clients SET plan_version = plan_version + 1 WHERE id = OLD.client_id;
-        END IF;
+        UPDATE clients SET plan_version = plan_version + 1
+        WHERE id = ANY(ARRAY(SELECT client_id FROM purchase_rows));
         RETURN NULL;
     END $$""",
-    """CREATE TRIGGER tr_purchases_plan_version AFTER INSERT OR DELETE ON purchases
-    FOR EACH ROW EXECUTE FUNCTION followup_purchase_plan_version()""",
-    f"""CREATE TRIGGER tr_purchases_update_plan_version AFTER UPDATE ON purchases FOR EACH ROW
-    WHEN ({_PURCHASE_CHANGED["pg"]})
-    EXECUTE FUNCTION followup_purchase_plan_version()""",
+    """CREATE TRIGGER tr_purchases_insert_plan_version AFTER INSERT ON purchases
+    REFERENCING NEW TABLE AS purchase_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION followup_purchases_plan_version()""",
+    """CREATE TRIGGER tr_purchases_delete_plan_version AFTER DELETE ON purchases
+    REFERENCING OLD TABLE AS purchase_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION followup_purchases_plan_version()""",
+    f"""CREATE FUNCTION followup_purchases_changed_plan_version() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE clients SET plan_version = plan_version + 1 WHERE id = ANY(ARRAY(
+            SELECT unnest(ARRAY[o.client_id, n.client_id])
+            FROM old_rows AS o JOIN new_rows AS n ON n.id = o.id
+            WHERE {_PURCHASE_CHANGED["pg"]}
+        ));
+        RETURN NULL;
+    END $$""",  # noqa: S608
+    """CREATE TRIGGER tr_purchases_update_plan_version AFTER UPDATE ON purchases
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION followup_purchases_changed_plan_version()""",
 ]
 
 
@@ -120,11 +133,19 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER tr_purchases_update_plan_version ON purchases")
-        op.execute("DROP TRIGGER tr_purchases_plan_version ON purchases")
-        op.execute("DROP TRIGGER tr_clients_plan_version ON clients")
-        op.execute("DROP FUNCTION followup_purchase_plan_version()")
-        op.execute("DROP FUNCTION followup_client_plan_version()")
+        for trigger, table in (
+            ("tr_purchases_update_plan_version", "purchases"),
+            ("tr_purchases_delete_plan_version", "purchases"),
+            ("tr_purchases_insert_plan_version", "purchases"),
+            ("tr_clients_plan_version", "clients"),
+        ):
+            op.execute(f"DROP TRIGGER {trigger} ON {table}")
+        for function in (
+            "followup_purchases_changed_plan_version",
+            "followup_purchases_plan_version",
+            "followup_client_plan_version",
+        ):
+            op.execute(f"DROP FUNCTION {function}()")
     else:
         for name in (
             "tr_clients_plan_version",
