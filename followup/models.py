@@ -86,7 +86,7 @@ class Client(SQLModel, table=True):
     #: reads, or one of the client's purchases, changes; see PlannedClient.
     plan_version: int = Field(
         default=1,
-        sa_column=Column(Integer, nullable=False, server_default="1", index=True),
+        sa_column=Column(Integer, nullable=False, server_default="1"),
     )
 
 

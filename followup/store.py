@@ -586,7 +586,8 @@ def id_map(conn: Connection, table: Table, external_ids: Iterable[str]) -> dict[
 def changed_clients(conn: Connection) -> list[int]:
     """The ids of the clients whose plan_version has moved since a plan last read it (or that
     no plan has read yet), in id order: what the daemon re-plans between its plans of every
-    client. Reads the (plan_version, id) index and planned_clients' key, not the clients."""
+    client. A read of the clients and planned_clients (no index on the version: each change
+    would have to update it, and an import's purchases change their clients by the thousand)."""
     c, pc = clients, planned_clients
     stale = (
         select(c.c.id)
@@ -600,19 +601,30 @@ def changed_clients(conn: Connection) -> list[int]:
 def mark_planned(conn: Connection, versions: Sequence[tuple[int, int]]) -> None:
     """Record (client id, plan_version) for clients that a plan has just read at that version,
     in the transaction that inserts their touches. A version only rises: a slower planner that
-    read an older one leaves the newer one, and the client is read again if it is still stale."""
+    read an older one leaves the newer one, and the client is read again if it is still stale.
+    One statement for all (SQLite: an executemany on the driver; PostgreSQL: two arrays)."""
     if not versions:
         return
-    pc = planned_clients
-    for batch in chunks(versions):
-        stmt = _insert(conn, pc).values([{"client_id": i, "plan_version": v} for i, v in batch])
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[pc.c.client_id],
-                set_={"plan_version": stmt.excluded.plan_version},
-                where=pc.c.plan_version < stmt.excluded.plan_version,
-            )
-        )
+    if is_postgres(conn):
+        ids, numbers = zip(*versions, strict=True)
+        conn.execute(_MARK_UNNEST, {"ids": list(ids), "versions": list(numbers)})
+    else:
+        _sqlite(conn).executemany(_MARK_SQLITE, versions)
+
+
+_MARK_CONFLICT = (
+    "ON CONFLICT (client_id) DO UPDATE SET plan_version = excluded.plan_version "
+    "WHERE excluded.plan_version > planned_clients.plan_version"
+)
+# Constants only, no data: the values are bound.
+_MARK_SQLITE = (
+    "INSERT INTO planned_clients (client_id, plan_version) "  # noqa: S608
+    f"VALUES (?, ?) {_MARK_CONFLICT}"
+)
+_MARK_UNNEST = text(
+    "INSERT INTO planned_clients (client_id, plan_version) SELECT * FROM "  # noqa: S608
+    f"unnest(CAST(:ids AS integer[]), CAST(:versions AS integer[])) {_MARK_CONFLICT}"
+)
 
 
 # ----------------------------------------------------------------------------- the ledger

@@ -60,8 +60,9 @@ _PURCHASE_CHANGED = {
 
 
 _SQLITE = [
-    f"""CREATE TRIGGER tr_clients_plan_version AFTER UPDATE ON clients
-    WHEN NEW.plan_version = OLD.plan_version AND {_CLIENT_CHANGED["sqlite"]}
+    # OF the columns: the purchases' triggers, which set plan_version alone, do not fire it.
+    f"""CREATE TRIGGER tr_clients_plan_version AFTER UPDATE OF {", ".join(_CLIENT)} ON clients
+    WHEN {_CLIENT_CHANGED["sqlite"]}
     BEGIN UPDATE clients SET plan_version = plan_version + 1 WHERE id = NEW.id; END""",  # noqa: S608
     """CREATE TRIGGER tr_purchases_insert_plan_version AFTER INSERT ON purchases
     BEGIN UPDATE clients SET plan_version = plan_version + 1 WHERE id = NEW.client_id; END""",
@@ -119,7 +120,6 @@ def upgrade() -> None:
         "clients",
         sa.Column("plan_version", sa.Integer(), nullable=False, server_default="1"),
     )
-    op.create_index("ix_clients_plan_version", "clients", ["plan_version"], unique=False)
     op.create_table(
         "planned_clients",
         sa.Column("client_id", sa.Integer(), autoincrement=False, nullable=False),
@@ -155,5 +155,4 @@ def downgrade() -> None:
         ):
             op.execute(f"DROP TRIGGER {name}")
     op.drop_table("planned_clients")
-    op.drop_index("ix_clients_plan_version", table_name="clients")
     op.drop_column("clients", "plan_version")
