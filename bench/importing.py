@@ -20,7 +20,6 @@ import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,21 +27,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import deliver  # noqa: E402
+from plan import fresh_postgres  # noqa: E402
 
 from followup import importer, store  # noqa: E402
 from followup.demo import write_bulk_shop  # noqa: E402
 
 NOW = datetime(2027, 1, 8, 12, tzinfo=UTC)
-
-
-def fresh_postgres(url: str) -> None:
-    """Drop and create the database that `url` names."""
-    parsed = make_url(url)
-    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
-    admin.dispose()
 
 
 def main() -> None:
