@@ -190,10 +190,10 @@ def _client_chunks(
                     c.c.birthday_month,
                     c.c.birthday_day,
                     c.c.birthday_year,
-                    c.c.plan_version,
+                    store.plan_version().label("plan_version"),
                     pc.c.plan_version.label("planned_version"),
                 )
-                .select_from(c.outerjoin(pc, pc.c.client_id == c.c.id))
+                .select_from(store.with_plan_versions(c.outerjoin(pc, pc.c.client_id == c.c.id)))
                 .where(*which)
                 .order_by(c.c.id)
                 .limit(chunk)

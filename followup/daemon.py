@@ -193,7 +193,10 @@ class Daemon:
         at, until = self._full_plan
         schedule = self.rt.settings.schedule
         return (
-            now - at >= timedelta(seconds=schedule.full_plan_interval_seconds)
+            # A clock set back (after a wrong clock, or a resumed machine): the last plan of
+            # every client was made from a time that has not come yet.
+            now < at
+            or now - at >= timedelta(seconds=schedule.full_plan_interval_seconds)
             or now + timedelta(seconds=schedule.plan_interval_seconds) > until
         )
 

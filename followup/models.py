@@ -82,8 +82,9 @@ class Client(SQLModel, table=True):
     status: str = Field(default=ClientStatus.ACTIVE.value, max_length=32)
     created_at: datetime
     updated_at: datetime
-    #: Raised by the database's own triggers (migration 0007) whenever a column the planner
-    #: reads, or one of the client's purchases, changes; see PlannedClient.
+    #: Raised by the database's own trigger (migration 0007) whenever a column of the client
+    #: that the planner reads changes; with PurchaseVersion.version, the client's plan version
+    #: (see PlannedClient).
     plan_version: int = Field(
         default=1,
         sa_column=Column(Integer, nullable=False, server_default="1"),
@@ -106,9 +107,21 @@ class Purchase(SQLModel, table=True):
     updated_at: datetime
 
 
+class PurchaseVersion(SQLModel, table=True):
+    """Per client, a counter that the database's triggers raise (migration 0007) whenever one
+    of the client's purchases is added, changed or deleted. Its own table: an import of
+    purchases locks and rewrites none of the clients' rows."""
+
+    __tablename__ = "purchase_versions"
+
+    client_id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    version: int
+
+
 class PlannedClient(SQLModel, table=True):
-    """The client's plan_version that a plan last read: the daemon re-plans, between its
-    plans of every client, only the clients whose version has moved since (app.changed)."""
+    """The client's plan version (clients.plan_version + purchase_versions.version) that a
+    plan last read: the daemon re-plans, between its plans of every client, only the clients
+    whose version has moved since (app.changed). Both counters only rise, so their sum does."""
 
     __tablename__ = "planned_clients"
 

@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, StatementError
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.elements import ColumnElement, TextClause
 from sqlmodel import SQLModel
 
 from followup.errors import ConfigError, DatabaseNotReady
@@ -59,6 +59,7 @@ watermarks = SQLModel.metadata.tables["planner_watermarks"]
 survey_answers = SQLModel.metadata.tables["survey_answers"]
 runs = SQLModel.metadata.tables["runs"]
 planned_clients = SQLModel.metadata.tables["planned_clients"]
+purchase_versions = SQLModel.metadata.tables["purchase_versions"]
 
 T = TypeVar("T")
 
@@ -441,6 +442,11 @@ def _upsert_unnest(
         f"c{n}": [row[name] for row in rows] if name in rows[0] else [defaults[name]] * len(rows)
         for n, name in enumerate(names)
     }
+    for values in arrays.values():
+        # SQLAlchemy's UTCDateTime refuses a naive datetime; in an array, PostgreSQL would
+        # read it in the session's time zone.
+        if any(isinstance(v, datetime) and v.utcoffset() is None for v in values):
+            raise ValueError(f"a naive datetime cannot be stored in {table.name}")
     conn.execute(_upsert_unnest_text(table, names, key, updated), arrays)
 
 
@@ -450,10 +456,11 @@ def _upsert_unnest_text(
 ) -> TextClause:
     dialect: Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     quote = dialect.identifier_preparer.quote
-    arrays = ", ".join(
-        f"CAST(:c{n} AS {table.c[name].type.compile(dialect=dialect)}[])"
-        for n, name in enumerate(names)
-    )
+    # Strings as unbounded VARCHAR: a cast to VARCHAR(n) would cut a longer value silently,
+    # where the column itself refuses it.
+    kinds = [table.c[name].type.compile(dialect=dialect) for name in names]
+    kinds = ["VARCHAR" if kind.startswith("VARCHAR") else kind for kind in kinds]
+    arrays = ", ".join(f"CAST(:c{n} AS {kind}[])" for n, kind in enumerate(kinds))
     action = "DO NOTHING"
     if updated:
         action = "DO UPDATE SET " + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in updated)
@@ -584,18 +591,31 @@ def id_map(conn: Connection, table: Table, external_ids: Iterable[str]) -> dict[
 
 
 def changed_clients(conn: Connection) -> list[int]:
-    """The ids of the clients whose plan_version has moved since a plan last read it (or that
+    """The ids of the clients whose plan version has moved since a plan last read it (or that
     no plan has read yet), in id order: what the daemon re-plans between its plans of every
-    client. A read of the clients and planned_clients (no index on the version: each change
-    would have to update it, and an import's purchases change their clients by the thousand)."""
+    client. A read of the clients, their purchases' counters and planned_clients (no index on
+    the versions: each change would have to update it)."""
     c, pc = clients, planned_clients
     stale = (
         select(c.c.id)
-        .select_from(c.outerjoin(pc, pc.c.client_id == c.c.id))
-        .where((pc.c.plan_version.is_(None)) | (pc.c.plan_version != c.c.plan_version))
+        .select_from(with_plan_versions(c.outerjoin(pc, pc.c.client_id == c.c.id)))
+        .where((pc.c.plan_version.is_(None)) | (pc.c.plan_version != plan_version()))
         .order_by(c.c.id)
     )
     return [row[0] for row in conn.execute(stale)]
+
+
+def with_plan_versions(joined: Any) -> Any:
+    """`joined` (the clients, maybe joined already) with their purchases' counters, for
+    plan_version()."""
+    return joined.outerjoin(purchase_versions, purchase_versions.c.client_id == clients.c.id)
+
+
+def plan_version() -> ColumnElement[int]:
+    """A client's plan version: its own counter plus its purchases' (see with_plan_versions).
+    Both only rise, so a plan that read a version and records it leaves a client changed
+    since with a higher one."""
+    return clients.c.plan_version + func.coalesce(purchase_versions.c.version, 0)
 
 
 def mark_planned(conn: Connection, versions: Sequence[tuple[int, int]]) -> None:

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import event, select, text, update
 
 from followup import app, daemon, importer, people, store
 from followup.config import Settings
 from tests.conftest import make_settings
 from tests.test_dispatch import CLIENTS, NOW, PURCHASES, seed
+
+OpenRuntime = Callable[[Settings], app.Runtime]
 
 
 def ids(rt: app.Runtime) -> dict[str, int]:
@@ -190,8 +194,85 @@ def test_full_plan_due_follows_the_interval_and_the_horizon(
     assert worker.full_plan_due(NOW)
     worker._full_plan = (NOW, NOW + timedelta(days=2))
     assert not worker.full_plan_due(NOW + timedelta(minutes=29))
+    assert worker.full_plan_due(NOW - timedelta(seconds=1)), "the clock was set back"
     assert worker.full_plan_due(NOW + timedelta(minutes=30))
     # The horizon would be passed before the next plan (5 minutes on): every client now.
     worker._full_plan = (NOW, NOW + timedelta(minutes=8))
     assert not worker.full_plan_due(NOW + timedelta(minutes=2))
     assert worker.full_plan_due(NOW + timedelta(minutes=4))
+
+
+def _columns_the_planner_reads(tmp_path: Path, open_runtime: OpenRuntime) -> set[tuple[str, str]]:
+    """(table, column) of the clients and purchases that a plan's SQL names, traced on SQLite
+    at the driver (the planner's hot reads bypass SQLAlchemy's events there)."""
+    rt = open_runtime(make_settings(tmp_path, f"sqlite:///{tmp_path / 'traced.db'}"))
+    seed(rt, tmp_path)
+    statements: list[str] = []
+
+    def trace(dbapi: Any, _record: Any, _proxy: Any) -> None:
+        dbapi.set_trace_callback(statements.append)
+
+    event.listen(rt.engine.pool, "checkout", trace)
+    try:
+        app.plan(rt, NOW)
+    finally:
+        event.remove(rt.engine.pool, "checkout", trace)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    named = {m for s in reads for m in re.findall(r"\b(clients|purchases)\.(\w+)", s)}
+    assert ("clients", "timezone") in named and ("purchases", "amount_minor") in named, named
+    return named - {("clients", "id"), ("purchases", "id"), ("clients", "plan_version")}
+
+
+def _other(value: object) -> object:
+    """A value of the same kind, different from `value`."""
+    if isinstance(value, bool) or value is None:
+        return 1
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, datetime):
+        return value - timedelta(hours=1)
+    text = str(value)
+    return text[:-1] + ("y" if text.endswith("x") else "x")  # as long: within the column
+
+
+def test_every_column_the_planner_reads_makes_its_client_one_to_plan_again(
+    tmp_path: Path, runtime: app.Runtime, open_runtime: OpenRuntime
+) -> None:
+    read = _columns_the_planner_reads(tmp_path / "trace", open_runtime)
+    seed(runtime, tmp_path)
+    app.plan(runtime, NOW)
+    known = ids(runtime)
+    tables = {"clients": store.clients, "purchases": store.purchases}
+    rows = {"clients": known["c1"], "purchases": None}
+    with runtime.engine.connect() as conn:
+        p = store.purchases
+        rows["purchases"] = conn.execute(select(p.c.id).where(p.c.external_id == "p1")).scalar()
+    for table_name, column in sorted(read):
+        table = tables[table_name]
+        with runtime.engine.begin() as conn:
+            value = conn.execute(
+                select(table.c[column]).where(table.c.id == rows[table_name])
+            ).scalar()
+            new = known["c2"] if column == "client_id" else _other(value)
+            conn.execute(update(table).where(table.c.id == rows[table_name]).values({column: new}))
+        assert known["c1"] in app.changed(runtime), f"{table_name}.{column} changed unseen"
+        with runtime.engine.begin() as conn:  # back as it was, for the next column
+            conn.execute(
+                update(table).where(table.c.id == rows[table_name]).values({column: value})
+            )
+        app.plan(runtime, NOW)
+        assert app.changed(runtime) == []
+
+
+def test_migration_0007_goes_down_and_up_again(tmp_path: Path, runtime: app.Runtime) -> None:
+    from alembic import command
+
+    seed(runtime, tmp_path)
+    app.plan(runtime, NOW)
+    with runtime.engine.begin() as conn:
+        command.downgrade(store._alembic_config(conn), "0006")
+    assert "planned_clients" not in store.table_names(runtime.engine)
+    # The purchases' triggers went with it: a purchase is written without them.
+    load(runtime, tmp_path, "purchases", PURCHASES + "p6,c3,2027-01-08T09:30:00,Mats,90,GBP,paid\n")
+    store.upgrade(runtime.engine)
+    assert changed(runtime) == {"c1", "c2", "c3", "c4"}, "every client new to the daemon again"

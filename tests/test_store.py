@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import bindparam, event, func, select
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, StatementError
 from sqlmodel import SQLModel
 
 from followup import app, care, store
@@ -1169,3 +1169,21 @@ def test_lookups_by_external_id_use_the_index_on_a_table_without_statistics(
         used = plan(statement, parameters)
     assert "Seq Scan on clients" not in used and "clients_external_id_key" in used, used
     assert len(found) == len(wanted) and found["c40"] != found["c80"]
+
+
+def test_an_upsert_refuses_a_naive_datetime_and_on_postgresql_a_value_too_long(
+    runtime: app.Runtime,
+) -> None:
+    c = store.clients
+    naive = {**_client_row(1), "updated_at": datetime(2027, 1, 8, 12)}
+    with (
+        pytest.raises((ValueError, StatementError), match="naive"),
+        runtime.engine.begin() as conn,
+    ):
+        store.upsert(conn, c, [naive], key="external_id")
+    if store.is_postgres(runtime.engine):
+        # A cast of the batch's array to the column's VARCHAR(2) would cut it silently.
+        with pytest.raises(DBAPIError, match="too long"), runtime.engine.begin() as conn:
+            store.upsert(conn, c, [{**_client_row(2), "country": "GBR"}], key="external_id")
+    with runtime.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(c)).scalar() == 0
