@@ -478,22 +478,22 @@ def plan(
     processes = processes or rt.settings.schedule.plan_processes
     if only is not None:
         _plan_range(rt, window, None, report, progress, only)
-        log_event("plan.done", planned=report.planned, skipped=report.skipped, changed=len(only))
-        detail = f"planned={report.planned} skipped={report.skipped} changed={len(only)}"
-        record_run(rt, "plan", now, started, detail)
-        return report
-    if processes > 1 or in_workers:
+    elif processes > 1 or in_workers:
         _plan_in_processes(rt, window, processes, report, progress, should_stop)
     else:
         _plan_range(rt, window, None, report, progress)
-    with rt.engine.begin() as conn:
-        # Disabled campaigns too: what falls due while one is off is not missed, and enabled
-        # again it starts afresh instead of recording months of "too late".
-        for name, mark in marks.items():
-            if mark is None or until > mark:
-                store.set_watermark(conn, name, until)
-    log_event("plan.done", planned=report.planned, skipped=report.skipped)
-    record_run(rt, "plan", now, started, f"planned={report.planned} skipped={report.skipped}")
+    if only is None:
+        with rt.engine.begin() as conn:
+            # Disabled campaigns too: what falls due while one is off is not missed, and
+            # enabled again it starts afresh instead of recording months of "too late".
+            for name, mark in marks.items():
+                if mark is None or until > mark:
+                    store.set_watermark(conn, name, until)
+    fields = {"planned": report.planned, "skipped": report.skipped}
+    if only is not None:  # a plan of the changed clients says how many
+        fields["changed"] = len(only)
+    log_event("plan.done", **fields)
+    record_run(rt, "plan", now, started, " ".join(f"{k}={v}" for k, v in fields.items()))
     return report
 
 
