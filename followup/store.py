@@ -945,10 +945,13 @@ def transition_many(
             still.update(row.id for row in conn.execute(current))
         else:
             # This transaction holds SQLite's only write lock: nothing moves them in between.
+            # By ids alone: beside a status term, SQLite (no statistics) searched
+            # ix_touches_due by status, reading every touch in it (a claimed batch is
+            # "sending") for each group of outcomes recorded.
             marks = ", ".join("?" * len(chunk))
-            query = f"SELECT id FROM touches WHERE status = ? AND id IN ({marks})"  # noqa: S608
-            rows = _sqlite(conn).execute(query, (from_status.value, *chunk))
-            still.update(row[0] for row in rows)
+            query = f"SELECT id, status FROM touches WHERE id IN ({marks})"  # noqa: S608
+            status = from_status.value
+            still.update(row[0] for row in _sqlite(conn).execute(query, chunk) if row[1] == status)
     groups: dict[tuple[str, ...], list[Change]] = {}
     for change in changes:
         if change.touch_id in still:

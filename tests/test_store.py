@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import random
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -25,7 +27,7 @@ from followup.config import Settings
 from followup.errors import DatabaseNotReady
 from followup.models import SENT_PREDICATE, TouchStatus
 from followup.planner import NewTouch
-from tests.conftest import make_settings
+from tests.conftest import SmtpServer, make_settings
 
 NOW = datetime(2027, 1, 10, 12, 0, tzinfo=UTC)
 
@@ -513,6 +515,70 @@ def test_a_claim_and_its_prefetch_search_by_ids_and_clients_not_by_status(
     assert len(plans) >= 5, plans
     assert not [plan for plan in plans if "ix_touches_due (status=?)" in plan], plans
     assert any("ix_touches_due (status=? AND next_attempt_at<?)" in plan for plan in plans)
+
+
+def test_a_dispatch_reads_and_writes_touches_by_id_never_by_status(
+    tmp_path: Path, smtp_server: SmtpServer, open_runtime: Callable[[Settings], app.Runtime]
+) -> None:
+    """A claimed batch is "sending" until its outcomes are written: a statement that finds
+    touches by a status term beside their ids, which SQLite (no statistics) answers by
+    searching ix_touches_due by status, read the whole batch again for every group of
+    outcomes recorded (a claim of 10,000 read 10,000 index entries per 8 messages). Every
+    statement of a real dispatch (claim, prefetch, hand-off, record) that reads or changes
+    touches is checked with EXPLAIN QUERY PLAN."""
+    settings = make_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'followup.db'}",
+        delivery={"mode": "smtp", "group_size": 4, "batch_size": 30},
+        smtp={"host": smtp_server.host, "port": smtp_server.port, "security": "none"},
+        politeness={"quiet_hours": ""},
+        campaigns={"new_year_window": "00:00-00:00"},
+    )
+    rt = open_runtime(settings)
+    clients = [_client(rt, f"C{n}", f"c{n}@example.com") for n in range(24)]
+    with rt.engine.begin() as conn:
+        due = NOW - timedelta(hours=1)
+        greetings = [
+            dataclasses.replace(
+                _touch(c, date(2027, 1, 1), due), campaign="new_year", template="new_year"
+            )
+            for c in clients
+        ]
+        store.insert_touches(conn, greetings, NOW)
+    # Those that find touches by their ids (the lease sweep searches by status and time).
+    statements: list[str] = []
+    by_ids = re.compile(r"\btouches\b.*\bid\b (?:IN \(|= )", re.DOTALL)
+
+    def record(statement: str) -> None:
+        if by_ids.search(statement) and not statement.lstrip().startswith("INSERT"):
+            statements.append(statement)
+
+    def trace(dbapi: Any, _record: Any, _proxy: Any) -> None:
+        dbapi.set_trace_callback(record)
+
+    event.listen(rt.engine.pool, "checkout", trace)
+    try:
+        report = asyncio.run(app.dispatch(rt, lambda: NOW, rng=random.Random(1)))
+    finally:
+        event.remove(rt.engine.pool, "checkout", trace)
+    assert report.sent == 24
+    assert len(smtp_server.handler.received) == 24
+    plans: dict[str, str] = {}
+    with rt.engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        raw.set_trace_callback(None)
+        for statement in statements:
+            rows = raw.execute("EXPLAIN QUERY PLAN " + statement)
+            plans[statement] = " | ".join(row[3] for row in rows)
+    # The record of the outcomes is among them: the touches were found "sending" and set "sent".
+    assert any(statement.startswith("UPDATE touches SET status = 'sent'") for statement in plans), (
+        list(plans)
+    )
+    by_status = {s: plan for s, plan in plans.items() if "ix_touches_due (status=?)" in plan}
+    assert by_status == {}
+    scans = {s: plan for s, plan in plans.items() if re.search(r"\bSCAN touches\b", plan)}
+    assert scans == {}
 
 
 def test_the_sending_limits_count_the_touches_sent_in_their_window(runtime: app.Runtime) -> None:
