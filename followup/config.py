@@ -72,6 +72,12 @@ class SmtpSettings(_Section):
     pipelining: bool = True
 
 
+#: An address as it goes between < and > in MAIL FROM and RCPT TO, and in a From header beside
+#: its name: something, one @ or more, something; no spaces, controls or angle brackets.
+PLAIN_ADDRESS = re.compile(r"[^\s<>\x00-\x1f\x7f]+@[^\s<>\x00-\x1f\x7f]+")
+_PLAIN_DOMAIN = re.compile(r"[^\s<>@\x00-\x1f\x7f]+")
+
+
 class SenderSettings(_Section):
     business_name: str = "Our shop"
     domain: str = "example.com"
@@ -83,6 +89,28 @@ class SenderSettings(_Section):
     return_path: str = ""
     #: mailto: address for List-Unsubscribe, next to the https one-click link.
     unsubscribe_mailto: str = ""
+
+    @field_validator("return_path", "from_email")
+    @classmethod
+    def _plain_address(cls, value: str) -> str:
+        """Refused here rather than when the first message goes out (a pipelined run stops
+        on an envelope sender it cannot write between angle brackets)."""
+        value = value.strip()
+        if value and not PLAIN_ADDRESS.fullmatch(value):
+            raise ValueError(
+                "must be a bare address such as bounces@example.com "
+                "(no name, no angle brackets, no spaces)"
+            )
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _plain_domain(cls, value: str) -> str:
+        """The domain of the default addresses (hello@, bounces@) and of Message-IDs."""
+        value = value.strip()
+        if not _PLAIN_DOMAIN.fullmatch(value):
+            raise ValueError("must be a bare domain such as example.com (no @, no spaces)")
+        return value
 
     @property
     def default_from(self) -> tuple[str, str]:

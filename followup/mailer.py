@@ -20,7 +20,7 @@ from typing import Any
 import aiosmtplib
 from aiosmtpd.smtp import SMTP as SMTPProtocol
 
-from followup.config import SmtpSettings
+from followup.config import PLAIN_ADDRESS, SmtpSettings
 from followup.errors import FollowupError
 
 
@@ -84,10 +84,10 @@ class TokenBucket:
 #: RFC 5321 section 4.5.2: a line of the message data starting with "." gets another one.
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
-#: What may stand between < and > in MAIL FROM / RCPT TO as it is: no spaces, no controls,
-#: no angle brackets. On a pipelined connection a recipient that fails this is failed
-#: unsent, an envelope sender that fails it stops the run ([sender] return_path).
-_PLAIN_ADDRESS = re.compile(r"[^\s<>\x00-\x1f\x7f]+@[^\s<>\x00-\x1f\x7f]+")
+#: What may stand between < and > in MAIL FROM / RCPT TO as it is. On a pipelined connection
+#: a recipient that fails this is failed unsent, an envelope sender that fails it stops the
+#: run (the configuration refuses such a [sender] return_path before).
+_PLAIN_ADDRESS = PLAIN_ADDRESS
 #: An SMTP reply line longer than this is a broken server (RFC 5321 allows 512).
 _MAX_REPLY_LINE = 8192
 

@@ -132,6 +132,44 @@ def test_a_bad_value_in_the_file_names_the_file_and_the_key(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("return_path", "Bounces <bounces@example.com>"),
+        ("return_path", "bounces @example.com"),
+        ("return_path", "bounces"),
+        ("from_email", "<hello@example.com>"),
+        ("from_email", "hello@example.com\r\nBcc: x@example.net"),
+        ("domain", "shop@example.com"),
+        ("domain", "example .com"),
+        ("domain", ""),
+    ],
+)
+def test_a_sender_address_that_cannot_go_between_angle_brackets_is_refused(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    """Refused when the configuration is read (followup check, every command), not when the
+    first message goes out: a pipelined run stopped there, on the envelope sender."""
+    path = write_config(tmp_path, f"[sender]\n{key} = {value!r}\n".replace("'", '"'))
+    message = config_error(path)
+    assert message.startswith(f"{path}: [sender] {key}: Value error, must be a bare ")
+    variable = f"FOLLOWUP_SENDER_{key.upper()}"
+    from_env = config_error(REPOSITORY_CONFIG, {variable: value})
+    assert f"[sender] {key} (from {variable}): Value error, must be a bare " in from_env
+
+
+def test_sender_addresses_and_domain_are_kept_without_surrounding_spaces(tmp_path: Path) -> None:
+    text = '[sender]\ndomain = " shop.example "\nreturn_path = " b@shop.example "\n'
+    sender = load_settings(write_config(tmp_path, text), {}).sender
+    assert sender.envelope_from == "b@shop.example"
+    assert sender.default_from[1] == "hello@shop.example"
+    # Outside ASCII is an address too (sent with SMTPUTF8 when the server offers it).
+    text = '[sender]\nfrom_email = "anaïs@exemple.fr"\n'
+    assert (
+        load_settings(write_config(tmp_path, text), {}).sender.default_from[1] == "anaïs@exemple.fr"
+    )
+
+
+@pytest.mark.parametrize(
     ("text", "where"),
     [
         ("[smtp]\nport = 70000\n", "[smtp] port"),
