@@ -915,48 +915,17 @@ async def _dispatch_loop(
                     return
                 with store.reader(rt.engine) as conn:
                     pre = _prefetch(conn, claimed)
-                recorder = _Recorder(rt, report, rng)
-                pending = deque(claimed)
-                handed: set[int] = set()
-
-                async def worker(
-                    mailer: SmtpMailer,
-                    pending: deque[int] = pending,
-                    handed: set[int] = handed,
-                    pre: _Prefetched = pre,
-                    recorder: _Recorder = recorder,
-                ) -> None:
-                    size = settings.delivery.group_size
-                    while pending and not hooks.should_stop():
-                        # A fair share when little is left: every connection gets some.
-                        share = -(-len(pending) // len(mailers))
-                        ids = [pending.popleft() for _ in range(min(size, share))]
-                        try:
-                            unsent = await _deliver_group(
-                                rt,
-                                ids,
-                                clock,
-                                owner,
-                                lease,
-                                key,
-                                mailer,
-                                report,
-                                handed,
-                                hooks,
-                                pre,
-                                recorder,
-                            )
-                        except BaseException:
-                            # Those never given to the mailer are safe to give back.
-                            pending.extendleft(reversed([t for t in ids if t not in handed]))
-                            raise
-                        pending.extendleft(reversed(unsent))
-
+                recorder = _Recorder(
+                    rt, report, rng, size=_record_size(settings.delivery.group_size, mailers)
+                )
+                batch = _Batch(
+                    rt, claimed, mailers, clock, owner, lease, key, report, hooks, pre, recorder
+                )
                 try:
                     try:
                         async with asyncio.TaskGroup() as group:
-                            for mailer in mailers:
-                                group.create_task(worker(mailer))
+                            for index in range(len(mailers)):
+                                group.create_task(batch.worker(index))
                     except BaseExceptionGroup as group_error:
                         # One cause is enough for the operator (e.g. an untrusted certificate).
                         raise group_error.exceptions[0] from None
@@ -968,73 +937,161 @@ async def _dispatch_loop(
                         # Left "sending" with their Message-IDs: uncertain when the lease ends,
                         # never resent on their own.
                         log.exception("recording failed", extra={"event": "dispatch.record_error"})
-                    if pending:
-                        # Stopped early (an error, an interrupt): the touches never handed to the
+                    unsent = batch.unsent()
+                    if unsent:
+                        # Stopped early (an error, an interrupt): the touches never given to the
                         # mailer go back to the queue now instead of turning uncertain later.
                         async with store.writing(rt.engine) as conn:
-                            store.release(conn, list(pending), owner, clock())
+                            store.release(conn, unsent, owner, clock())
     finally:
         for mailer in mailers:
             await mailer.close()
 
 
-async def _deliver_group(
-    rt: Runtime,
-    touch_ids: list[int],
-    clock: Callable[[], datetime],
-    owner: str,
-    lease: timedelta,
-    key: str,
-    mailer: SmtpMailer,
-    report: DispatchReport,
-    handed: set[int],
-    hooks: _Hooks,
-    pre: _Prefetched,
-    recorder: _Recorder,
-) -> list[int]:
-    """Prepare a few claimed touches, hand them off in one transaction, then send and record
-    each. Adds a touch to `handed` when it is given to the mailer; before that, an exception
-    leaves it safe to release. Returns the touches left unsent because the run is stopping.
+def _record_size(group_size: int, mailers: Sequence[SmtpMailer]) -> int:
+    """Outcomes the recorder holds before writing them in a transaction of their own: enough
+    that they are written with the next hand-off of every connection's group instead."""
+    return max(32, (group_size + 1) * len(mailers))
+
+
+class _Batch:
+    """A claimed batch, sent by one worker per pooled connection.
+
+    Each connection sends from its own queue of touches handed to the mailer. When a queue
+    runs dry, the next messages of every connection are composed and handed off together, in
+    one transaction that also writes the outcomes waiting in the recorder: the dry queue gets
+    up to `[delivery] group_size`, the others are topped up to it. Queues topped up together
+    run dry together, so there is about one write transaction per group_size x connections
+    messages (one per group_size when each connection handed off its own).
 
     A touch handed off is "sending" with its Message-ID: if the process dies before the
-    mailer gets it, it turns uncertain (never resent on its own), so a crash can leave up to
-    `[delivery] group_size` touches per connection uncertain that were not sent."""
-    prepared: list[tuple[Any, compose.Composed]] = []
-    for touch_id in touch_ids:
-        found = _prepare(rt, touch_id, clock, key, report, pre)
+    mailer gets it, it turns uncertain (never resent on its own). A connection never holds
+    more than group_size of them, so a crash can leave up to `[delivery] group_size` touches
+    per connection uncertain that were not sent. Touches that never reached the mailer
+    (`unsent`) are given back to the queue when the run stops early."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        claimed: list[int],
+        mailers: list[SmtpMailer],
+        clock: Callable[[], datetime],
+        owner: str,
+        lease: timedelta,
+        key: str,
+        report: DispatchReport,
+        hooks: _Hooks,
+        pre: _Prefetched,
+        recorder: _Recorder,
+    ) -> None:
+        self.rt, self.mailers, self.clock = rt, mailers, clock
+        self.owner, self.lease, self.key = owner, lease, key
+        self.report, self.hooks, self.pre, self.recorder = report, hooks, pre, recorder
+        self.pending = deque(claimed)
+        self.queues: list[deque[tuple[Any, compose.Composed]]] = [deque() for _ in mailers]
+        #: When each queue's leases are renewed (half the lease after its oldest hand-off).
+        self.renew_at: list[datetime | None] = [None for _ in mailers]
+        self.working = set(range(len(mailers)))
+        self.refilling = asyncio.Lock()
+
+    def unsent(self) -> list[int]:
+        """The touches never given to the mailer: not composed yet, or handed off and queued."""
+        queued = [touch.id for queue in self.queues for touch, _ in queue]
+        return [*self.pending, *queued]
+
+    async def worker(self, index: int) -> None:
+        """Send from connection `index`'s queue, refilling it (and the others) when dry."""
+        queue, mailer = self.queues[index], self.mailers[index]
+        sender = self.rt.settings.sender.envelope_from
+        try:
+            while not self.hooks.should_stop():
+                if not queue:
+                    # A refill under way may be composing for this queue too: wait for it.
+                    if not self.pending and not self.refilling.locked():
+                        return
+                    await self._refill(index)
+                    continue
+                renew_at = self.renew_at[index]
+                if renew_at is not None and self.clock() >= renew_at:
+                    # A slow server: renew the leases of what this connection still holds.
+                    held = list(queue)
+                    kept = {touch.id for touch, _ in await self._hand_off(held)}
+                    lost = {touch.id for touch, _ in held} - kept
+                    # A refill may have topped the queue up meanwhile: those stay.
+                    remaining = [item for item in queue if item[0].id not in lost]
+                    queue.clear()
+                    queue.extend(remaining)
+                    self.renew_at[index] = self.clock() + self.lease / 2
+                    continue
+                touch, message = queue.popleft()
+                # The next message's envelope goes out behind this one's data (one round trip
+                # each).
+                then = (sender, queue[0][1].to) if queue else None
+                began = monotonic_time.monotonic()
+                try:
+                    delivery = await mailer.send(sender, message.to, message.mime, then=then)
+                except SmtpSetupError:
+                    # Raised before any message data was sent: safe to give back.
+                    queue.appendleft((touch, message))
+                    raise
+                if self.hooks.on_delivery is not None:
+                    self.hooks.on_delivery(delivery, monotonic_time.monotonic() - began)
+                # From here on the touch is the mailer's: never given back, only recorded (or,
+                # after a crash, found uncertain when its lease expires).
+                await self.recorder.add(touch, message, delivery, self.clock())
+                if not queue:
+                    self.renew_at[index] = None
+        finally:
+            self.working.discard(index)
+
+    async def _refill(self, index: int) -> None:
+        """Compose and hand off the next messages of the dry queue `index` and of every other
+        connection still working, in one transaction."""
+        async with self.refilling:
+            if self.queues[index] or not self.pending or self.hooks.should_stop():
+                return  # filled by another worker's refill meanwhile, or nothing left to do
+            size = self.rt.settings.delivery.group_size
+            others = sorted(self.working - {index})
+            # A fair share when little is left: every connection gets some.
+            share = -(-len(self.pending) // (len(others) + 1))
+            wanted = [(i, min(size - len(self.queues[i]), share)) for i in (index, *others)]
+            prepared: list[tuple[int, tuple[Any, compose.Composed]]] = []
+            try:
+                for i, room in wanted:
+                    for _ in range(room):
+                        if not self.pending:
+                            break
+                        found = self._prepare(self.pending[0])
+                        self.pending.popleft()
+                        if found is not None:
+                            prepared.append((i, found))
+                held = await self._hand_off([item for _, item in prepared])
+            except BaseException:
+                # Not handed off: safe to give back.
+                self.pending.extendleft(reversed([touch.id for _, (touch, _) in prepared]))
+                raise
+            ours = {touch.id for touch, _ in held}
+            renew_at = self.clock() + self.lease / 2
+            for i, item in prepared:
+                if item[0].id in ours:
+                    if not self.queues[i]:
+                        self.renew_at[i] = renew_at
+                    self.queues[i].append(item)
+
+    def _prepare(self, touch_id: int) -> tuple[Any, compose.Composed] | None:
+        found = _prepare(self.rt, touch_id, self.clock, self.key, self.report, self.pre)
         if found is not None:
             touch, message = found
             # The client's next touch in this batch must look different from this one.
-            pre.seen.setdefault(touch.client_id, []).append((clock(), touch.id, message.variant))
-            prepared.append(found)
-    ready = deque(await _hand_off(prepared, owner, clock(), lease, recorder))
-    # Renew the lease of the rest of the group when half of it has gone (a slow server).
-    renew_at = clock() + lease / 2
-    while ready:
-        if hooks.should_stop():
-            return [t.id for t, _ in ready]
-        if clock() >= renew_at:
-            ready = deque(await _hand_off(list(ready), owner, clock(), lease, recorder))
-            renew_at = clock() + lease / 2
-            continue
-        touch, message = ready.popleft()
-        handed.add(touch.id)
-        sender = rt.settings.sender.envelope_from
-        # The next message's envelope goes out behind this one's data (one round trip each).
-        then = (sender, ready[0][1].to) if ready else None
-        began = monotonic_time.monotonic()
-        try:
-            delivery = await mailer.send(sender, message.to, message.mime, then=then)
-        except SmtpSetupError:
-            # Raised before any message data was sent: safe to give back.
-            handed.discard(touch.id)
-            raise
-        if hooks.on_delivery is not None:
-            hooks.on_delivery(delivery, monotonic_time.monotonic() - began)
-        # From here on the touch is the mailer's: never released, only recorded (or, after a
-        # crash, found uncertain when its lease expires).
-        await recorder.add(touch, message, delivery, clock())
-    return []
+            self.pre.seen.setdefault(touch.client_id, []).append(
+                (self.clock(), touch.id, message.variant)
+            )
+        return found
+
+    async def _hand_off(
+        self, prepared: list[tuple[Any, compose.Composed]]
+    ) -> list[tuple[Any, compose.Composed]]:
+        return await _hand_off(prepared, self.owner, self.clock(), self.lease, self.recorder)
 
 
 async def _hand_off(

@@ -45,8 +45,9 @@ class DeliverySettings(_Section):
     mode: Literal["capture", "smtp"] = "capture"
     capture_dir: str = "var/outbox"
     batch_size: int = Field(default=200, ge=1, le=10_000)
-    #: Messages one connection hands to the mailer per database transaction. After a crash,
-    #: up to this many per connection may be reported uncertain without having been sent.
+    #: Messages a connection holds handed to the mailer ahead of sending them; each hand-off
+    #: transaction tops up every connection of the process. After a crash, up to this many
+    #: per connection may be reported uncertain without having been sent.
     group_size: int = Field(default=8, ge=1, le=500)
     #: Processes `followup send` and `followup run` deliver from (each renders on its own core
     #: with its own pool of connections).

@@ -9,9 +9,10 @@ import random
 import shutil
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from email.policy import default
 from pathlib import Path
+from time import monotonic
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,6 +23,7 @@ from followup import app, calendars, compose, importer, store
 from followup.config import Settings
 from followup.mailer import SmtpSetupError
 from followup.models import TouchStatus
+from followup.planner import NewTouch
 from tests.conftest import ROOT, SmtpServer, make_settings
 
 # Friday 8 January 2027, 12:00 UTC: purchases of Wednesday the 6th are due today at 10:00 local.
@@ -625,3 +627,155 @@ def test_the_startup_heap_is_frozen_once_after_its_garbage_is_collected(
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+
+
+def greeted_runtime(
+    tmp_path: Path,
+    database_url: str,
+    smtp_server: SmtpServer,
+    open_runtime: OpenRuntime,
+    clients: int,
+    **sections: dict[str, object],
+) -> app.Runtime:
+    """`clients` clients, each with a New Year greeting due now (any hour: no quiet hours, an
+    all-day window), delivered to the recording server with the settings given."""
+    smtp = {"host": smtp_server.host, "port": smtp_server.port, "security": "none"}
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        **{
+            "politeness": {"quiet_hours": ""},
+            "campaigns": {"new_year_window": "00:00-00:00"},
+            **sections,
+            "delivery": {"mode": "smtp", **sections.get("delivery", {})},
+            "smtp": {**smtp, **sections.get("smtp", {})},
+        },
+    )
+    rt = open_runtime(settings)
+    path = tmp_path / "clients.csv"
+    rows = [f"g{n},g{n}@example.com,G{n},Lee,en,Europe/London,GB," for n in range(clients)]
+    path.write_text(CLIENTS.splitlines()[0] + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    report = importer.import_csv(rt.engine, importer.Kind.CLIENTS, path, now=NOW, strict=True)
+    assert report.errors == []
+    with rt.engine.begin() as conn:
+        ids = list(conn.execute(select(store.clients.c.id)).scalars())
+        due = NOW - timedelta(hours=1)
+        greetings = [
+            NewTouch(i, "new_year", date(2027, 1, 1), due, due + timedelta(days=3), "new_year")
+            for i in ids
+        ]
+        store.insert_touches(conn, greetings, NOW)
+    return rt
+
+
+def statuses(rt: app.Runtime) -> list[str]:
+    with rt.engine.connect() as conn:
+        return sorted(conn.execute(select(store.touches.c.status)).scalars())
+
+
+def test_connections_are_refilled_together_and_never_hold_more_than_a_group(
+    tmp_path: Path,
+    database_url: str,
+    smtp_server: SmtpServer,
+    open_runtime: OpenRuntime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When one connection's queue runs dry, every connection's next messages are handed off
+    in one transaction (the others topped up to a group): fewer transactions than groups. No
+    connection ever holds more than group_size touches handed off and not yet given to the
+    mailer (what a crash can leave uncertain unsent), even when it is topped up."""
+    rt = greeted_runtime(
+        tmp_path,
+        database_url,
+        smtp_server,
+        open_runtime,
+        12,
+        delivery={"group_size": 2, "batch_size": 100},
+        smtp={"pool_size": 2},
+    )
+    # Every fourth client's message is slow: the first refill gives connection 0 g0 (slow)
+    # and g1, connection 1 g2 and g3; connection 1 runs dry while g0 is in flight, and its
+    # refill tops up connection 0, which still holds g1.
+    original_data = smtp_server.handler.handle_DATA
+
+    async def uneven(server: Any, session: Any, envelope: Any) -> str:
+        number = int(envelope.rcpt_tos[0].split("@")[0][1:])
+        await asyncio.sleep(0.2 if number % 4 == 0 else 0.002)
+        return await original_data(server, session, envelope)
+
+    monkeypatch.setattr(smtp_server.handler, "handle_DATA", uneven)
+    hand_offs: list[int] = []
+    original_hand_off = store.hand_off_many
+
+    def counted(conn: Any, items: Any, *args: Any, **kwargs: Any) -> list[bool]:
+        hand_offs.append(len(items))
+        return original_hand_off(conn, items, *args, **kwargs)
+
+    queued: list[tuple[list[int], list[int]]] = []
+    original_refill = app._Batch._refill
+
+    async def refill(batch: app._Batch, index: int) -> None:
+        before = [len(queue) for queue in batch.queues]
+        await original_refill(batch, index)
+        queued.append((before, [len(queue) for queue in batch.queues]))
+
+    monkeypatch.setattr(store, "hand_off_many", counted)
+    monkeypatch.setattr(app._Batch, "_refill", refill)
+    report = send(rt, NOW)
+    assert report.sent == 12
+    assert statuses(rt) == ["sent"] * 12
+    assert len({r.peer for r in smtp_server.handler.received}) == 2
+    assert len(set(smtp_server.handler.message_ids())) == 12
+    assert max(max(after) for _, after in queued) <= 2
+    topped_up = [
+        (before, after)
+        for before, after in queued
+        if any(0 < b < a for b, a in zip(before, after, strict=True))
+    ]
+    assert topped_up, queued
+    # The first refill filled both queues; each later one hands off at least a group: one
+    # hand-off per group would be 6.
+    assert hand_offs[0] == 4
+    assert sum(hand_offs) == 12 and len(hand_offs) < 6
+
+
+def test_a_slow_server_has_the_leases_of_queued_touches_renewed(
+    tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
+) -> None:
+    """Each message takes 2 s of the run's clock (a slow server) against a lease of 10 s:
+    the touches still queued on each connection have their leases renewed at half the lease,
+    and each goes out once. (Batches of 8: a claim's lease covers its touches until they are
+    handed off.)"""
+    rt = greeted_runtime(
+        tmp_path,
+        database_url,
+        smtp_server,
+        open_runtime,
+        16,
+        delivery={"group_size": 4, "batch_size": 8},
+        smtp={"pool_size": 2},
+        database={"lease_seconds": 10},
+    )
+    smtp_server.handler.data_delay = 0.1
+    began = monotonic()
+
+    def clock() -> datetime:
+        return NOW + timedelta(seconds=(monotonic() - began) * 20)
+
+    renewed: list[int] = []
+    seen: set[int] = set()
+    original = store.hand_off_many
+
+    def watched(conn: Any, items: Any, *args: Any, **kwargs: Any) -> list[bool]:
+        ids = {item.touch_id for item in items}
+        renewed.extend(ids & seen)
+        seen.update(ids)
+        return original(conn, items, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store, "hand_off_many", watched)
+        report = asyncio.run(app.dispatch(rt, clock, rng=random.Random(1)))
+    assert report.sent == 16
+    assert renewed, "no lease was renewed"
+    assert statuses(rt) == ["sent"] * 16
+    assert len(set(smtp_server.handler.message_ids())) == 16
