@@ -948,10 +948,14 @@ async def _dispatch_loop(
             await mailer.close()
 
 
+#: The most outcomes the recorder holds (sent but not yet recorded: uncertain after a crash).
+RECORD_MAX = 256
+
+
 def _record_size(group_size: int, mailers: Sequence[SmtpMailer]) -> int:
     """Outcomes the recorder holds before writing them in a transaction of their own: enough
     that they are written with the next hand-off of every connection's group instead."""
-    return max(32, (group_size + 1) * len(mailers))
+    return min(max(32, (group_size + 1) * len(mailers)), RECORD_MAX)
 
 
 class _Batch:
@@ -1013,15 +1017,7 @@ class _Batch:
                     continue
                 renew_at = self.renew_at[index]
                 if renew_at is not None and self.clock() >= renew_at:
-                    # A slow server: renew the leases of what this connection still holds.
-                    held = list(queue)
-                    kept = {touch.id for touch, _ in await self._hand_off(held)}
-                    lost = {touch.id for touch, _ in held} - kept
-                    # A refill may have topped the queue up meanwhile: those stay.
-                    remaining = [item for item in queue if item[0].id not in lost]
-                    queue.clear()
-                    queue.extend(remaining)
-                    self.renew_at[index] = self.clock() + self.lease / 2
+                    await self._renew(index)
                     continue
                 touch, message = queue.popleft()
                 # The next message's envelope goes out behind this one's data (one round trip
@@ -1044,6 +1040,19 @@ class _Batch:
         finally:
             self.working.discard(index)
 
+    async def _renew(self, index: int) -> None:
+        """A slow server: renew the leases of what connection `index` still holds. Refills
+        wait meanwhile (one lock), so none tops the queue up while it is renewed."""
+        queue = self.queues[index]
+        async with self.refilling:
+            now = self.clock()
+            kept = {touch.id for touch, _ in await self._hand_off(list(queue), now)}
+            # Those whose lease ran out were settled by another worker: not sent from here.
+            remaining = [item for item in queue if item[0].id in kept]
+            queue.clear()
+            queue.extend(remaining)
+            self.renew_at[index] = now + self.lease / 2 if queue else None
+
     async def _refill(self, index: int) -> None:
         """Compose and hand off the next messages of the dry queue `index` and of every other
         connection still working, in one transaction."""
@@ -1051,7 +1060,9 @@ class _Batch:
             if self.queues[index] or not self.pending or self.hooks.should_stop():
                 return  # filled by another worker's refill meanwhile, or nothing left to do
             size = self.rt.settings.delivery.group_size
-            others = sorted(self.working - {index})
+            # With groups of 1 (the most cautious setting) each touch is handed off just
+            # before it is sent: no other connection is topped up while it sends.
+            others = sorted(self.working - {index}) if size > 1 else []
             # A fair share when little is left: every connection gets some.
             share = -(-len(self.pending) // (len(others) + 1))
             wanted = [(i, min(size - len(self.queues[i]), share)) for i in (index, *others)]
@@ -1065,13 +1076,16 @@ class _Batch:
                         self.pending.popleft()
                         if found is not None:
                             prepared.append((i, found))
-                held = await self._hand_off([item for _, item in prepared])
+                now = self.clock()
+                held = await self._hand_off([item for _, item in prepared], now)
             except BaseException:
                 # Not handed off: safe to give back.
                 self.pending.extendleft(reversed([touch.id for _, (touch, _) in prepared]))
                 raise
             ours = {touch.id for touch, _ in held}
-            renew_at = self.clock() + self.lease / 2
+            # Half the lease the hand-off gave (not from now: the write lock may have been
+            # waited for).
+            renew_at = now + self.lease / 2
             for i, item in prepared:
                 if item[0].id in ours:
                     if not self.queues[i]:
@@ -1089,9 +1103,9 @@ class _Batch:
         return found
 
     async def _hand_off(
-        self, prepared: list[tuple[Any, compose.Composed]]
+        self, prepared: list[tuple[Any, compose.Composed]], now: datetime
     ) -> list[tuple[Any, compose.Composed]]:
-        return await _hand_off(prepared, self.owner, self.clock(), self.lease, self.recorder)
+        return await _hand_off(prepared, self.owner, now, self.lease, self.recorder)
 
 
 async def _hand_off(
