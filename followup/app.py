@@ -43,7 +43,7 @@ from sqlalchemy import (
 from followup import calendars, care, compose, logs, planner, store
 from followup.config import Settings
 from followup.errors import ConfigError, DatabaseNotReady, RenderError
-from followup.mailer import CaptureSink, Delivery, Outcome, SmtpMailer, SmtpSetupError
+from followup.mailer import CaptureSink, Delivery, Outcome, SmtpMailer
 from followup.models import ClientStatus, TouchStatus
 from followup.render import Templates
 
@@ -1026,9 +1026,12 @@ class _Batch:
                 began = monotonic_time.monotonic()
                 try:
                     delivery = await mailer.send(sender, message.to, message.mime, then=then)
-                except SmtpSetupError:
-                    # Raised before any message data was sent: safe to give back.
-                    queue.appendleft((touch, message))
+                except BaseException:
+                    # A setup error (always before the message data), or this task cancelled
+                    # because another connection failed or the run stops: if none of the
+                    # message data was written, the server cannot have it, and it goes back.
+                    if not mailer.data_written:
+                        queue.appendleft((touch, message))
                     raise
                 if self.hooks.on_delivery is not None:
                     self.hooks.on_delivery(delivery, monotonic_time.monotonic() - began)

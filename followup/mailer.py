@@ -253,6 +253,9 @@ class SmtpMailer:
         #: out behind the last message's data; its replies are read by that message's send.
         #: While it is set, the server may be waiting for that message's data.
         self._ahead: tuple[str, str] | None = None
+        #: Whether the last `send` began to write its message data: until it has, the server
+        #: cannot have the message, whatever stopped the send (a cancelled task included).
+        self.data_written = False
 
     @classmethod
     def pool(
@@ -335,6 +338,7 @@ class SmtpMailer:
         behind this one's data (RFC 2920 section 3.1): one round trip a message instead of
         two. If the next call is for another envelope, or none comes, the connection is
         closed without ending the waiting DATA: no message is sent that was not meant."""
+        self.data_written = False
         if self._bucket is not None:
             wait = self._bucket.take(asyncio.get_running_loop().time())
             if wait > 0:
@@ -390,6 +394,7 @@ class SmtpMailer:
             await self.close()
             return Delivery(Outcome.RETRY, None, f"{type(exc).__name__}: {exc}")
         try:
+            self.data_written = True  # DATA, then the message once the server says 354
             response = await client.data(message)
         except aiosmtplib.SMTPResponseException as exc:
             if not isinstance(exc, aiosmtplib.SMTPServerDisconnected) and exc.code >= 400:
@@ -481,7 +486,9 @@ class SmtpMailer:
             self._ahead = then
         try:
             # Only this message's reply is awaited: its outcome is known as soon as it comes.
-            ((code, text),) = await pipe.exchange(data_block(message) + (following or b""), 1)
+            block = data_block(message) + (following or b"")
+            self.data_written = True
+            ((code, text),) = await pipe.exchange(block, 1)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close()
             return _no_reply(exc)

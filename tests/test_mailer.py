@@ -4,6 +4,7 @@ what aiosmtpd never does (replies out of the RFC, garbage, a 354 after a refused
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Awaitable, Callable
 
@@ -667,3 +668,51 @@ def test_a_refused_recipient_behind_the_data_ends_an_accepted_data_empty() -> No
     outcomes, seen = asyncio.run(run_connections([script], ANNOUNCED_THEN_SENT))
     assert [d.outcome for d in outcomes] == [Outcome.SENT, Outcome.BOUNCED]
     assert seen[0][7:] == [b".\r\n", b"RSET\r\n", b"QUIT\r\n", b""]
+
+
+@pytest.mark.parametrize("cancel_after", ["envelope", "data"])
+def test_a_cancelled_send_says_whether_its_message_data_was_written(cancel_after: str) -> None:
+    """A dispatcher's task can be cancelled in the middle of a send (another connection
+    failed, the run stops): the touch may go back to the queue only if none of its data was
+    written. Cancelled while waiting for the envelope's replies: not written. Cancelled while
+    waiting for the reply to the data: written (the server may have the message)."""
+
+    async def main() -> tuple[bool, list[bytes]]:
+        seen: list[bytes] = []
+        got_envelope, got_data, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await greet(reader, writer)
+            for _ in range(3):
+                seen.append(await reader.readline())
+            got_envelope.set()
+            if cancel_after == "data":
+                writer.write(b"250 sender ok\r\n250 rcpt ok\r\n354 go\r\n")
+                seen.append(await reader.readuntil(b"\r\n.\r\n"))
+                got_data.set()
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                await reader.read()  # no reply: the client is cancelled meanwhile
+            writer.close()
+            await writer.wait_closed()
+            finished.set()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        mailer = SmtpMailer(settings(port))
+        sending = asyncio.create_task(mailer.send("b@example.com", "c@example.com", MESSAGE))
+        await (got_data if cancel_after == "data" else got_envelope).wait()
+        await asyncio.sleep(0.05)
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        written = mailer.data_written
+        await mailer.close()
+        await asyncio.wait_for(finished.wait(), 5)
+        server.close()
+        await server.wait_closed()
+        return written, seen
+
+    written, seen = asyncio.run(main())
+    assert written is (cancel_after == "data")
+    assert seen[0].startswith(b"MAIL FROM:<b@example.com>")
+    assert len(seen) == (4 if cancel_after == "data" else 3)

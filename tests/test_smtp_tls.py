@@ -132,17 +132,21 @@ def test_tls_with_auth_delivers(
     assert statuses(rt) == ["sent", "sent", "sent"]
 
 
+@pytest.mark.parametrize("pool_size", ["1", "3"])
 @pytest.mark.parametrize("tls_server", ["starttls", "tls"], indirect=True)
 def test_an_untrusted_certificate_is_refused_with_a_clear_error(
     tls_server: Server,
     request: pytest.FixtureRequest,
     tmp_path: Path,
     open_runtime: Callable[[Settings], app.Runtime],
+    pool_size: str,
 ) -> None:
+    """With a pool, every connection fails the same way: the first error stops the run and
+    cancels the others while they connect, and their touches go back to the queue too."""
     port, handler = tls_server
     security = request.node.callspec.params["tls_server"]
     stranger = trustme.CA()  # the client trusts another CA than the one that signed the server
-    rt = open_runtime(tls_settings(tmp_path, stranger, security, port))
+    rt = open_runtime(tls_settings(tmp_path, stranger, security, port, pool_size=pool_size))
     seed(rt, tmp_path)
     app.plan(rt, NOW)
     with pytest.raises(
