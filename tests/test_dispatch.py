@@ -673,6 +673,34 @@ def statuses(rt: app.Runtime) -> list[str]:
         return sorted(conn.execute(select(store.touches.c.status)).scalars())
 
 
+def two_connections(
+    tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
+) -> app.Runtime:
+    """12 greetings, sent over 2 connections in groups of 2."""
+    return greeted_runtime(
+        tmp_path,
+        database_url,
+        smtp_server,
+        open_runtime,
+        12,
+        delivery={"group_size": 2, "batch_size": 100},
+        smtp={"pool_size": 2},
+    )
+
+
+def hand_off_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of touches of each hand-off transaction, as they happen."""
+    sizes: list[int] = []
+    original = store.hand_off_many
+
+    def counted(conn: Any, items: Any, *args: Any, **kwargs: Any) -> list[bool]:
+        sizes.append(len(items))
+        return original(conn, items, *args, **kwargs)
+
+    monkeypatch.setattr(store, "hand_off_many", counted)
+    return sizes
+
+
 def test_connections_are_refilled_together_and_never_hold_more_than_a_group(
     tmp_path: Path,
     database_url: str,
@@ -684,15 +712,7 @@ def test_connections_are_refilled_together_and_never_hold_more_than_a_group(
     in one transaction (the others topped up to a group): fewer transactions than groups. No
     connection ever holds more than group_size touches handed off and not yet given to the
     mailer (what a crash can leave uncertain unsent), even when it is topped up."""
-    rt = greeted_runtime(
-        tmp_path,
-        database_url,
-        smtp_server,
-        open_runtime,
-        12,
-        delivery={"group_size": 2, "batch_size": 100},
-        smtp={"pool_size": 2},
-    )
+    rt = two_connections(tmp_path, database_url, smtp_server, open_runtime)
     # Every fourth client's message is slow: the first refill gives connection 0 g0 (slow)
     # and g1, connection 1 g2 and g3; connection 1 runs dry while g0 is in flight, and its
     # refill tops up connection 0, which still holds g1.
@@ -704,13 +724,7 @@ def test_connections_are_refilled_together_and_never_hold_more_than_a_group(
         return await original_data(server, session, envelope)
 
     monkeypatch.setattr(smtp_server.handler, "handle_DATA", uneven)
-    hand_offs: list[int] = []
-    original_hand_off = store.hand_off_many
-
-    def counted(conn: Any, items: Any, *args: Any, **kwargs: Any) -> list[bool]:
-        hand_offs.append(len(items))
-        return original_hand_off(conn, items, *args, **kwargs)
-
+    hand_offs = hand_off_sizes(monkeypatch)
     queued: list[tuple[list[int], list[int]]] = []
     original_refill = app._Batch._refill
 
@@ -719,7 +733,6 @@ def test_connections_are_refilled_together_and_never_hold_more_than_a_group(
         await original_refill(batch, index)
         queued.append((before, [len(queue) for queue in batch.queues]))
 
-    monkeypatch.setattr(store, "hand_off_many", counted)
     monkeypatch.setattr(app._Batch, "_refill", refill)
     report = send(rt, NOW)
     assert report.sent == 12
@@ -811,15 +824,7 @@ def test_a_failed_hand_off_that_tops_up_other_connections_gives_back_what_was_no
     lease ends, never resent: the other connection may have been handed its next touch when
     the run was cancelled), everything else (composed, queued on either connection, or not
     yet composed) is back in the queue, and the next run sends it once."""
-    rt = greeted_runtime(
-        tmp_path,
-        database_url,
-        smtp_server,
-        open_runtime,
-        12,
-        delivery={"group_size": 2, "batch_size": 100},
-        smtp={"pool_size": 2},
-    )
+    rt = two_connections(tmp_path, database_url, smtp_server, open_runtime)
     calls = 0
     original = store.hand_off_many
 
@@ -874,13 +879,6 @@ def test_groups_of_one_are_handed_off_one_touch_at_a_time(
         delivery={"group_size": 1},
         smtp={"pool_size": 2},
     )
-    sizes: list[int] = []
-    original = store.hand_off_many
-
-    def counted(conn: Any, items: Any, *args: Any, **kwargs: Any) -> list[bool]:
-        sizes.append(len(items))
-        return original(conn, items, *args, **kwargs)
-
-    monkeypatch.setattr(store, "hand_off_many", counted)
+    sizes = hand_off_sizes(monkeypatch)
     assert send(rt, NOW).sent == 6
     assert sizes == [1] * 6
