@@ -84,10 +84,6 @@ class TokenBucket:
 #: RFC 5321 section 4.5.2: a line of the message data starting with "." gets another one.
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
-#: What may stand between < and > in MAIL FROM / RCPT TO as it is. On a pipelined connection
-#: a recipient that fails this is failed unsent, an envelope sender that fails it stops the
-#: run (the configuration refuses such a [sender] return_path before).
-_PLAIN_ADDRESS = PLAIN_ADDRESS
 #: An SMTP reply line longer than this is a broken server (RFC 5321 allows 512).
 _MAX_REPLY_LINE = 8192
 
@@ -217,7 +213,9 @@ def _no_reply(exc: BaseException) -> Delivery:
 
 def _envelope_address(address: str, smtputf8: bool) -> bytes | None:
     """The address as it goes between < and >, or None when it cannot go as it is."""
-    if not _PLAIN_ADDRESS.fullmatch(address):
+    # On a pipelined connection a recipient that fails this is failed unsent, an envelope
+    # sender stops the run (the configuration refuses such a [sender] return_path before).
+    if not PLAIN_ADDRESS.fullmatch(address):
         return None
     if address.isascii():
         return address.encode("ascii")
