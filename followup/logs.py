@@ -79,3 +79,11 @@ def current() -> tuple[int, bool] | None:
         if isinstance(handler.formatter, EventFormatter):
             return root.level, handler.formatter.json_lines
     return None
+
+
+log = logging.getLogger("followup")
+
+
+def log_event(event: str, **fields: object) -> None:
+    """One event name per line plus fields; never a client's address or name."""
+    log.info(event, extra={"event": event, "fields": fields})

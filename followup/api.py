@@ -1,0 +1,153 @@
+"""The public Python API: what a shop's own code calls to drive followup, and what the
+`followup` command calls. Each function checks its own preconditions (the configuration, the
+database's schema) and raises a FollowupError that says what to fix.
+
+    import followup
+
+    rt = followup.open("config.toml")
+    followup.import_csv(rt, "clients", "clients.csv")
+    followup.plan(rt)
+    print(followup.dry_run(rt, date(2027, 1, 1)).messages)
+    followup.send(rt)
+
+Times are aware datetimes; `now` defaults to the real time, and may be moved (simulations,
+tests) as FOLLOWUP_NOW moves the command's clock. docs/api.md describes every name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from followup.config.settings import Settings, default_config_path, load_settings
+from followup.delivery.dispatcher import dispatch, dispatch_in_processes
+from followup.delivery.report import DispatchReport
+from followup.dryrun.run import DryRun, DryRunEntry
+from followup.dryrun.run import dry_run as _dry_run
+from followup.importing.importer import ImportReport, Kind
+from followup.importing.importer import import_csv as _import_csv
+from followup.planning.plan import PlanReport
+from followup.planning.plan import plan as _plan
+from followup.runtime import Clock, Runtime
+from followup.service.reports import ClientHistory, Status
+from followup.service.reports import history as _history
+from followup.service.reports import status as _status
+from followup.storage import schema
+
+__all__ = [
+    "ClientHistory",
+    "Clock",
+    "DispatchReport",
+    "DryRun",
+    "DryRunEntry",
+    "ImportReport",
+    "PlanReport",
+    "Runtime",
+    "Settings",
+    "Status",
+    "dispatch",
+    "dry_run",
+    "history",
+    "import_csv",
+    "open",
+    "plan",
+    "send",
+    "status",
+    "upgrade",
+]
+
+
+def open(
+    config: Path | str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    create: bool = False,
+) -> Runtime:
+    """One followup installation: the settings of `config` (default: FOLLOWUP_CONFIG, else
+    ./config.toml) with the FOLLOWUP_* overrides of `env` (default: the process's
+    environment), its database, templates and calendar. With `create`, a SQLite database
+    that does not exist yet is created (then `upgrade` it)."""
+    path = Path(config) if config is not None else default_config_path(env)
+    return Runtime.open(load_settings(path, env), create=create)
+
+
+def upgrade(rt: Runtime) -> tuple[str | None, str | None]:
+    """Create the database's schema or migrate it to this version's; safe to repeat. Returns
+    the revisions before and after."""
+    before = schema.current_revision(rt.engine)
+    schema.upgrade(rt.engine)
+    return before, schema.current_revision(rt.engine)
+
+
+def import_csv(
+    rt: Runtime,
+    kind: Kind | str,
+    path: Path | str,
+    *,
+    now: datetime | None = None,
+    strict: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Import reps, clients or purchases from a CSV file: each row is upserted by its id or
+    rejected with file, line, column and reason (in the report); with `strict`, one rejected
+    row means nothing is written. `progress` is told the bytes read."""
+    schema.check_ready(rt.engine)
+    return _import_csv(
+        rt.engine,
+        Kind(kind),
+        Path(path),
+        now=now or datetime.now(UTC),
+        strict=strict,
+        progress=progress,
+    )
+
+
+def plan(
+    rt: Runtime,
+    now: datetime | None = None,
+    until: datetime | None = None,
+    *,
+    processes: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PlanReport:
+    """Plan every client's touches due up to `until` (default: [schedule] plan_horizon_days
+    from now). Idempotent: planning twice plans nothing new. `progress` is told the clients
+    planned."""
+    return _plan(rt, now or datetime.now(UTC), until, progress=progress, processes=processes)
+
+
+def send(
+    rt: Runtime,
+    now: datetime | None = None,
+    *,
+    processes: int | None = None,
+    resend_uncertain: bool = False,
+) -> DispatchReport:
+    """Deliver what is due now, until nothing is: claim, decide, compose, send, record; the
+    clock starts at `now` (default: the real time) and runs on. From `processes` processes
+    (default: [delivery] processes). With `resend_uncertain`, the
+    touches whose fate a crash left unknown are sent again first (a client may get a message
+    twice: the operator's decision). For an event loop of your own, await `dispatch`."""
+    count = processes or rt.settings.delivery.processes
+    clock = Clock.starting_at(now)
+    return dispatch_in_processes(rt, clock, count, resend_uncertain=resend_uncertain)
+
+
+def dry_run(rt: Runtime, on: date | None = None, now: datetime | None = None) -> DryRun:
+    """Everything that would go out on day `on` (each client's local date; default: today),
+    decided and composed as a real run does, as of `now`: messages, touches waiting for a
+    later day, and skipped touches with the reason the ledger records. Writes nothing to the
+    database and sends nothing."""
+    now = now or datetime.now(UTC)
+    return _dry_run(rt, on or now.date(), now)
+
+
+def status(rt: Runtime, now: datetime | None = None) -> Status:
+    """The ledger: touches by status, the queue, the last runs, failed and uncertain touches."""
+    return _status(rt, now or datetime.now(UTC))
+
+
+def history(rt: Runtime, client: str) -> ClientHistory | None:
+    """Every touch of one client (by id, or else e-mail) with each change of status."""
+    return _history(rt, client)

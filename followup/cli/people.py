@@ -1,0 +1,141 @@
+"""Clients and reps: `followup reassign`, `suppress`, `unsuppress` and `client export|erase`
+(data protection). Each is one transaction of followup/storage/people.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from followup.cli.app import cli, err, example, fail, now, out, settings
+from followup.importing import importer, suppressions
+from followup.logs import log_event
+from followup.runtime import Runtime
+from followup.storage import people
+
+client_cli = typer.Typer(help="Data protection: export or erase one client.", no_args_is_help=True)
+cli.add_typer(client_cli, name="client")
+
+
+@cli.command(
+    epilog=example(
+        "followup reassign --from rep-sam --to rep-lea",
+        "followup reassign --from rep-sam --spread --retire",
+    )
+)
+def reassign(
+    from_rep: Annotated[str, typer.Option("--from", help="The rep whose clients move (id).")],
+    to_rep: Annotated[
+        str | None, typer.Option("--to", help="The rep who takes them all over (id).")
+    ] = None,
+    spread: Annotated[
+        bool, typer.Option("--spread", help="Spread them over the other active reps in turn.")
+    ] = False,
+    retire: Annotated[
+        bool, typer.Option("--retire", help="Mark the --from rep inactive afterwards.")
+    ] = False,
+) -> None:
+    """Move a rep's clients to another rep (or spread them): later messages are signed by the
+    new rep; messages already sent keep who signed them."""
+    if (to_rep is None) == (not spread):
+        raise typer.BadParameter("give either --to REP or --spread", param_hint="--to/--spread")
+    rt = Runtime.open(settings())
+    result = people.reassign(rt.engine, from_rep, to_rep, now(), retire=retire)
+    for rep, count in result.moved.items():
+        out.print(f"{count} client(s) of {from_rep} now with {rep}")
+    if retire:
+        out.print(f"{from_rep} is now inactive")
+    log_event("reps.reassigned", clients=result.total)
+
+
+@cli.command(
+    epilog=example(
+        "followup suppress ann@example.com",
+        "followup suppress --file complaints.csv --reason complained",
+    )
+)
+def suppress(
+    emails: Annotated[list[str] | None, typer.Argument(help="Addresses to suppress.")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="A CSV file with an email column, or one address per line."),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why (shown in history and exports).")] = "manual",
+) -> None:
+    """Never mail these addresses again for marketing (the suppression list)."""
+    addresses: list[str] = []
+    problems: list[str] = []
+    for email in emails or []:
+        try:
+            addresses.append(importer.parse_email(email))
+        except importer.FieldError as exc:
+            problems.append(f"{email!r}: {exc.reason}")
+    if file is not None:
+        found, errors = suppressions.read_suppression_list(file)
+        addresses.extend(found)
+        problems.extend(errors)
+    if problems:
+        for problem in problems:
+            err.print(f"error: {problem}", highlight=False, markup=False)
+        fail(f"{len(problems)} bad address(es); nothing was suppressed")
+    if not addresses:
+        raise typer.BadParameter("give addresses or --file", param_hint="EMAILS")
+    rt = Runtime.open(settings())
+    added = people.suppress(rt.engine, addresses, reason, now())
+    out.print(f"{added} address(es) added to the suppression list ({len(addresses)} given)")
+
+
+@cli.command(epilog=example("followup unsuppress ann@example.com"))
+def unsuppress(email: Annotated[str, typer.Argument(help="The address.")]) -> None:
+    """Allow mail to an address again (an erased client's address stays suppressed)."""
+    rt = Runtime.open(settings())
+    if not people.unsuppress(rt.engine, email):
+        fail(f"{email} is not on the suppression list")
+    out.print(f"{email} removed from the suppression list")
+
+
+@client_cli.command(
+    "export",
+    epilog=example(
+        "followup client export C0042 --out C0042.json", "followup client export ann@example.com"
+    ),
+)
+def client_export(
+    client: Annotated[str, typer.Argument(help="The client's id or e-mail address.")],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write here (owner-only) instead of stdout.")
+    ] = None,
+) -> None:
+    """Everything held about one client, as JSON: data, purchases, touches and history."""
+    rt = Runtime.open(settings())
+    data = people.export_client(rt.engine, client)
+    text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    if out_file is None:
+        sys.stdout.write(text)
+        return
+    fd = os.open(out_file, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    err.print(f"wrote {out_file}")
+
+
+@client_cli.command("erase", epilog=example("followup client erase C0042 --yes"))
+def client_erase(
+    client: Annotated[str, typer.Argument(help="The client's id or e-mail address.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove a client's personal data for good. The ledger keeps anonymous touches; the
+    address's hash stays on the suppression list so a later import never mails it again."""
+    if not yes and not typer.confirm(f"Erase client {client} for good?"):
+        fail("nothing erased")
+    rt = Runtime.open(settings())
+    erased = people.erase_client(rt.engine, client, now())
+    out.print(
+        f"erased: {erased.purchases_removed} purchase(s) removed, "
+        f"{erased.touches_kept} anonymous touch(es) kept"
+    )
+    log_event("client.erased", client=erased.client_id)

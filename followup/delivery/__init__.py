@@ -1,0 +1,1 @@
+"""Delivery: claim due touches, decide, compose, hand off, send over SMTP, record."""

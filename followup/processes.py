@@ -1,0 +1,106 @@
+"""Worker processes: planning and dispatch use several cores (rendering and planning are
+Python CPU work), started by fork where that is safe, else spawned."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import multiprocessing
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+
+from sqlalchemy import Engine
+
+from followup import logs
+from followup.logs import log_event
+
+_heap_frozen = False
+
+#: Allocations between collections of the youngest generation (Python's default: 700). Each
+#: collection walks the young objects still alive (a batch's rows, messages in flight), so
+#: fewer collections cost fewer instructions a dispatched message (bench/RESULTS.md); cyclic
+#: garbage waits a little longer to be freed.
+YOUNG_COLLECTION_THRESHOLD = 20_000
+
+
+def freeze_startup_heap() -> None:
+    """Once per process, before a long run: what is alive now (modules, compiled templates,
+    settings: about 100,000 objects) leaves the cyclic garbage collector's generations, whose
+    full collections walked it all again and again (gc.freeze; bench/RESULTS.md has the
+    cost). Garbage is collected first, so none is kept; objects made later are
+    collected as before, the youngest every YOUNG_COLLECTION_THRESHOLD allocations. In a
+    parent, before fork, it also keeps the children from copying the pages those objects
+    are on."""
+    global _heap_frozen
+    if not _heap_frozen:
+        _heap_frozen = True
+        gc.collect()
+        gc.freeze()
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
+
+
+@contextlib.contextmanager
+def process_pool(
+    engine: Engine, processes: int, *, ignore_interrupt: bool = False
+) -> Iterator[ProcessPoolExecutor]:
+    """`processes` worker processes (planning, dispatch), started by `start_method`. With
+    `ignore_interrupt`, they ignore SIGINT: a Ctrl-C at a terminal goes to the whole process
+    group, and the daemon, which handles it as a request to stop, stops its workers itself."""
+    method = start_method(engine)
+    if method == "fork":
+        # A forked process must not share the parent's pooled database connections.
+        engine.dispose()
+    log_event("processes.start", processes=processes, method=method)
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(
+        max_workers=processes,
+        mp_context=context,
+        initializer=_worker_start,
+        initargs=(logs.current(), ignore_interrupt),
+    ) as pool:
+        yield pool
+
+
+def _worker_start(configured: tuple[int, bool] | None, ignore_interrupt: bool) -> None:
+    """A worker logs as the command that started it (spawned ones start unconfigured)."""
+    if ignore_interrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if configured is not None:
+        logs.configure(*configured)
+
+
+#: How often a plan in worker processes checks whether it should stop, and how long a
+#: terminated worker may take to exit before it is killed.
+STOP_POLL_SECONDS = 0.5
+
+TERMINATE_WAIT_SECONDS = 5.0
+
+
+def terminate(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and terminate the pool's worker processes (SIGTERM): a
+    worker in the middle of a range stops at once, its last chunk's transaction rolled back."""
+    # The executor keeps no public list of its processes, and forgets them at shutdown.
+    processes = list((pool._processes or {}).values())
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(TERMINATE_WAIT_SECONDS)
+        if process.is_alive():
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def start_method(engine: Engine) -> str:
+    """How worker processes start: forked on Linux when this process runs no other thread and
+    holds no database connection (they start at once, with followup already imported, instead
+    of importing it again for most of a second each), else spawned afresh (other systems, a
+    thread that a fork would leave half-way such as a progress bar's, or a connection in use
+    that a child must not inherit)."""
+    in_use: int = engine.pool.checkedout()  # type: ignore[attr-defined]
+    if sys.platform == "linux" and threading.active_count() == 1 and in_use == 0:
+        return "fork"
+    return "spawn"

@@ -1,0 +1,153 @@
+"""What the ledger says, for people and scripts: `followup status` (the queue, the last runs,
+what failed or is uncertain) and `followup history CLIENT` (every touch of one client with
+its history). Reads only."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from followup.domain.statuses import TouchStatus
+from followup.runtime import Runtime
+from followup.storage import overview
+from followup.storage.engine import reader
+from followup.storage.schema import check_ready
+
+FAILED, UNCERTAIN = TouchStatus.FAILED, TouchStatus.UNCERTAIN
+#: How many failed and uncertain touches `status` lists (the counts are always complete).
+LISTED = 20
+
+
+@dataclass
+class TouchLine:
+    touch: int
+    client: str
+    campaign: str
+    occurrence: date
+    status: str
+    updated_at: datetime
+    reason: str | None
+
+
+@dataclass
+class Status:
+    now: datetime
+    counts: dict[str, int]
+    waiting: int
+    due_now: int
+    runs: dict[str, dict[str, Any]]
+    failed: list[TouchLine] = field(default_factory=list)
+    uncertain: list[TouchLine] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = _jsonable(asdict(self))
+        return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def status(rt: Runtime, now: datetime) -> Status:
+    check_ready(rt.engine)
+    with reader(rt.engine) as conn:
+        counts = overview.touch_counts(conn)
+        waiting, due = overview.queue_depth(conn, now)
+        runs = overview.last_runs(conn)
+        return Status(
+            now=now,
+            counts=counts,
+            waiting=waiting,
+            due_now=due,
+            runs=runs,
+            failed=[TouchLine(*row) for row in overview.latest_touches(conn, FAILED, LISTED)],
+            uncertain=[TouchLine(*row) for row in overview.latest_touches(conn, UNCERTAIN, LISTED)],
+        )
+
+
+@dataclass
+class Event:
+    at: datetime
+    from_status: str | None
+    to_status: str
+    detail: str | None
+
+
+@dataclass
+class TouchHistory:
+    touch: int
+    campaign: str
+    occurrence: date
+    status: str
+    due_at: datetime
+    template: str
+    locale: str | None
+    variant: str | None
+    rep: str | None
+    message_id: str | None
+    smtp_reply: str | None
+    reason: str | None
+    attempts: int
+    events: list[Event]
+    #: The satisfaction score (1-5) the client gave through this touch's survey link.
+    survey_score: int | None = None
+
+
+@dataclass
+class ClientHistory:
+    client: str
+    email: str
+    status: str
+    suppressed: str | None
+    touches: list[TouchHistory]
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = _jsonable(asdict(self))
+        return data
+
+
+def history(rt: Runtime, client: str) -> ClientHistory | None:
+    """Every touch of the client whose external id (or, failing that, e-mail) is `client`."""
+    check_ready(rt.engine)
+    with reader(rt.engine) as conn:
+        found = overview.client_by_id_or_email(conn, client)
+        if found is None:
+            return None
+        rows = overview.touches_of_client(conn, found.id)
+        events = overview.history_of(conn, [row.id for row in rows])
+        scores = overview.survey_scores(conn, found.id)
+        suppressed = overview.suppressed(conn, found.email)
+        touches = [
+            TouchHistory(
+                touch=row.id,
+                campaign=row.campaign,
+                occurrence=row.occurrence,
+                status=row.status,
+                due_at=row.due_at,
+                template=row.template,
+                locale=row.locale,
+                variant=row.variant,
+                rep=row.rep_external_id,
+                message_id=row.message_id,
+                smtp_reply=row.smtp_reply,
+                reason=row.reason,
+                attempts=row.attempts,
+                events=[Event(*event) for event in events[row.id]],
+                survey_score=scores.get(row.id),
+            )
+            for row in rows
+        ]
+        return ClientHistory(
+            client=found.external_id,
+            email=found.email,
+            status=found.status,
+            suppressed=suppressed,
+            touches=touches,
+        )

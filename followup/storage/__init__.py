@@ -1,0 +1,1 @@
+"""The database boundary: every statement followup runs is written in this package."""

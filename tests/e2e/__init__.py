@@ -1,0 +1,1 @@
+"""The installed `followup` executable, run as a user would (marked e2e)."""
