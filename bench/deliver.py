@@ -24,7 +24,7 @@ smtp-sink on a free loopback port, then measures on the same sink:
    - naive send: smtplib, one new connection per message of the same size, nothing else.
 
 With --processes N, followup's dispatch runs in N processes (`followup send --processes N`,
-app.dispatch_in_processes), each with --connections connections; process start-up is timed.
+dispatch_in_processes), each with --connections connections; process start-up is timed.
 """
 
 from __future__ import annotations
@@ -52,8 +52,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 import generate  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from followup import app, compose, store  # noqa: E402
 from followup.config import Settings, load_settings  # noqa: E402
+from followup.config.calendars import load_calendar  # noqa: E402
+from followup.delivery.dispatcher import dispatch_in_processes  # noqa: E402
+from followup.messages import compose  # noqa: E402
+from followup.planning.plan import plan  # noqa: E402
+from followup.runtime import Clock, Runtime  # noqa: E402
+from followup.storage import tables  # noqa: E402
+from followup.storage.engine import reader  # noqa: E402
+from followup.storage.overview import touch_counts  # noqa: E402
+from followup.storage.schema import upgrade  # noqa: E402
 
 NOW = datetime(2027, 1, 8, 19, 0, tzinfo=UTC)
 SINK = "/usr/sbin/smtp-sink"
@@ -105,14 +113,14 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
 PURCHASED = datetime(2027, 1, 6, 12, 0, tzinfo=UTC)
 
 
-def shop_runtime(folder: Path, messages: int, env: dict[str, str]) -> app.Runtime:
+def shop_runtime(folder: Path, messages: int, env: dict[str, str]) -> Runtime:
     """bench/generate.py's shop of `messages` clients (7 markets, their zones and languages,
     20 reps), each with one purchase at PURCHASED, in a new database, planned at NOW: a
     thank-you each (the other campaigns are off)."""
-    rt = app.Runtime.open(shop_settings(folder, env), create=True)
-    store.upgrade(rt.engine)
+    rt = Runtime.open(shop_settings(folder, env), create=True)
+    upgrade(rt.engine)
     generate.generate(rt.engine, messages, purchased_on=PURCHASED)
-    app.plan(rt, NOW)
+    plan(rt, NOW)
     return rt
 
 
@@ -148,7 +156,7 @@ def shop_settings(folder: Path, env: dict[str, str]) -> Settings:
         **env,
     }
     # Only the thank-you: one message per client.
-    calendar = app.load_calendar(load_settings(ROOT / "config.toml", env)).campaigns
+    calendar = load_calendar(load_settings(ROOT / "config.toml", env)).campaigns
     for campaign in calendar:
         if campaign.name != "thank_you":
             env[f"FOLLOWUP_CAMPAIGNS_{campaign.name.upper()}_ENABLED"] = "false"
@@ -180,10 +188,10 @@ def followup_rate(
 ) -> tuple[float, int]:
     """followup's dispatch of a shop of `messages` clients: messages per second and how many."""
     rt = shop_runtime(folder, messages, sink_env(port, connections))
-    with store.reader(rt.engine) as conn:
-        due = store.touch_counts(conn).get("planned", 0)
+    with reader(rt.engine) as conn:
+        due = touch_counts(conn).get("planned", 0)
     began = time.perf_counter()
-    report = app.dispatch_in_processes(rt, app.Clock.starting_at(NOW), processes)
+    report = dispatch_in_processes(rt, Clock.starting_at(NOW), processes)
     seconds = time.perf_counter() - began
     if report.sent != due:
         raise RuntimeError(f"sent {report.sent} of {due}")
@@ -223,8 +231,8 @@ def naive_dispatch_rate(port: int, messages: int, folder: Path) -> float:
     connection per message, a commit per message."""
     rt = shop_runtime(folder, messages, {})
     settings = rt.settings
-    t = store.touches
-    with store.reader(rt.engine) as conn:
+    t = tables.touches
+    with reader(rt.engine) as conn:
         ids = [row.id for row in conn.execute(select(t.c.id).where(t.c.status == "planned"))]
     sender = settings.sender.envelope_from
     began = time.perf_counter()

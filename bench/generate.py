@@ -23,7 +23,9 @@ from sqlalchemy import Engine, insert
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from followup import store  # noqa: E402
+from followup.storage import tables  # noqa: E402
+from followup.storage.engine import open_engine  # noqa: E402
+from followup.storage.schema import upgrade  # noqa: E402
 
 MARKETS = (
     (
@@ -58,7 +60,7 @@ def generate(
     purchases = 0
     with engine.begin() as conn:
         conn.execute(
-            insert(store.reps),
+            insert(tables.reps),
             [
                 {
                     "external_id": f"rep{n}",
@@ -131,8 +133,8 @@ def generate(
                 )
         purchases += len(purchase_rows)
         with engine.begin() as conn:
-            conn.execute(insert(store.clients), client_rows)
-            conn.execute(insert(store.purchases), purchase_rows)
+            conn.execute(insert(tables.clients), client_rows)
+            conn.execute(insert(tables.purchases), purchase_rows)
     return clients, purchases
 
 
@@ -142,8 +144,8 @@ def main() -> None:
     parser.add_argument("--url", required=True, help="an empty database (it is migrated)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    engine = store.open_engine(args.url)
-    store.upgrade(engine)
+    engine = open_engine(args.url)
+    upgrade(engine)
     began = time.perf_counter()
     clients, purchases = generate(engine, args.clients, args.seed)
     print(

@@ -29,8 +29,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import deliver  # noqa: E402
 from plan import fresh_postgres  # noqa: E402
 
-from followup import importer, store  # noqa: E402
-from followup.demo import write_bulk_shop  # noqa: E402
+from followup.importing import importer  # noqa: E402
+from followup.importing.demo import write_bulk_shop  # noqa: E402
+from followup.storage.engine import open_engine  # noqa: E402
+from followup.storage.schema import upgrade  # noqa: E402
 
 NOW = datetime(2027, 1, 8, 12, tzinfo=UTC)
 
@@ -48,8 +50,8 @@ def main() -> None:
             url = args.url
         else:
             url = f"sqlite:///{folder / 'followup.db'}"
-        engine = store.open_engine(url)
-        store.upgrade(engine)
+        engine = open_engine(url)
+        upgrade(engine)
         importer.import_csv(engine, importer.Kind.REPS, paths["reps"], now=NOW)
         figures = []
         for step in ("first", "again"):

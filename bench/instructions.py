@@ -60,11 +60,12 @@ def counted(arguments: list[str], out: Path) -> int:
 
 
 def child_dispatch(folder: Path, port: int, work: bool) -> None:
-    from followup import app
+    from followup.delivery.dispatcher import dispatch_in_processes
+    from followup.runtime import Clock, Runtime
 
-    rt = app.Runtime.open(deliver.shop_settings(folder, deliver.sink_env(port, 4)))
+    rt = Runtime.open(deliver.shop_settings(folder, deliver.sink_env(port, 4)))
     if work:
-        app.dispatch_in_processes(rt, app.Clock.starting_at(deliver.NOW), 1)
+        dispatch_in_processes(rt, Clock.starting_at(deliver.NOW), 1)
     rt.engine.dispose()
 
 

@@ -7,7 +7,7 @@ once, then, in turns (--rounds), on a fresh copy of it each time:
 - early: dispatches --messages touches with nothing sent yet (the whole day waiting);
 - late: first marks --sent touches sent as the dispatcher leaves them (variant, Message-ID,
   reply, and two history rows each), then dispatches --messages touches.
-Each dispatch is `app.dispatch` from one process over `[smtp] pool_size` 4 into smtp-sink, in
+Each dispatch is `dispatch` from one process over `[smtp] pool_size` 4 into smtp-sink, in
 batches of 500, as bench/memory.py's daemon sends. A dispatcher whose per-batch queries grow
 with the ledger is slower late than early. With --rate-limits, `[smtp] rate_per_hour` and
 `rate_per_day` are set high enough never to stop it: the dispatcher counts the touches sent
@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import deliver  # noqa: E402
 
-from followup import app  # noqa: E402
 from followup.config import load_settings  # noqa: E402
+from followup.delivery.dispatcher import dispatch  # noqa: E402
+from followup.runtime import Clock, Runtime  # noqa: E402
 
 VARIANTS = ("terracotta", "sage", "harbour")
 
@@ -77,11 +78,11 @@ def dispatch_rate(folder: Path, port: int, messages: int, rate_limits: bool = Fa
     if rate_limits:
         # Limits that never bind, but are counted in the ledger before each batch.
         env["FOLLOWUP_SMTP_RATE_PER_HOUR"] = env["FOLLOWUP_SMTP_RATE_PER_DAY"] = "100000000"
-    rt = app.Runtime.open(load_settings(ROOT / "config.toml", env))
+    rt = Runtime.open(load_settings(ROOT / "config.toml", env))
     try:
         began = time.perf_counter()
-        clock = app.Clock.starting_at(deliver.NOW)
-        report = asyncio.run(app.dispatch(rt, clock, limit=messages))
+        clock = Clock.starting_at(deliver.NOW)
+        report = asyncio.run(dispatch(rt, clock, limit=messages))
         seconds = time.perf_counter() - began
     finally:
         rt.engine.dispose()

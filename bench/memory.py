@@ -33,7 +33,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import deliver  # noqa: E402
 import generate  # noqa: E402
 
-from followup import store  # noqa: E402
+from followup.storage import tables  # noqa: E402
+from followup.storage.engine import open_engine, reader  # noqa: E402
+from followup.storage.schema import upgrade  # noqa: E402
 
 EXECUTABLE = Path(sys.executable).parent / "followup"
 
@@ -78,8 +80,8 @@ def main() -> None:
     sink = deliver.start_sink(port)
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{folder}/bench.db"
-        engine = store.open_engine(url)
-        store.upgrade(engine)
+        engine = open_engine(url)
+        upgrade(engine)
         generate.generate(
             engine, args.clients, purchased_on=datetime(2027, 1, 6, 12, 0, tzinfo=UTC)
         )
@@ -107,7 +109,7 @@ def main() -> None:
         peak, sent, waiting = 0.0, 0, 1
         workers: dict[int, float] = {}  # worker process -> its peak RSS
         together = 0.0  # the daemon's and its workers' RSS at one time, at most
-        t = store.touches
+        t = tables.touches
         counted = 0.0
         try:
             while daemon.poll() is None:
@@ -123,7 +125,7 @@ def main() -> None:
                 if time.perf_counter() - counted < 5:
                     continue
                 counted = time.perf_counter()
-                with store.reader(engine) as conn:
+                with reader(engine) as conn:
                     counts = dict(
                         conn.execute(
                             select(t.c.status, func.count())

@@ -32,12 +32,13 @@ PLAN = """
 import json, resource, sys, time
 from datetime import UTC, datetime
 from pathlib import Path
-from followup import app
+from followup.planning.plan import plan
+from followup.runtime import Runtime
 from followup.config import load_settings
 settings = load_settings(Path(sys.argv[2]), {"FOLLOWUP_DATABASE_URL": sys.argv[1]})
-rt = app.Runtime.open(settings)
+rt = Runtime.open(settings)
 began = time.perf_counter()
-report = app.plan(rt, datetime(2026, 12, 31, tzinfo=UTC), datetime(2027, 1, 2, tzinfo=UTC),
+report = plan(rt, datetime(2026, 12, 31, tzinfo=UTC), datetime(2027, 1, 2, tzinfo=UTC),
                   processes=int(sys.argv[3]))
 seconds = time.perf_counter() - began
 print(json.dumps({"seconds": seconds, "touches": report.planned + report.skipped,
@@ -49,8 +50,8 @@ print(json.dumps({"seconds": seconds, "touches": report.planned + report.skipped
 FLOOR = """
 import json, sys, time
 from sqlalchemy import text
-from followup import store
-engine = store.open_engine(sys.argv[1])
+from followup.storage.engine import open_engine
+engine = open_engine(sys.argv[1])
 columns = ("client_id, campaign, occurrence, status, due_at, not_after, next_attempt_at, "
            "template, occasion, attempts, created_at, updated_at")
 with engine.begin() as conn:

@@ -23,9 +23,13 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from followup import app, importer, store
 from followup.config import load_settings
-from followup.demo import write_bulk_shop
+from followup.delivery.dispatcher import dispatch
+from followup.importing import importer
+from followup.importing.demo import write_bulk_shop
+from followup.planning.plan import plan
+from followup.runtime import Runtime
+from followup.storage.schema import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2027, 1, 8, 16, 0, tzinfo=UTC)
@@ -68,12 +72,12 @@ def main() -> None:
                     "FOLLOWUP_SECRET_KEY": "bench",
                 }
             )
-            rt = app.Runtime.open(load_settings(ROOT / "config.toml", env), create=True)
-            store.upgrade(rt.engine)
+            rt = Runtime.open(load_settings(ROOT / "config.toml", env), create=True)
+            upgrade(rt.engine)
             for kind in ("reps", "clients", "purchases"):
                 importer.import_csv(rt.engine, importer.Kind(kind), base / f"{kind}.csv", now=NOW)
-            app.plan(rt, NOW)
-            report = asyncio.run(app.dispatch(rt, lambda: NOW))
+            plan(rt, NOW)
+            report = asyncio.run(dispatch(rt, lambda: NOW))
         finally:
             controller.stop()
     times = stamps.times

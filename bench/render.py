@@ -19,7 +19,6 @@ no MIME). Both run in this process, pinned to one core when the OS allows it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import sys
@@ -27,8 +26,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,50 +38,77 @@ sys.path.insert(0, str(ROOT / "bench"))
 import generate  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from followup import app, compose, store  # noqa: E402
 from followup.config import load_settings  # noqa: E402
-from followup.render import Templates  # noqa: E402
+from followup.domain import care, occasions  # noqa: E402
+from followup.domain.clients import Recipient  # noqa: E402
+from followup.domain.decision import occasion_context  # noqa: E402
+from followup.domain.touches import DueTouch  # noqa: E402
+from followup.messages import compose  # noqa: E402
+from followup.messages.templates import Templates  # noqa: E402
+from followup.runtime import Runtime  # noqa: E402
+from followup.storage import queries, tables  # noqa: E402
+from followup.storage.engine import reader  # noqa: E402
+from followup.storage.schema import upgrade  # noqa: E402
 
 SEND_AT = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 
 #: Per message: the client's facts, the occurrence, `client` and `occasion` (as the dispatcher
 #: adds them), and the send time (a different second each, as the dispatcher's clock gives).
-Job = tuple[compose.Facts, date, dict[str, Any], dict[str, Any], datetime]
+Job = tuple[Recipient, date, dict[str, Any], dict[str, Any], datetime]
 
 
-def jobs(rt: app.Runtime, messages: int) -> list[Job]:
+def _local_date(instant: datetime, zone: ZoneInfo) -> date:
+    return instant.astimezone(zone).date()
+
+
+def jobs(rt: Runtime, messages: int) -> list[Job]:
     """`messages` clients' thank-yous: per client, the facts of its latest purchase, the
     purchase's date (the occurrence), and the `client` and `occasion` values the dispatcher
     adds. Clients the dispatcher would skip (an unpaid or disputed purchase) are left out."""
     clients = messages + messages // 4 + 10
     generate.generate(rt.engine, clients)
-    c, p = store.clients, store.purchases
+    c, p = tables.clients, tables.purchases
     latest = (
         select(p.c.client_id, func.max(p.c.id).label("purchase_id"))
         .group_by(p.c.client_id)
         .subquery()
     )
-    names = [f.name for f in dataclasses.fields(compose.Facts)]
+    names = list(Recipient._fields)
+    campaign = rt.calendar["thank_you"]
     found: list[Job] = []
-    with store.reader(rt.engine) as conn:
-        stats = app.client_stats(conn, 1, clients)
+    with reader(rt.engine) as conn:
+        stats = queries.client_stats(conn, 1, clients)
         query = (
-            compose.facts_query()
+            queries.recipient_query()
             .join(latest, latest.c.client_id == c.c.id)
             .join(p, p.c.id == latest.c.purchase_id)
             .order_by(c.c.id)
         )
         for row in conn.execute(query):
             values = row._mapping
-            facts = compose.Facts(**{n: values[n] for n in names})
+            facts = Recipient(**{n: values[n] for n in names})
             assert facts.purchased_at is not None
             occurrence = facts.purchased_at.date()
             client_stats = stats[facts.client_id]
-            try:
-                client = app.client_for(rt, "thank_you", facts, client_stats, SEND_AT)
-            except compose.Skip:
+            if care.exclusion(facts.status, client_stats, campaign.exclude) is not None:
                 continue
-            occasion = app.occasion_for(rt, "thank_you", occurrence, None, facts, client_stats)
+            tier = care.tier(client_stats, SEND_AT, rt.tier_rules, facts.tier)
+            zone = occasions.zone(facts.timezone)
+            client = care.client_context(client_stats, tier, partial(_local_date, zone=zone))
+            touch = DueTouch(
+                0,
+                facts.client_id,
+                "thank_you",
+                occurrence,
+                "thank_you",
+                None,
+                SEND_AT,
+                None,
+                1,
+                SEND_AT,
+                None,
+            )
+            occasion = occasion_context(campaign, touch, facts, client_stats)
             send_at = SEND_AT + timedelta(seconds=len(found))
             found.append((facts, occurrence, client, occasion, send_at))
             if len(found) == messages:
@@ -97,8 +125,8 @@ def composer(
         ROOT / "config.toml",
         {"FOLLOWUP_SECRET_KEY": "bench", "FOLLOWUP_DATABASE_URL": f"sqlite:///{folder}/render.db"},
     )
-    rt = app.Runtime.open(settings, create=True)
-    store.upgrade(rt.engine)
+    rt = Runtime.open(settings, create=True)
+    upgrade(rt.engine)
     work = jobs(rt, messages)
     rt.engine.dispose()
     templates = rt.templates

@@ -5,14 +5,14 @@ every client or only those whose data changed.
 
 Builds bench/deliver.py's shop of --clients clients (a thank-you each, planned; not timed), then,
 on a fresh copy for each mode, dispatches --messages of them into smtp-sink from one process
-(`app.dispatch`, 4 connections, batches of 500, as the daemon sends) while that process re-plans
+(`dispatch`, 4 connections, batches of 500, as the daemon sends) while that process re-plans
 every client, as the daemon does every `[schedule] plan_interval_seconds`:
 - alone: no plan running (the reference);
-- thread: `app.plan` in a thread of the sending process, as the daemon plans a shop below
-  `app.LARGE_SHOP_CLIENTS`;
-- worker: `app.plan(in_workers=True)`, one worker process, as the daemon plans from
-  `app.LARGE_SHOP_CLIENTS` on;
-- changed: `app.plan(only=app.changed(rt))` in a thread, as the daemon plans between its plans
+- thread: `plan` in a thread of the sending process, as the daemon plans a shop below
+  `planning.LARGE_SHOP_CLIENTS`;
+- worker: `plan(in_workers=True)`, one worker process, as the daemon plans from
+  `planning.LARGE_SHOP_CLIENTS` on;
+- changed: `plan(only=clients_to_replan(rt))` in a thread, as the daemon plans between its plans
   of every client, after --changed clients had a column the planner reads changed (their tags).
 The plan starts 2 s before the sending (a worker process has started by then). Prints the
 sending rate, how long the plan took, and for what share of the sending time it ran.
@@ -35,7 +35,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import deliver  # noqa: E402
 from sqlalchemy import update  # noqa: E402
 
-from followup import app, store  # noqa: E402
+from followup.delivery.dispatcher import dispatch  # noqa: E402
+from followup.planning.plan import clients_to_replan, plan  # noqa: E402
+from followup.runtime import Clock, Runtime  # noqa: E402
+from followup.storage import tables  # noqa: E402
 
 MODES = ("alone", "thread", "worker", "changed")
 
@@ -45,21 +48,21 @@ def sending_rate(
 ) -> tuple[float, float, float]:
     """Messages per second sent while planning in `mode`, the plan's seconds (0 when alone)
     and the share of the sending time during which the plan ran."""
-    rt = app.Runtime.open(deliver.shop_settings(folder, deliver.sink_env(port)))
+    rt = Runtime.open(deliver.shop_settings(folder, deliver.sink_env(port)))
     plan_ended = 0.0
     if mode == "changed":
-        c = store.clients
+        c = tables.clients
         with rt.engine.begin() as conn:
             conn.execute(update(c).where(c.c.id <= changed).values(tags="bench"))
 
     def replan() -> None:
         nonlocal plan_ended
         if mode == "changed":
-            report = app.plan(rt, deliver.NOW, only=app.changed(rt))
+            report = plan(rt, deliver.NOW, only=clients_to_replan(rt))
             if report.clients != changed:
                 raise RuntimeError(f"planned {report.clients} changed clients of {changed}")
         else:
-            app.plan(rt, deliver.NOW, in_workers=mode == "worker")
+            plan(rt, deliver.NOW, in_workers=mode == "worker")
         plan_ended = time.perf_counter()
 
     planner = threading.Thread(target=replan)
@@ -69,8 +72,8 @@ def sending_rate(
             planner.start()
             time.sleep(2)
         began = time.perf_counter()
-        clock = app.Clock.starting_at(deliver.NOW)
-        report = asyncio.run(app.dispatch(rt, clock, limit=messages))
+        clock = Clock.starting_at(deliver.NOW)
+        report = asyncio.run(dispatch(rt, clock, limit=messages))
         ended = time.perf_counter()
     finally:
         if mode != "alone":
