@@ -61,6 +61,7 @@ from followup.runtime import Clock, Runtime  # noqa: E402
 from followup.storage import tables  # noqa: E402
 from followup.storage.engine import reader  # noqa: E402
 from followup.storage.overview import touch_counts  # noqa: E402
+from followup.storage.queries import recipient_facts  # noqa: E402
 from followup.storage.schema import upgrade  # noqa: E402
 
 NOW = datetime(2027, 1, 8, 19, 0, tzinfo=UTC)
@@ -239,8 +240,7 @@ def naive_dispatch_rate(port: int, messages: int, folder: Path) -> float:
     for touch_id in ids:
         with rt.engine.begin() as conn:
             touch = conn.execute(select(t).where(t.c.id == touch_id)).one()
-            facts = compose.load_facts(conn, touch.client_id, touch.purchase_id)
-            assert facts is not None
+            facts = recipient_facts(conn, [(touch.client_id, touch.purchase_id)]).recipients[0]
             message = compose.compose(
                 settings,
                 rt.templates,
