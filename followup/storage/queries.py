@@ -377,24 +377,18 @@ def _add_client_facts(conn: Connection, found: SendFacts) -> None:
 
 
 @functools.cache
+def _due_touch_columns() -> list[ColumnElement[Any]]:
+    """The touches' columns of a DueTouch, in its fields' order (both the dispatcher's and the
+    dry-run's reads make DueTouch from the first columns of a row)."""
+    return [touches.c[name] for name in DueTouch._fields]
+
+
 def _send_queries() -> tuple[Select[Any], Select[Any]]:
     """send_facts' queries for a list of touch `ids`, built once (the ledger's `rows` keeps
     their compiled form). The touches' columns are DueTouch's fields in order."""
     t, p = touches, purchases
     ids: Any = bindparam("ids", expanding=True)
-    touches_query = select(
-        t.c.id,
-        t.c.client_id,
-        t.c.campaign,
-        t.c.occurrence,
-        t.c.template,
-        t.c.occasion,
-        t.c.due_at,
-        t.c.purchase_id,
-        t.c.attempts,
-        t.c.not_after,
-        t.c.variant,
-    ).where(t.c.id.in_(ids))
+    touches_query = select(*_due_touch_columns()).where(t.c.id.in_(ids))
     recipients_query = (
         recipient_query()
         .add_columns(t.c.id.label("touch_id"))
@@ -443,17 +437,7 @@ def touches_of_day(
         window = window | ((t.c.next_attempt_at < overdue_at) & t.c.status.in_(WAITING))
     yield from conn.execute(
         select(
-            t.c.id,
-            t.c.client_id,
-            t.c.campaign,
-            t.c.occurrence,
-            t.c.template,
-            t.c.occasion,
-            t.c.due_at,
-            t.c.purchase_id,
-            t.c.attempts,
-            t.c.not_after,
-            t.c.variant,
+            *_due_touch_columns(),
             t.c.next_attempt_at,
             t.c.status,
             t.c.reason,
