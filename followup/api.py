@@ -16,10 +16,13 @@ tests) as FOLLOWUP_NOW moves the command's clock. docs/api.md describes every na
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from followup.config.checks import ConfigCheck, ConfigWarning, config_warnings, log_warnings
+from followup.config.checks import check_config as _check_config
 from followup.config.settings import Settings, default_config_path, load_settings
 from followup.delivery.dispatcher import dispatch, dispatch_in_processes
 from followup.delivery.report import DispatchReport
@@ -38,6 +41,8 @@ from followup.storage import schema
 __all__ = [
     "ClientHistory",
     "Clock",
+    "ConfigCheck",
+    "ConfigWarning",
     "DispatchReport",
     "DryRun",
     "DryRunEntry",
@@ -46,6 +51,7 @@ __all__ = [
     "Runtime",
     "Settings",
     "Status",
+    "check_config",
     "dispatch",
     "dry_run",
     "history",
@@ -67,9 +73,26 @@ def open(
     """One followup installation: the settings of `config` (default: FOLLOWUP_CONFIG, else
     ./config.toml) with the FOLLOWUP_* overrides of `env` (default: the process's
     environment), its database, templates and calendar. With `create`, a SQLite database
-    that does not exist yet is created (then `upgrade` it)."""
+    that does not exist yet is created (then `upgrade` it). The configuration's warnings
+    (`check_config`) are logged."""
+    env = os.environ if env is None else env
     path = Path(config) if config is not None else default_config_path(env)
-    return Runtime.open(load_settings(path, env), create=create)
+    settings = load_settings(path, env)
+    log_warnings(config_warnings(settings, env))
+    return Runtime.open(settings, create=create)
+
+
+def check_config(
+    config: Path | str | None = None, *, env: Mapping[str, str] | None = None
+) -> ConfigCheck:
+    """Everything wrong with a configuration, without opening its database: the errors of
+    `config` (default: FOLLOWUP_CONFIG, else ./config.toml), of the FOLLOWUP_* overrides of
+    `env` (default: the process's environment) and of the calendars, all at once instead of
+    the first one raised; and the warnings (a FOLLOWUP_* variable that is no setting, a
+    login in clear text allowed on purpose)."""
+    env = os.environ if env is None else env
+    path = Path(config) if config is not None else default_config_path(env)
+    return _check_config(path, env)
 
 
 def upgrade(rt: Runtime) -> tuple[str | None, str | None]:

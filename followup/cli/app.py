@@ -6,6 +6,7 @@ beside this one; followup/cli/main.py puts them together and runs them."""
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, date, datetime
 from importlib.metadata import version as installed_version
 from pathlib import Path
@@ -16,6 +17,7 @@ from rich.console import Console
 
 from followup import logs
 from followup.config import Settings, default_config_path, load_settings
+from followup.config.checks import config_warnings, log_warnings
 from followup.runtime import Clock
 
 cli = typer.Typer(
@@ -55,13 +57,15 @@ def fail(message: str) -> NoReturn:
 
 
 def settings() -> Settings:
-    """The configuration of --config (or FOLLOWUP_CONFIG, else ./config.toml), read once."""
+    """The configuration of --config (or FOLLOWUP_CONFIG, else ./config.toml), read once;
+    its warnings logged (`followup config check` lists them)."""
     if state.settings is None:
         path = state.config if state.config is not None else default_config_path()
         state.settings = load_settings(path)
         if state.settings.log.format == "json" and not state.log_json:
             state.log_json = True
             logs.configure(log_level(), json_lines=True)
+        log_warnings(config_warnings(state.settings, os.environ))
     return state.settings
 
 

@@ -16,16 +16,17 @@ from followup.cli.app import cli, err
 from followup.errors import FollowupError
 
 # Each module registers its commands on the app when it is imported: the order of these
-# imports is the order of `followup --help` (the groups, db, templates and client, come last).
+# imports is the order of `followup --help` (the groups, db, templates, client and config,
+# come last).
 # isort: off
-from followup.cli import setup, sending, operations, marketing, people
+from followup.cli import setup, sending, operations, marketing, people, configuration
 
 # isort: on
 
 __all__ = ["COMMANDS", "cli", "main"]
 
 #: The modules of the commands, in the order `followup --help` lists them.
-COMMANDS = (setup, sending, operations, marketing, people)
+COMMANDS = (setup, sending, operations, marketing, people, configuration)
 
 
 def _short(exc: BaseException) -> str:

@@ -14,13 +14,16 @@ from typing import Any
 
 from dateutil.rrule import rrulestr
 
-from followup.config.settings import Settings
+from followup.config.settings import YEAR_DAYS, Settings
 from followup.config.values import line_of, parse_delay, parse_time, parse_weekdays, parse_window
 from followup.domain.care import EXCLUSIONS, check_rule
 from followup.domain.occasions import KINDS, Calendar, Campaign, Window
 from followup.errors import ConfigError
 
 NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: Bounds of an occasion's numbers, the same as those of [campaigns.NAME] in config.toml.
+MAX_PRIORITY = 1_000_000
+MAX_LATENESS_HOURS = YEAR_DAYS * 24
 
 
 class _Spec:
@@ -127,9 +130,11 @@ def _common(spec: _Spec, name: str, kind: str) -> dict[str, Any]:
     names_raw = spec.get("names", dict, {})
     names = {str(k).replace("_", "-"): str(v) for k, v in names_raw.items()}
     priority = spec.get("priority", int, 50)
+    if abs(priority) > MAX_PRIORITY:
+        raise spec.fail("priority", f"must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
     lateness = spec.get("lateness_hours", int, 72)
-    if lateness < 0:
-        raise spec.fail("lateness_hours", "must be 0 or more")
+    if not 0 <= lateness <= MAX_LATENESS_HOURS:
+        raise spec.fail("lateness_hours", f"must be between 0 and {MAX_LATENESS_HOURS} (a year)")
     countries = _countries(spec)
     campaign: dict[str, Any] = {
         "name": name,

@@ -30,14 +30,21 @@ SECRETS: dict[tuple[str, str], str] = {
 }
 
 
+#: Bounds of the numeric settings: a minute, an hour, a day and a year in seconds.
+MINUTE, HOUR, DAY = 60, 3600, 86_400
+YEAR_DAYS = 366
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: inf and nan are refused everywhere (TOML's `inf`, FOLLOWUP_SMTP_TIMEOUT=inf), and every
+    #: number has a lower and an upper bound (tests/unit/test_config.py checks it).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatabaseSettings(_Section):
     url: str = "sqlite:///var/followup.db"
     #: Seconds a sending lease lasts; a touch still "sending" after it is uncertain.
-    lease_seconds: int = Field(default=300, ge=10)
+    lease_seconds: int = Field(default=300, ge=10, le=DAY)
 
 
 class DeliverySettings(_Section):
@@ -53,8 +60,12 @@ class DeliverySettings(_Section):
     #: Processes `followup send` and `followup run` deliver from (each renders on its own core
     #: with its own pool of connections).
     processes: int = Field(default=1, ge=1, le=64)
-    max_attempts: int = Field(default=8, ge=1)
-    retry_base_seconds: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    retry_base_seconds: float = Field(default=60.0, gt=0, le=DAY)
+
+
+#: The smallest rate_per_second that is not 0 (no limit).
+MIN_RATE_PER_SECOND = 0.001
 
 
 class SmtpSettings(_Section):
@@ -62,16 +73,28 @@ class SmtpSettings(_Section):
     port: int = Field(default=587, ge=1, le=65535)
     security: Literal["starttls", "tls", "none"] = "starttls"
     username: str = ""
-    timeout: float = Field(default=30.0, gt=0)
+    timeout: float = Field(default=30.0, gt=0, le=HOUR)
     pool_size: int = Field(default=1, ge=1, le=64)
     ca_file: str = ""
     #: 0 means no limit. Per second: paced by a token bucket; per hour and per day: counted in
     #: the ledger, so they hold across restarts and several processes.
-    rate_per_second: float = Field(default=0.0, ge=0)
-    rate_per_hour: int = Field(default=0, ge=0)
-    rate_per_day: int = Field(default=0, ge=0)
+    rate_per_second: float = Field(default=0.0, ge=0, le=100_000)
+    rate_per_hour: int = Field(default=0, ge=0, le=100_000_000)
+    rate_per_day: int = Field(default=0, ge=0, le=1_000_000_000)
     #: RFC 2920: MAIL, RCPT and DATA in one write when the server offers PIPELINING.
     pipelining: bool = True
+    #: With security = "none", a username is refused (the password would cross the network in
+    #: clear text) unless this says it is on purpose, e.g. a relay on the loopback; then every
+    #: start logs config.cleartext_auth.
+    allow_cleartext_auth: bool = False
+
+    @field_validator("rate_per_second")
+    @classmethod
+    def _a_rate_or_none(cls, value: float) -> float:
+        """Below one message in 1,000 s, a "limit" would hold the queue for good."""
+        if 0 < value < MIN_RATE_PER_SECOND:
+            raise ValueError(f"must be 0 (no limit) or at least {MIN_RATE_PER_SECOND}")
+        return value
 
 
 #: An address as it goes between < and > in MAIL FROM and RCPT TO, and in a From header beside
@@ -144,20 +167,20 @@ class HttpSettings(_Section):
 class ScheduleSettings(_Section):
     #: `followup daemon`: how often it plans the clients whose data changed (an import, an
     #: erasure, a bounce), ...
-    plan_interval_seconds: int = Field(default=300, ge=1)
+    plan_interval_seconds: int = Field(default=300, ge=1, le=DAY)
     #: ... and how often it plans every client, which also moves the horizon on (sooner when
     #: the horizon is shorter than the plan interval).
-    full_plan_interval_seconds: int = Field(default=3600, ge=1)
-    dispatch_interval_seconds: int = Field(default=5, ge=1)
+    full_plan_interval_seconds: int = Field(default=3600, ge=1, le=7 * DAY)
+    dispatch_interval_seconds: int = Field(default=5, ge=1, le=HOUR)
     #: How far ahead `followup plan` creates touches.
-    plan_horizon_days: int = Field(default=2, ge=0, le=366)
+    plan_horizon_days: int = Field(default=2, ge=0, le=YEAR_DAYS)
     #: Processes that plan in parallel, each a range of clients (1: in the calling process,
     #: but the daemon plans a shop of app.LARGE_SHOP_CLIENTS or more in one worker process).
     plan_processes: int = Field(default=1, ge=1, le=64)
     #: `followup daemon`: the hourly housekeeping (expired leases, touches too late).
-    housekeeping_interval_seconds: int = Field(default=3600, ge=1)
+    housekeeping_interval_seconds: int = Field(default=3600, ge=1, le=DAY)
     #: On SIGTERM, how long sends in flight may take to finish before the daemon exits.
-    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=HOUR)
 
 
 class LogSettings(_Section):
@@ -177,7 +200,7 @@ class PolitenessSettings(_Section):
 
     #: At most this many capped touches per client in any rolling `per_days` days.
     max_touches: int = Field(default=1, ge=1, le=100)
-    per_days: int = Field(default=3, ge=0, le=366)
+    per_days: int = Field(default=3, ge=0, le=YEAR_DAYS)
     #: No message goes out in these local hours ("" for none).
     quiet_hours: str = "21:00-08:00"
 
@@ -198,13 +221,13 @@ class TierSettings(_Section):
     A tier given in the client's data (the clients.csv `tier` column) wins."""
 
     #: vip: spent at least this much (in major units, summed over currencies) ...
-    vip_min_total: int = Field(default=50_000, ge=0)
+    vip_min_total: int = Field(default=50_000, ge=0, le=10**12)
     #: ... or bought at least this many times.
-    vip_min_purchases: int = Field(default=4, ge=1)
+    vip_min_purchases: int = Field(default=4, ge=1, le=1_000_000)
     #: new: first purchase within this many days.
-    new_within_days: int = Field(default=90, ge=0)
+    new_within_days: int = Field(default=90, ge=0, le=100 * YEAR_DAYS)
     #: lapsed: no purchase for this many days.
-    lapsed_after_days: int = Field(default=730, ge=1)
+    lapsed_after_days: int = Field(default=730, ge=1, le=100 * YEAR_DAYS)
 
 
 class CampaignSettings(_Section):
@@ -212,11 +235,11 @@ class CampaignSettings(_Section):
 
     enabled: bool | None = None
     template: str | None = None
-    priority: int | None = None
+    priority: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
     #: Local wall-clock time in the client's zone.
     send_time: time | None = None
     #: How late a missed touch may still go out, in hours after its due time.
-    lateness_hours: int | None = Field(default=None, ge=0)
+    lateness_hours: int | None = Field(default=None, ge=0, le=YEAR_DAYS * 24)
     capped: bool | None = None
     #: After-purchase occasions: the delay ("2 days", "6 months").
     after: str | None = None
@@ -322,6 +345,18 @@ def _env_name(*parts: str) -> str:
     return "FOLLOWUP_" + "_".join(p.upper().replace("-", "_") for p in parts)
 
 
+def setting_variables() -> dict[str, str]:
+    """Every FOLLOWUP_<SECTION>_<KEY> variable -> the key it overrides ("[smtp] port"); the
+    campaigns' (FOLLOWUP_CAMPAIGNS_<NAME>_<KEY>) are not listed, their names are open."""
+    variables = {
+        _env_name(section, key): f"[{section}] {key}"
+        for section, model in _SECTIONS.items()
+        for key in model.model_fields
+    }
+    variables.update({_env_name(key): key for key in _TOP_LEVEL_KEYS})
+    return variables
+
+
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str], origin: dict[str, str]) -> None:
     """Overlay FOLLOWUP_<SECTION>_<KEY> variables on the parsed file, recording the origin."""
     for section, model in _SECTIONS.items():
@@ -422,7 +457,26 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
                     message += f", got {error['input']!r}"
             lines.append(f"{source}: {where}: {message}")
         raise ConfigError("\n".join(lines)) from None
+    _refuse_cleartext_auth(settings.smtp, source, origin)
     return settings
+
+
+def _refuse_cleartext_auth(smtp: SmtpSettings, source: str, origin: dict[str, str]) -> None:
+    """AUTH PLAIN and LOGIN carry the password in base64, that is in clear text: over a
+    connection without TLS, anyone on the path reads it. Refused unless the operator says
+    it is on purpose (a relay on the loopback); load_settings' callers warn then."""
+    if smtp.security != "none" or not smtp.username or smtp.allow_cleartext_auth:
+        return
+
+    def key(name: str) -> str:
+        variable = origin.get(f"smtp.{name}")
+        return f"[smtp] {name}" + (f" (from {variable})" if variable else "")
+
+    raise ConfigError(
+        f'{source}: {key("username")} is set with {key("security")} = "none": the password '
+        'would cross the network in clear text. Use security = "starttls" or "tls", or, '
+        "if this is on purpose (a relay on the loopback), set [smtp] allow_cleartext_auth = true"
+    )
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> Path:

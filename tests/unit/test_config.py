@@ -4,12 +4,18 @@ name the file and the key, secrets only from the environment, paths relative to 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import time
+from datetime import date, time
 from pathlib import Path
+from typing import get_args
 
+import annotated_types
 import pytest
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from followup.config import Settings, load_settings
+from followup.config.calendars import read_calendars
+from followup.config.settings import CampaignSettings
 from followup.errors import ConfigError
 from tests.support.settings import ROOT
 
@@ -388,3 +394,208 @@ def test_relative_paths_are_resolved_against_the_config_folder(tmp_path: Path) -
 
     assert settings.path(settings.templates_dir) == (tmp_path / "etc").resolve() / "tpl"
     assert settings.path(settings.calendars_dir) == Path("/srv/calendars")
+
+
+# ------------------------------------------------------------ non-finite and absurd numbers
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("smtp", "timeout", "inf"),
+        ("smtp", "timeout", "nan"),
+        ("smtp", "rate_per_second", "inf"),
+        ("delivery", "retry_base_seconds", "nan"),
+        ("schedule", "shutdown_grace_seconds", "-inf"),
+    ],
+)
+def test_a_number_that_is_not_finite_is_refused_in_the_file(
+    tmp_path: Path, section: str, key: str, value: str
+) -> None:
+    """TOML writes inf and nan bare: `timeout = inf` parses, and was taken."""
+    path = write_config(tmp_path, f"[{section}]\n{key} = {value}\n")
+    message = config_error(path)
+    assert message.startswith(f"{path}: [{section}] {key}: Input should be a finite number")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "Infinity", "1e400"])
+def test_a_number_that_is_not_finite_is_refused_from_the_environment(value: str) -> None:
+    message = config_error(REPOSITORY_CONFIG, {"FOLLOWUP_SMTP_TIMEOUT": value})
+    assert message.startswith(
+        f"{REPOSITORY_CONFIG}: [smtp] timeout (from FOLLOWUP_SMTP_TIMEOUT): "
+        "Input should be a finite number"
+    ), message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "where", "problem"),
+    [
+        ("FOLLOWUP_SMTP_TIMEOUT", "-1", "[smtp] timeout", "greater than 0"),
+        ("FOLLOWUP_SMTP_TIMEOUT", "0", "[smtp] timeout", "greater than 0"),
+        ("FOLLOWUP_SMTP_TIMEOUT", "86400", "[smtp] timeout", "less than or equal to 3600"),
+        ("FOLLOWUP_SMTP_RATE_PER_SECOND", "-2", "[smtp] rate_per_second", "greater than or"),
+        ("FOLLOWUP_SMTP_RATE_PER_SECOND", "1e-9", "[smtp] rate_per_second", "must be 0 (no"),
+        ("FOLLOWUP_SMTP_RATE_PER_SECOND", "1e12", "[smtp] rate_per_second", "less than or"),
+        ("FOLLOWUP_SMTP_RATE_PER_HOUR", "10000000000", "[smtp] rate_per_hour", "less than or"),
+        ("FOLLOWUP_SMTP_RATE_PER_DAY", "-1", "[smtp] rate_per_day", "greater than or"),
+        ("FOLLOWUP_DATABASE_LEASE_SECONDS", "99999999", "[database] lease_seconds", "less than"),
+        ("FOLLOWUP_DELIVERY_RETRY_BASE_SECONDS", "0", "[delivery] retry_base_seconds", "greater"),
+        ("FOLLOWUP_DELIVERY_MAX_ATTEMPTS", "1000000", "[delivery] max_attempts", "less than"),
+        (
+            "FOLLOWUP_SCHEDULE_DISPATCH_INTERVAL_SECONDS",
+            "1000000000",
+            "[schedule] dispatch_interval_seconds",
+            "less than or equal to 3600",
+        ),
+        (
+            "FOLLOWUP_SCHEDULE_SHUTDOWN_GRACE_SECONDS",
+            "-5",
+            "[schedule] shutdown_grace_seconds",
+            "greater than or equal to 0",
+        ),
+        ("FOLLOWUP_TIERS_VIP_MIN_TOTAL", "1e30", "[tiers] vip_min_total", ""),
+        (
+            "FOLLOWUP_CAMPAIGNS_THANK_YOU_LATENESS_HOURS",
+            "1000000",
+            "[campaigns.thank_you] lateness_hours",
+            "less than or equal to 8784",
+        ),
+        (
+            "FOLLOWUP_CAMPAIGNS_THANK_YOU_PRIORITY",
+            "10000000000",
+            "[campaigns.thank_you] priority",
+            "less than or equal to 1000000",
+        ),
+    ],
+)
+def test_an_absurd_number_is_refused_with_the_key_and_the_variable(
+    variable: str, value: str, where: str, problem: str
+) -> None:
+    message = config_error(REPOSITORY_CONFIG, {variable: value})
+    assert message.startswith(f"{REPOSITORY_CONFIG}: {where} (from {variable}): "), message
+    assert problem in message
+    assert repr(value) in message
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("[smtp]\ntimeout = -30\n", "[smtp] timeout"),
+        ("[smtp]\nrate_per_second = 0.00001\n", "[smtp] rate_per_second"),
+        ("[schedule]\nplan_interval_seconds = 1_000_000_000\n", "[schedule] plan_interval_seconds"),
+        ("[tiers]\nlapsed_after_days = 1_000_000\n", "[tiers] lapsed_after_days"),
+    ],
+)
+def test_an_absurd_number_in_the_file_names_the_file_and_the_key(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    path = write_config(tmp_path, text)
+    assert config_error(path).startswith(f"{path}: {where}: ")
+
+
+def test_zero_rates_still_mean_no_limit_and_small_ones_are_kept(tmp_path: Path) -> None:
+    text = "[smtp]\nrate_per_second = 0\nrate_per_hour = 0\nrate_per_day = 0\n"
+    smtp = load_settings(write_config(tmp_path, text), {}).smtp
+    assert (smtp.rate_per_second, smtp.rate_per_hour, smtp.rate_per_day) == (0, 0, 0)
+    slow = load_settings(REPOSITORY_CONFIG, {"FOLLOWUP_SMTP_RATE_PER_SECOND": "0.001"})
+    assert slow.smtp.rate_per_second == 0.001
+
+
+def _numeric_fields() -> list[tuple[str, FieldInfo]]:
+    models: dict[str, type[BaseModel]] = {"campaigns.NAME": CampaignSettings}
+    for name, info in Settings.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            models[name] = info.annotation
+    fields = []
+    for section, model in models.items():
+        for key, info in model.model_fields.items():
+            kinds = set(get_args(info.annotation)) or {info.annotation}
+            if kinds & {int, float}:
+                fields.append((f"[{section}] {key}", info))
+    return fields
+
+
+def test_every_numeric_setting_has_a_lower_and_an_upper_bound() -> None:
+    """A setting added later gets bounds too: a huge interval overflows a timedelta, a huge
+    limit is a typo."""
+    fields = _numeric_fields()
+    assert len(fields) >= 25
+    for where, info in fields:
+        lower = [m for m in info.metadata if isinstance(m, annotated_types.Ge | annotated_types.Gt)]
+        upper = [m for m in info.metadata if isinstance(m, annotated_types.Le | annotated_types.Lt)]
+        assert lower and upper, f"{where} has no lower or no upper bound"
+
+
+# ------------------------------------------------------------------- a login in clear text
+
+
+def test_a_login_over_a_connection_without_tls_is_refused(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[smtp]\nsecurity = "none"\nusername = "shop"\n')
+    message = config_error(path, {"FOLLOWUP_SMTP_PASSWORD": "hunter2"})
+
+    assert message.startswith(f'{path}: [smtp] username is set with [smtp] security = "none"')
+    assert "clear text" in message
+    assert "[smtp] allow_cleartext_auth = true" in message
+    assert "hunter2" not in message
+
+
+def test_a_login_without_tls_from_the_environment_names_the_variables() -> None:
+    message = config_error(
+        REPOSITORY_CONFIG, {"FOLLOWUP_SMTP_SECURITY": "none", "FOLLOWUP_SMTP_USERNAME": "shop"}
+    )
+    assert message.startswith(
+        f"{REPOSITORY_CONFIG}: [smtp] username (from FOLLOWUP_SMTP_USERNAME) is set with "
+        '[smtp] security (from FOLLOWUP_SMTP_SECURITY) = "none"'
+    )
+
+
+def test_a_login_without_tls_is_taken_when_the_operator_says_it_is_on_purpose(
+    tmp_path: Path,
+) -> None:
+    text = '[smtp]\nsecurity = "none"\nusername = "shop"\nallow_cleartext_auth = true\n'
+    smtp = load_settings(write_config(tmp_path, text), {}).smtp
+    assert (smtp.security, smtp.username, smtp.allow_cleartext_auth) == ("none", "shop", True)
+    from_env = load_settings(
+        REPOSITORY_CONFIG,
+        {
+            "FOLLOWUP_SMTP_SECURITY": "none",
+            "FOLLOWUP_SMTP_USERNAME": "shop",
+            "FOLLOWUP_SMTP_ALLOW_CLEARTEXT_AUTH": "true",
+        },
+    )
+    assert from_env.smtp.allow_cleartext_auth
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"FOLLOWUP_SMTP_SECURITY": "none"},  # a relay on the loopback, no login: the usual
+        {"FOLLOWUP_SMTP_SECURITY": "starttls", "FOLLOWUP_SMTP_USERNAME": "shop"},
+        {"FOLLOWUP_SMTP_SECURITY": "tls", "FOLLOWUP_SMTP_USERNAME": "shop"},
+    ],
+)
+def test_no_login_or_a_login_over_tls_needs_no_permission(env: dict[str, str]) -> None:
+    assert not load_settings(REPOSITORY_CONFIG, env).smtp.allow_cleartext_auth
+
+
+# ------------------------------------------------------------------- bounds of the calendars
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("lateness_hours = 1_000_000", "lateness_hours"),
+        ("lateness_hours = -1", "lateness_hours"),
+        ("priority = 10_000_000_000", "priority"),
+    ],
+)
+def test_an_absurd_number_in_a_calendar_names_the_file_line_and_key(
+    tmp_path: Path, line: str, key: str
+) -> None:
+    """A lateness of a million hours would overflow the planner's dates."""
+    (tmp_path / "cal.toml").write_text(
+        f'[occasions.x]\nkind = "yearly"\ndate = "birthday"\n{line}\n', encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as caught:
+        read_calendars(tmp_path, date(2026, 11, 23))
+    assert str(caught.value).startswith(f"{tmp_path / 'cal.toml'}:4: [occasions.x] {key}: must be")
