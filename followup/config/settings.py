@@ -30,8 +30,8 @@ SECRETS: dict[tuple[str, str], str] = {
 }
 
 
-#: Bounds of the numeric settings: a minute, an hour, a day and a year in seconds.
-MINUTE, HOUR, DAY = 60, 3600, 86_400
+#: Bounds of the numeric settings: an hour and a day in seconds, a (leap) year in days.
+HOUR, DAY = 3600, 86_400
 YEAR_DAYS = 366
 
 
