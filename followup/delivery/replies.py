@@ -117,8 +117,8 @@ _WORDS = (
     (
         Refused.RELAY,
         r"relay(?:ing)? (?:access )?(?:is )?(?:denied|not permitted|not allowed|"
-        r"prohibited|refused|forbidden)|rcpthosts|(?:unable|not permitted|not allowed|not authori[sz]ed) "
-        r"to relay|do(?:es)? not relay|no relaying|relay access",
+        r"prohibited|refused|forbidden)|rcpthosts|relay access|no relaying|do(?:es)? not relay|"
+        r"(?:unable|not permitted|not allowed|not authori[sz]ed) to relay",
     ),
     (
         Refused.TLS,
@@ -144,6 +144,10 @@ _RECIPIENT_WORDS = re.compile(
 )
 #: A policy refusal (X.7.x) that names a recipient: that message fails, the run goes on.
 _NAMES_RECIPIENT = re.compile(r"recipient|mailbox|\buser\b", re.I)
+
+
+#: An e-mail address in a reply's text.
+_ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
 
 
 def enhanced_code(text: str) -> tuple[int, int, int] | None:
@@ -200,7 +204,9 @@ def refused(code: int, text: str) -> Refused:
 def stop_run(who: Refused, code: int, text: str, *, server: str, sender: str) -> StopRun:
     """The run's stop for a refusal of the client's setup, naming the setting to check."""
     what, fix = _STOP[who]
-    reply = " ".join(f"{code} {text}".split())
+    # The reply may name a client's address (Postfix: "<ann@example.com>: Relay access
+    # denied"): the reason goes to logs and run records, where no address may go.
+    reply = _ADDRESS.sub("…", " ".join(f"{code} {text}".split()))
     return StopRun(f"SMTP server {server} {what.format(sender=sender)}: {reply} ({fix})")
 
 
@@ -222,7 +228,7 @@ def greeting(code: int, text: str, *, server: str) -> Delivery | StopRun:
     """The server's greeting when it is not a 220. RFC 5321 section 3.1: a 554 says the server
     gives this client no service; any 5yz stops the run. Anything else: try again later."""
     if code >= 500:
-        reply = " ".join(f"{code} {text}".split())
+        reply = _ADDRESS.sub("…", " ".join(f"{code} {text}".split()))
         return StopRun(
             f"SMTP server {server} refuses service: {reply} "
             "(check [smtp] host and port, and the server's policy for this client)"
