@@ -148,13 +148,9 @@ def _report(
     """The run's counts in its log event and its run record (the same as the CLI's)."""
     counts = report.counts()
     if report.stopped is not None:
-        log.error(
-            "dispatch.stopped",
-            extra={
-                "event": "dispatch.stopped",
-                "fields": {**counts, "released": report.released, "reason": report.stopped},
-            },
-        )
+        # At info: the error itself reaches the operator as DispatchStopped (the command's
+        # error line, the daemon's dispatch.error).
+        log_event("dispatch.stopped", **counts, released=report.released, reason=report.stopped)
     elif any(counts.values()):
         log_event("dispatch.done", **counts)
     else:
