@@ -5,6 +5,7 @@ SMTP server (aiosmtpd), pipelined and step by step, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 import random
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -13,11 +14,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from followup import api
 from followup.config import Settings
 from followup.delivery.dispatcher import dispatch
 from followup.delivery.report import DispatchReport, DispatchStopped
 from followup.planning.plan import plan
 from followup.runtime import Runtime
+from followup.service.metrics import Metrics
 from followup.storage import tables
 from tests.support.refusals import RefusingHandler, refusing_server
 from tests.support.settings import make_settings
@@ -185,3 +188,41 @@ def test_a_stop_mid_batch_keeps_what_was_sent_and_releases_the_rest(
     assert send(rt).sent == statuses.count("planned")
     assert len(refusals.received) == 3
     assert len(set(refusals.message_ids())) == 3
+
+
+def test_a_stop_in_a_worker_process_reaches_the_command_with_its_report(
+    tmp_path: Path, database_url: str, server: SmtpServer, open_runtime: OpenRuntime
+) -> None:
+    """`followup send --processes 2`: each worker's DispatchStopped crosses the process
+    boundary with its report, and the counts of both are added up."""
+    rt = runtime(tmp_path, database_url, server, open_runtime)
+    handler(server).rcpt_reply = "554 5.7.1 Relay access denied"
+    with pytest.raises(DispatchStopped, match=RELAY_FIX) as stop:
+        api.send(rt, NOW, processes=2)
+    assert stop.value.report.released == 3
+    assert stop.value.report.sent == 0
+    assert touches(rt) == dict.fromkeys(ADDRESSES, ("planned", 0))
+    again = pickle.loads(pickle.dumps(stop.value))
+    assert str(again) == str(stop.value) and again.report == stop.value.report
+
+
+def test_the_metrics_count_what_each_run_settled_and_each_stop(
+    tmp_path: Path, database_url: str, server: SmtpServer, open_runtime: OpenRuntime
+) -> None:
+    rt = runtime(tmp_path, database_url, server, open_runtime)
+    metrics = Metrics(rt.engine, lambda: NOW)
+    refusals = handler(server)
+    refusals.rcpt_reply = "530 5.7.0 Authentication required"
+    with pytest.raises(DispatchStopped):
+        asyncio.run(dispatch(rt, lambda: NOW, on_report=metrics.dispatched))
+    refusals.rcpt_reply = None
+    refusals.replies["bea@example.org"] = ["550 5.1.1 User unknown"]
+    report = asyncio.run(dispatch(rt, lambda: NOW, on_report=metrics.dispatched))
+    assert report.summary() == (
+        "sent 2, retry later 0, failed 1 (bounced 1), held 0, skipped 0, too late 0, uncertain 0"
+    )
+    exposed = metrics.exposition().decode()
+    assert 'followup_dispatch_touches_total{status="sent"} 2.0' in exposed
+    assert 'followup_dispatch_touches_total{status="failed"} 1.0' in exposed
+    assert 'followup_dispatch_touches_total{status="bounced"} 1.0' in exposed
+    assert "followup_dispatch_stops_total 1.0" in exposed
