@@ -294,13 +294,18 @@ def rcpt_to(code: int, text: str, *, server: str, sender: str) -> Delivery | Sto
     return Delivery(Outcome.RETRY, code, f"unexpected reply to RCPT: {text}")
 
 
-def data_command(code: int, text: str) -> Delivery | None:
+def data_command(code: int, text: str, *, server: str, sender: str) -> Delivery | StopRun | None:
     """The reply to the DATA command (pipelined): 354 goes on to the message data; a 4yz is
-    retried, a 5yz fails the message. Anything else is out of the protocol, and nothing of the
-    message went out whatever the server says: retried (a 250 counted as sent would be lost).
+    retried, a 5yz fails the message, unless its words refuse the sender or this client
+    (relaying, a login, TLS, a policy): then the run stops. Anything else is out of the
+    protocol, and nothing of the message went out whatever the server says: retried (a 250
+    counted as sent would be lost).
     """
     if code == 354:
         return None
+    named = _named(text) if 500 <= code < 600 else None
+    if named is not None:
+        return stop_run(named, code, text, server=server, sender=sender)
     if 400 <= code < 600:
         return classify_code(code, text, recipient=False)
     return Delivery(Outcome.RETRY, code, f"unexpected reply to DATA: {text}")
@@ -353,7 +358,7 @@ class Refusal:
 def envelope(mail: Reply, rcpt: Reply, data: Reply, *, server: str, sender: str) -> Refusal | None:
     """The replies to a pipelined MAIL FROM, RCPT TO and DATA (RFC 2920): None when all three
     went through, else the first that did not, which decides the outcome."""
-    data_verdict = data_command(*data)
+    data_verdict = data_command(*data, server=server, sender=sender)
     steps = (
         (mail[0], mail_from(*mail, server=server, sender=sender)),
         (rcpt[0], rcpt_to(*rcpt, server=server, sender=sender)),

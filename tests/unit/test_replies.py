@@ -159,7 +159,7 @@ def test_no_reply_before_the_message_data_counts_as_sent(code: int) -> None:
         mail_from(code, "text"),
         mail_from(code, "text", stepwise=True),
         rcpt_to(code, "text"),
-        replies.data_command(code, "text"),
+        replies.data_command(code, "text", server=SERVER, sender=SENDER),
     ]
     assert all(
         v is None or isinstance(v, StopRun) or v.outcome is not Outcome.SENT for v in verdicts
@@ -438,11 +438,23 @@ def test_mail_from_refused_names_what_to_fix(code: int, text: str, expected: Sto
         # A 250 counted as sent would lose the message: none of it went out.
         (250, "ok", retry(250, "unexpected reply to DATA: ok")),
         (600, "six", retry(600, "unexpected reply to DATA: six")),
+        (
+            530,
+            "5.7.0 Authentication required",
+            stops("wants a login it did not get", "530 5.7.0 Authentication required", LOGIN),
+        ),
+        (
+            554,
+            "5.7.1 Relay access denied",
+            stops("refuses to relay for this client", "554 5.7.1 Relay access denied", RELAY),
+        ),
     ],
-    ids=["354", "4yz", "421", "5yz", "2yz", "6yz"],
+    ids=["354", "4yz", "421", "5yz", "2yz", "6yz", "530-login", "relay"],
 )
-def test_the_data_command_pipelined(code: int, text: str, expected: Delivery | None) -> None:
-    assert replies.data_command(code, text) == expected
+def test_the_data_command_pipelined(
+    code: int, text: str, expected: Delivery | StopRun | None
+) -> None:
+    assert replies.data_command(code, text, server=SERVER, sender=SENDER) == expected
 
 
 # The end of the message data.
