@@ -113,9 +113,9 @@ class Batch:
                     self.stopped = self.stopped or exc
                     return
                 except BaseException:
-                    # A setup error (always before the message data), or this task cancelled
-                    # because another connection failed or the run stops: if none of the
-                    # message data was written, the server cannot have it, and it goes back.
+                    # A bug, or this task cancelled because another connection failed or
+                    # the run stops: if none of the message data was written, the server
+                    # cannot have it, and it goes back.
                     if not mailer.data_written:
                         queue.appendleft((touch, message))
                     raise
