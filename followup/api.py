@@ -25,7 +25,7 @@ from followup.config.checks import ConfigCheck, ConfigWarning, config_warnings, 
 from followup.config.checks import check_config as _check_config
 from followup.config.settings import Settings, default_config_path, load_settings
 from followup.delivery.dispatcher import dispatch, dispatch_in_processes
-from followup.delivery.report import DispatchReport
+from followup.delivery.report import DispatchReport, DispatchStopped
 from followup.dryrun.run import DryRun, DryRunEntry
 from followup.dryrun.run import dry_run as _dry_run
 from followup.importing.importer import ImportReport, Kind
@@ -44,6 +44,7 @@ __all__ = [
     "ConfigCheck",
     "ConfigWarning",
     "DispatchReport",
+    "DispatchStopped",
     "DryRun",
     "DryRunEntry",
     "ImportReport",
@@ -151,7 +152,9 @@ def send(
     clock starts at `now` (default: the real time) and runs on. From `processes` processes
     (default: [delivery] processes). With `resend_uncertain`, the
     touches whose fate a crash left unknown are sent again first (a client may get a message
-    twice: the operator's decision). For an event loop of your own, await `dispatch`."""
+    twice: the operator's decision). For an event loop of your own, await `dispatch`.
+    Raises DispatchStopped, with the report, when the SMTP server refuses this client's
+    setup (relay, login, sender, policy): the touches not sent stay in the queue."""
     count = processes or rt.settings.delivery.processes
     clock = Clock.starting_at(now)
     return dispatch_in_processes(rt, clock, count, resend_uncertain=resend_uncertain)

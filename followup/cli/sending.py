@@ -87,14 +87,16 @@ def _send(
 ) -> api.DispatchReport:
     """One api.send: from the time `running` has reached when --now moved the clock."""
     start = None if state.now is None else running()
-    return api.send(rt, start, processes=processes, resend_uncertain=resend_uncertain)
+    try:
+        return api.send(rt, start, processes=processes, resend_uncertain=resend_uncertain)
+    except api.DispatchStopped as stop:
+        # What the run did before the server refused it, then the error (exit status 1).
+        _print_dispatch(stop.report)
+        raise
 
 
 def _print_dispatch(report: api.DispatchReport) -> None:
-    out.print(
-        f"sent {report.sent}, retry later {report.retry}, failed {report.failed}, "
-        f"skipped {report.skipped}, too late {report.too_late}, uncertain {report.uncertain}"
-    )
+    out.print(report.summary())
 
 
 @cli.command(

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from followup.delivery.recorder import Recorder
 from followup.delivery.report import DispatchReport, Hooks
-from followup.delivery.smtp import SmtpMailer
+from followup.delivery.smtp import SmtpMailer, SmtpSetupError
 from followup.domain.clients import ClientStats
 from followup.domain.decision import Skip, Wait, decide
 from followup.domain.statuses import TouchStatus
@@ -72,6 +72,10 @@ class Batch:
         self.renew_at: list[datetime | None] = [None for _ in mailers]
         self.working = set(range(len(mailers)))
         self.refilling = asyncio.Lock()
+        #: Why the batch stopped: the server refuses this client's setup (a relay, login,
+        #: sender or policy refusal). The other connections finish the message they are
+        #: sending, and what was not sent goes back to the queue (`unsent`).
+        self.stopped: SmtpSetupError | None = None
 
     def unsent(self) -> list[int]:
         """The touches never given to the mailer: not composed yet, or handed off and queued."""
@@ -83,7 +87,7 @@ class Batch:
         queue, mailer = self.queues[index], self.mailers[index]
         sender = self.rt.settings.sender.envelope_from
         try:
-            while not self.hooks.should_stop():
+            while not self.hooks.should_stop() and self.stopped is None:
                 if not queue:
                     # A refill under way may be composing for this queue too: wait for it.
                     if not self.pending and not self.refilling.locked():
@@ -101,10 +105,17 @@ class Batch:
                 began = monotonic_time.monotonic()
                 try:
                     delivery = await mailer.send(sender, message.to, message.mime, then=then)
+                except SmtpSetupError as exc:
+                    # Always before the message data: this touch goes back, and the batch
+                    # stops (every message would be refused the same way).
+                    if not mailer.data_written:
+                        queue.appendleft((touch, message))
+                    self.stopped = self.stopped or exc
+                    return
                 except BaseException:
-                    # A setup error (always before the message data), or this task cancelled
-                    # because another connection failed or the run stops: if none of the
-                    # message data was written, the server cannot have it, and it goes back.
+                    # A bug, or this task cancelled because another connection failed or
+                    # the run stops: if none of the message data was written, the server
+                    # cannot have it, and it goes back.
                     if not mailer.data_written:
                         queue.appendleft((touch, message))
                     raise
@@ -135,7 +146,12 @@ class Batch:
         """Compose and hand off the next messages of the dry queue `index` and of every other
         connection still working, in one transaction."""
         async with self.refilling:
-            if self.queues[index] or not self.pending or self.hooks.should_stop():
+            if (
+                self.queues[index]
+                or not self.pending
+                or self.hooks.should_stop()
+                or self.stopped is not None
+            ):
                 return  # filled by another worker's refill meanwhile, or nothing left to do
             size = self.rt.settings.delivery.group_size
             # With groups of 1 (the most cautious setting) each touch is handed off just

@@ -14,7 +14,7 @@ from followup.config.settings import Settings
 from followup.delivery.batch import Batch
 from followup.delivery.capture import CaptureSink
 from followup.delivery.recorder import Recorder, record_size
-from followup.delivery.report import DispatchReport, Hooks
+from followup.delivery.report import DispatchReport, DispatchStopped, Hooks
 from followup.delivery.smtp import SmtpMailer
 from followup.domain.outcomes import Delivery
 from followup.logs import log_event
@@ -45,7 +45,13 @@ def dispatch_in_processes(
             for n in range(processes)
         ]
         for future in futures:
-            report.add(future.result())
+            try:
+                report.add(future.result())
+            except DispatchStopped as stop:
+                # The other processes stop too (the same server refuses them): their counts.
+                report.add(stop.report)
+    if report.stopped is not None:
+        raise DispatchStopped(report)
     return report
 
 
@@ -88,6 +94,7 @@ async def dispatch(
     resend_uncertain: bool = False,
     should_stop: Callable[[], bool] | None = None,
     on_delivery: Callable[[Delivery, float], None] | None = None,
+    on_report: Callable[[DispatchReport], None] | None = None,
 ) -> DispatchReport:
     """Send everything due now, once: claim, compose, send, record, until nothing is due.
 
@@ -95,7 +102,13 @@ async def dispatch(
     first: the operator's decision, never the default. When `should_stop` answers True, no
     more touches are claimed nor handed to the mailer: the sends in flight finish, the rest
     of the batch goes back to the queue. `on_delivery` sees each SMTP outcome and how many
-    seconds the transaction took (metrics)."""
+    seconds the transaction took (metrics); `on_report` the run's report (metrics), also when
+    it stopped.
+
+    When the SMTP server refuses this client's setup (relay, login, TLS, sender, policy:
+    followup.delivery.replies), the sends in flight finish, the touches not sent go back to
+    the queue (released: no attempt spent, nobody bounced), and DispatchStopped is raised
+    with the report, once the run's log event and record are written."""
     check_ready(rt.engine)
     started = monotonic_time.monotonic()
     started_at = clock()
@@ -121,21 +134,30 @@ async def dispatch(
     else:
         mailers = SmtpMailer.pool(settings.smtp, settings.smtp_password)
         await _dispatch_loop(rt, clock, owner, lease, key, mailers, report, limit, rng, hooks)
-    counts = {
-        "sent": report.sent,
-        "retry": report.retry,
-        "failed": report.failed,
-        "skipped": report.skipped,
-        "uncertain": report.uncertain,
-    }
-    if any(counts.values()) or report.too_late:
+    _report(rt, report, started_at, started, owner)
+    if on_report is not None:
+        on_report(report)
+    if report.stopped is not None:
+        raise DispatchStopped(report)
+    return report
+
+
+def _report(
+    rt: Runtime, report: DispatchReport, started_at: datetime, started: float, owner: str
+) -> None:
+    """The run's counts in its log event and its run record (the same as the CLI's)."""
+    counts = report.counts()
+    if report.stopped is not None:
+        # At info: the error itself reaches the operator as DispatchStopped (the command's
+        # error line, the daemon's dispatch.error).
+        log_event("dispatch.stopped", **counts, released=report.released, reason=report.stopped)
+    elif any(counts.values()):
         log_event("dispatch.done", **counts)
     else:
         # The daemon dispatches every few seconds: an idle run is not news at INFO.
         log.debug("dispatch.done", extra={"event": "dispatch.done", "fields": counts})
-    detail = f"sent={report.sent} retry={report.retry} failed={report.failed}"
-    record_run(rt, "dispatch", started_at, started, detail, owner=owner)
-    return report
+    outcome = "ok" if report.stopped is None else "stopped"
+    record_run(rt, "dispatch", started_at, started, report.detail(), owner=owner, outcome=outcome)
 
 
 def _allowance(rt: Runtime, now: datetime) -> int | None:
@@ -202,6 +224,9 @@ async def _dispatch_loop(
                         # One cause is enough for the operator (e.g. an untrusted certificate).
                         raise group_error.exceptions[0] from None
                     done += len(claimed)
+                    if batch.stopped is not None:
+                        report.stopped = str(batch.stopped)
+                        return
                 finally:
                     try:
                         await recorder.flush()
@@ -214,7 +239,7 @@ async def _dispatch_loop(
                         # Stopped early (an error, an interrupt): the touches never given to the
                         # mailer go back to the queue now instead of turning uncertain later.
                         async with writing(rt.engine) as conn:
-                            rt.ledger.release(conn, unsent, owner, clock())
+                            report.released += rt.ledger.release(conn, unsent, owner, clock())
     finally:
         for mailer in mailers:
             await mailer.close()

@@ -126,6 +126,15 @@ def _change(
     return Change(touch.id, status, now, reply, values)
 
 
+#: The report's count of each status an SMTP outcome leads to.
+_COUNTERS = {
+    TouchStatus.SENT: "sent",
+    TouchStatus.RETRY: "retry",
+    TouchStatus.FAILED: "failed",
+    TouchStatus.UNCERTAIN: "uncertain",
+}
+
+
 def _count(
     report: DispatchReport,
     touch: DueTouch,
@@ -133,7 +142,11 @@ def _count(
     delivery: Delivery,
     status: TouchStatus,
 ) -> None:
-    counter = {TouchStatus.SENT: "sent", TouchStatus.RETRY: "retry"}.get(status, "failed")
+    # Counted by the status the ledger recorded (a retry past the last attempt is failed);
+    # a bounce is a failed touch, counted again among the bounced.
+    bounced = delivery.outcome is Outcome.BOUNCED and status is TouchStatus.FAILED
+    counter = _COUNTERS.get(status, "failed")
     setattr(report, counter, getattr(report, counter) + 1)
-    event = "touch.bounced" if delivery.outcome is Outcome.BOUNCED else f"touch.{status.value}"
+    report.bounced += bounced
+    event = "touch.bounced" if bounced else f"touch.{status.value}"
     log_event(event, touch=touch.id, campaign=touch.campaign, code=delivery.code)

@@ -20,8 +20,9 @@ from followup.errors import FollowupError
 
 
 class SmtpSetupError(FollowupError):
-    """The server cannot be used at all (untrusted certificate, login refused): retrying
-    each message would not help, so the run stops and says what to fix. Raised before any
+    """The server cannot be used at all (untrusted certificate, login refused, a refusal of
+    the sender, of relaying or of this client: followup.delivery.replies): retrying each
+    message would not help, so the run stops and says what to fix. Raised before any
     message data is sent."""
 
 
@@ -227,10 +228,10 @@ class SmtpMailer:
         try:
             await client.rcpt(recipient)
         except aiosmtplib.SMTPRecipientRefused as exc:
-            refused = replies.rcpt_to(exc.code, exc.message)
+            refused = replies.rcpt_to(exc.code, exc.message, server=self._server, sender=sender)
             if refused is not None:
                 await self._reset()
-                return refused
+                return self._settle(refused, exc)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             # A malformed reply included: no reply, as on a pipelined connection.
             await self.close()

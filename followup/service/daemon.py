@@ -254,6 +254,7 @@ class Daemon:
                 owner=self.owner,
                 should_stop=lambda: self._stopping,
                 on_delivery=self.metrics.delivered,
+                on_report=self.metrics.dispatched,
             )
             return f"sent={report.sent}"
 

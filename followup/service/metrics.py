@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from followup.delivery.report import DispatchReport
 from followup.domain.outcomes import Delivery, Outcome
 from followup.storage import overview
 from followup.storage.engine import reader
@@ -108,6 +109,19 @@ class Metrics:
             ["code"],
             registry=registry,
         )
+        self.dispatch_touches = Counter(
+            "followup_dispatch_touches",
+            "Touches dispatch runs settled, by what became of them (the dispatch summary's "
+            "counts): sent, retry, failed, bounced, held, skipped, too_late, uncertain.",
+            ["status"],
+            registry=registry,
+        )
+        self.dispatch_stops = Counter(
+            "followup_dispatch_stops",
+            "Dispatch runs stopped because the SMTP server refuses this client's setup "
+            "(relay, login, TLS, sender, policy): see the dispatch.stopped log event.",
+            registry=registry,
+        )
         self.plan_runs = Counter(
             "followup_plan_runs",
             "Plan runs by outcome (ok, error).",
@@ -139,6 +153,14 @@ class Metrics:
         if delivery.outcome is not Outcome.SENT:
             code = str(delivery.code) if delivery.code else "none"
             self.smtp_errors.labels(code).inc()
+
+    def dispatched(self, report: DispatchReport) -> None:
+        """Called by the daemon after each dispatch run, stopped or not."""
+        for status, count in report.counts().items():
+            if count:
+                self.dispatch_touches.labels(status).inc(count)
+        if report.stopped is not None:
+            self.dispatch_stops.inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text format (reads the ledger: call it off the event loop)."""

@@ -46,11 +46,18 @@ def uncertain(code: int | None, text: str) -> Delivery:
 
 
 def refuses_service(reply: str) -> StopRun:
-    return StopRun(f"SMTP server smtp.example.com:587 refuses service: {reply}")
+    return StopRun(
+        f"SMTP server smtp.example.com:587 refuses service: {reply} "
+        "(check [smtp] host and port, and the server's policy for this client)"
+    )
 
 
 def mail_from(code: int, text: str, *, stepwise: bool = False) -> replies.Verdict:
     return replies.mail_from(code, text, server=SERVER, sender=SENDER, stepwise=stepwise)
+
+
+def rcpt_to(code: int, text: str) -> Delivery | StopRun | None:
+    return replies.rcpt_to(code, text, server=SERVER, sender=SENDER)
 
 
 # The greeting and the opening of the session (EHLO, HELO, STARTTLS).
@@ -143,7 +150,7 @@ def test_mail_from_step_by_step(code: int, text: str, expected: replies.Verdict)
 )
 def test_rcpt_to(code: int, text: str, expected: Delivery | None) -> None:
     """Pipelined, and step by step for the replies aiosmtplib raised (all but 250 and 251)."""
-    assert replies.rcpt_to(code, text) == expected
+    assert rcpt_to(code, text) == expected
 
 
 @given(st.integers(0, 999))
@@ -151,19 +158,271 @@ def test_no_reply_before_the_message_data_counts_as_sent(code: int) -> None:
     verdicts = [
         mail_from(code, "text"),
         mail_from(code, "text", stepwise=True),
-        replies.rcpt_to(code, "text"),
-        replies.data_command(code, "text"),
+        rcpt_to(code, "text"),
+        replies.data_command(code, "text", server=SERVER, sender=SENDER),
     ]
     assert all(
         v is None or isinstance(v, StopRun) or v.outcome is not Outcome.SENT for v in verdicts
     )
 
 
-@given(st.integers(0, 999))
-def test_only_a_5yz_to_rcpt_to_bounces(code: int) -> None:
-    verdict = replies.rcpt_to(code, "text")
-    bounces = verdict is not None and verdict.outcome is Outcome.BOUNCED
-    assert bounces is (500 <= code < 600)
+@given(st.integers(0, 999), st.sampled_from(["text", "5.1.1 no such user", "user unknown"]))
+def test_only_a_5yz_to_rcpt_to_bounces_and_a_5yz_is_never_retried(code: int, text: str) -> None:
+    """Issue 20 changed this property: a 5yz to RCPT TO bounced whatever it said; now only a
+    refusal of the recipient's address bounces, others fail the message or stop the run."""
+    verdict = rcpt_to(code, text)
+    bounces = isinstance(verdict, Delivery) and verdict.outcome is Outcome.BOUNCED
+    if bounces:
+        assert 500 <= code < 600
+    if 500 <= code < 600:
+        assert isinstance(verdict, StopRun) or verdict is not None
+        assert isinstance(verdict, StopRun) or verdict.outcome in (Outcome.BOUNCED, Outcome.FAILED)
+    if 500 <= code < 600 and text == "5.1.1 no such user":
+        assert bounces is (code != 530)  # the enhanced code decides; 530 asks for a login
+    if 500 <= code < 600 and text == "user unknown":
+        assert bounces is (code not in (500, 501, 502, 503, 504, 530, 555))
+
+
+# RCPT TO's 5yz: whom it refuses (RFC 3463 enhanced codes, the words, the basic code).
+
+SERVER_REFUSES = "SMTP server smtp.example.com:587 {} (check {})"
+RELAY = (
+    "[smtp] host: the server refuses to relay for this client; a relay that wants a login "
+    "needs [smtp] username/password"
+)
+LOGIN = "[smtp] username/password: the password comes from FOLLOWUP_SMTP_PASSWORD"
+TLS = '[smtp] security: "starttls" or "tls"'
+POLICY = "[smtp] host and the server's policy for this client's address and name"
+PROTOCOL = "[smtp] host and port; [smtp] pipelining = false for a server that gets PIPELINING wrong"
+
+
+def stops(what: str, reply: str, fix: str) -> StopRun:
+    return StopRun(SERVER_REFUSES.format(f"{what}: {reply}", fix))
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "expected"),
+    [
+        # The recipient's address or mailbox: bounced.
+        (
+            550,
+            "5.1.1 <x@example.com>: Recipient address rejected: User unknown in relay "
+            "recipient table",
+            bounced(
+                550,
+                "5.1.1 <x@example.com>: Recipient address rejected: "
+                "User unknown in relay recipient table",
+            ),
+        ),
+        (550, "5.1.1 User unknown", bounced(550, "5.1.1 User unknown")),
+        (
+            550,
+            "5.1.10 RESOLVER.ADR.RecipientNotFound",
+            bounced(550, "5.1.10 RESOLVER.ADR.RecipientNotFound"),
+        ),
+        (552, "5.2.2 mailbox full", bounced(552, "5.2.2 mailbox full")),
+        (550, "5.2.1 mailbox disabled", bounced(550, "5.2.1 mailbox disabled")),
+        (550, "User unknown", bounced(550, "User unknown")),
+        (
+            550,
+            "Requested action not taken: mailbox unavailable",
+            bounced(550, "Requested action not taken: mailbox unavailable"),
+        ),
+        (553, "mailbox name not allowed", bounced(553, "mailbox name not allowed")),
+        (
+            511,
+            "sorry, no mailbox here by that name (#5.1.1)",
+            bounced(511, "sorry, no mailbox here by that name (#5.1.1)"),
+        ),
+        # One message, not the address: failed, nobody suppressed.
+        (554, "Transaction failed", failed(554, "Transaction failed")),
+        (550, "Access denied", failed(550, "Access denied")),
+        (552, "5.2.3 message too long", failed(552, "5.2.3 message too long")),
+        (550, "5.4.4 unable to route", failed(550, "5.4.4 unable to route")),
+        (
+            554,
+            "5.7.1 <x@example.com>: Recipient address rejected: Access denied",
+            failed(554, "5.7.1 <x@example.com>: Recipient address rejected: Access denied"),
+        ),
+        # The client's setup: the run stops and names the setting.
+        (
+            554,
+            "5.7.1 <x@example.com>: Relay access denied",
+            stops(
+                "refuses to relay for this client",
+                "554 5.7.1 <…>: Relay access denied",
+                RELAY,
+            ),
+        ),
+        (
+            550,
+            "relaying denied",
+            stops("refuses to relay for this client", "550 relaying denied", RELAY),
+        ),
+        (
+            553,
+            "sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)",
+            stops(
+                "refuses to relay for this client",
+                "553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)",
+                RELAY,
+            ),
+        ),
+        (
+            530,
+            "5.7.0 Authentication required",
+            stops("wants a login it did not get", "530 5.7.0 Authentication required", LOGIN),
+        ),
+        (
+            530,
+            "Authentication required",
+            stops("wants a login it did not get", "530 Authentication required", LOGIN),
+        ),
+        (
+            535,
+            "5.7.8 Authentication credentials invalid",
+            stops(
+                "wants a login it did not get",
+                "535 5.7.8 Authentication credentials invalid",
+                LOGIN,
+            ),
+        ),
+        (
+            530,
+            "5.7.0 Must issue a STARTTLS command first",
+            stops(
+                "wants an encrypted connection",
+                "530 5.7.0 Must issue a STARTTLS command first",
+                TLS,
+            ),
+        ),
+        (
+            550,
+            "5.7.1 Service unavailable; client host [192.0.2.1] blocked using zen.spamhaus.org",
+            stops(
+                "refuses mail from this client by policy",
+                "550 5.7.1 Service unavailable; client host [192.0.2.1] blocked using "
+                "zen.spamhaus.org",
+                POLICY,
+            ),
+        ),
+        (
+            550,
+            "5.7.1 Message refused by policy",
+            stops(
+                "refuses mail from this client by policy",
+                "550 5.7.1 Message refused by policy",
+                POLICY,
+            ),
+        ),
+        (
+            553,
+            "5.7.1 <b@shop.example>: Sender address rejected: not owned by user shop",
+            stops(
+                "refused the sender 'bounces@shop.example'",
+                "553 5.7.1 <…>: Sender address rejected: not owned by user shop",
+                "[sender] return_path and the server's policy",
+            ),
+        ),
+        (
+            501,
+            "5.5.4 Syntax error in parameters",
+            stops(
+                "did not take followup's command", "501 5.5.4 Syntax error in parameters", PROTOCOL
+            ),
+        ),
+        (
+            503,
+            "Bad sequence of commands",
+            stops("did not take followup's command", "503 Bad sequence of commands", PROTOCOL),
+        ),
+        (
+            550,
+            "5.7.1 relay\nnot permitted",
+            stops("refuses to relay for this client", "550 5.7.1 relay not permitted", RELAY),
+        ),
+    ],
+    ids=[
+        "postfix-unknown",
+        "5.1.1",
+        "exchange-5.1.10",
+        "5.2.2-full",
+        "5.2.1-disabled",
+        "550-user-unknown",
+        "550-mailbox-unavailable",
+        "553",
+        "qmail-#5.1.1",
+        "554-transaction-failed",
+        "550-access-denied",
+        "5.2.3-too-long",
+        "5.4.4-route",
+        "5.7.1-names-the-recipient",
+        "relay-access-denied",
+        "relaying-denied",
+        "qmail-rcpthosts",
+        "530-5.7.0",
+        "530-alone",
+        "5.7.8",
+        "starttls-first",
+        "blocklisted",
+        "5.7.1-policy",
+        "sender-not-owned",
+        "5.5.4",
+        "503",
+        "multiline-joined",
+    ],
+)
+def test_whom_a_5yz_to_rcpt_to_refuses(code: int, text: str, expected: Delivery | StopRun) -> None:
+    assert rcpt_to(code, text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("5.1.1 no such user", (5, 1, 1)),
+        ("ok\n5.7.1 second line", (5, 7, 1)),
+        ("no mailbox here (#5.1.1)", (5, 1, 1)),
+        ("5.1.10 RESOLVER", (5, 1, 10)),
+        ("version 5.1.1.2 of the software", None),
+        ("no code here", None),
+    ],
+)
+def test_the_enhanced_status_code_is_read_where_rfc_3463_and_qmail_put_it(
+    text: str, expected: tuple[int, int, int] | None
+) -> None:
+    assert replies.enhanced_code(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "expected"),
+    [
+        (
+            530,
+            "5.7.0 Authentication required",
+            stops("wants a login it did not get", "530 5.7.0 Authentication required", LOGIN),
+        ),
+        (
+            554,
+            "5.7.1 <x>: Relay access denied",
+            stops("refuses to relay for this client", "554 5.7.1 <x>: Relay access denied", RELAY),
+        ),
+        (
+            550,
+            "5.7.1 Client host rejected: cannot find your hostname",
+            stops(
+                "refuses mail from this client by policy",
+                "550 5.7.1 Client host rejected: cannot find your hostname",
+                POLICY,
+            ),
+        ),
+        (550, "5.1.1 user unknown", StopRun(SENDER_REFUSED.format("550 5.1.1 user unknown"))),
+    ],
+    ids=["530", "relay", "client-host", "5.1.1-is-the-sender-here"],
+)
+def test_mail_from_refused_names_what_to_fix(code: int, text: str, expected: StopRun) -> None:
+    """Pipelined and step by step alike: at MAIL FROM a 5yz refuses the setup, not a client."""
+    assert mail_from(code, text) == expected
+    assert mail_from(code, text, stepwise=True) == expected
 
 
 # DATA, pipelined: the command's own reply, before any message data.
@@ -179,11 +438,23 @@ def test_only_a_5yz_to_rcpt_to_bounces(code: int) -> None:
         # A 250 counted as sent would lose the message: none of it went out.
         (250, "ok", retry(250, "unexpected reply to DATA: ok")),
         (600, "six", retry(600, "unexpected reply to DATA: six")),
+        (
+            530,
+            "5.7.0 Authentication required",
+            stops("wants a login it did not get", "530 5.7.0 Authentication required", LOGIN),
+        ),
+        (
+            554,
+            "5.7.1 Relay access denied",
+            stops("refuses to relay for this client", "554 5.7.1 Relay access denied", RELAY),
+        ),
     ],
-    ids=["354", "4yz", "421", "5yz", "2yz", "6yz"],
+    ids=["354", "4yz", "421", "5yz", "2yz", "6yz", "530-login", "relay"],
 )
-def test_the_data_command_pipelined(code: int, text: str, expected: Delivery | None) -> None:
-    assert replies.data_command(code, text) == expected
+def test_the_data_command_pipelined(
+    code: int, text: str, expected: Delivery | StopRun | None
+) -> None:
+    assert replies.data_command(code, text, server=SERVER, sender=SENDER) == expected
 
 
 # The end of the message data.
