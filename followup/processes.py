@@ -3,14 +3,18 @@ Python CPU work), started by fork where that is safe, else spawned."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import multiprocessing
+import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from types import FrameType, TracebackType
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -66,7 +70,10 @@ def process_pool(
 
 
 def _worker_start(configured: tuple[int, bool] | None, ignore_interrupt: bool) -> None:
-    """A worker logs as the command that started it (spawned ones start unconfigured)."""
+    """A worker logs as the command that started it (spawned ones start unconfigured). A
+    forked one drops the handlers its parent had (an Interrupt would forward signals to its
+    siblings): SIGTERM ends it, unless its work takes the signal itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if ignore_interrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if configured is not None:
@@ -104,3 +111,96 @@ def start_method(engine: Engine) -> str:
     if sys.platform == "linux" and threading.active_count() == 1 and in_use == 0:
         return "fork"
     return "spawn"
+
+
+class Interrupt:
+    """SIGTERM and SIGINT taken as the daemon takes them, for `followup send` and `run`: the
+    first asks the work to stop claiming (`requested`), a second to skip the grace period
+    (`hurried`). Entered in the main thread, it replaces the handlers of `signals` and puts
+    the previous ones back on exit. The worker processes of a pool given to `forward_to` get
+    SIGTERM from it (a worker stops as its parent does); event loops waiting on `wait` wake.
+
+    The handler only counts and wakes (it may run between any two bytecodes of the main
+    thread): whoever sees `requested` logs it."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)):
+        self.signals = signals
+        self.count = 0
+        self.signum: int | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+        self._pools: list[ProcessPoolExecutor] = []
+        self._wakers: list[Callable[[], None]] = []
+
+    @property
+    def requested(self) -> bool:
+        return self.count > 0
+
+    @property
+    def hurried(self) -> bool:
+        return self.count > 1
+
+    @property
+    def name(self) -> str:
+        return "request" if self.signum is None else signal.Signals(self.signum).name
+
+    def __enter__(self) -> Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def request(self, signum: int | None = None) -> None:
+        """What a signal does (tests and callers may ask the same without one)."""
+        self.count += 1
+        self.signum = signum if signum is not None else self.signum
+        for pool in self._pools:
+            # The executor keeps no public list of its processes.
+            for process in list((pool._processes or {}).values()):
+                if process.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGTERM)
+        for wake in list(self._wakers):
+            wake()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.request(signum)
+
+    @contextlib.contextmanager
+    def forward_to(self, pool: ProcessPoolExecutor) -> Iterator[None]:
+        self._pools.append(pool)
+        try:
+            yield
+        finally:
+            self._pools.remove(pool)
+
+    @contextlib.contextmanager
+    def waking(self, event: asyncio.Event) -> Iterator[None]:
+        """Sets `event` (on its running loop) at each signal while the block runs."""
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(event.set)
+
+        self._wakers.append(wake)
+        try:
+            yield
+        finally:
+            self._wakers.remove(wake)
+
+    async def wait(self, seconds: float) -> None:
+        """Sleeps `seconds`, or less when a signal comes (or came)."""
+        event = asyncio.Event()
+        with self.waking(event):
+            if not self.requested:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), seconds)

@@ -72,6 +72,12 @@ class SmtpSettings(_Section):
     rate_per_day: int = Field(default=0, ge=0)
     #: RFC 2920: MAIL, RCPT and DATA in one write when the server offers PIPELINING.
     pipelining: bool = True
+    #: The circuit breaker (followup.delivery.breaker): after this many connection or greeting
+    #: failures in a row (or one loss after the message data) the run stops for a backoff,
+    #: doubled at each trip, at most breaker_backoff_max_seconds.
+    breaker_failures: int = Field(default=3, ge=1, le=1000)
+    breaker_backoff_seconds: float = Field(default=60.0, gt=0, le=86400)
+    breaker_backoff_max_seconds: float = Field(default=1800.0, gt=0, le=7 * 86400)
 
 
 #: An address as it goes between < and > in MAIL FROM and RCPT TO, and in a From header beside

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from followup.domain.outcomes import Delivery
@@ -20,6 +21,10 @@ class DispatchReport:
     requeued: int = 0
     rate_limited: bool = False
     capture_dir: Path | None = None
+    #: The SMTP server's circuit breaker opened: nothing more is sent before this time.
+    breaker_until: datetime | None = None
+    #: The signal that stopped the run (SIGTERM, SIGINT), if one did.
+    stopped: str | None = None
 
     def add(self, other: DispatchReport) -> None:
         """Adds the counts of another process's run."""
@@ -27,6 +32,9 @@ class DispatchReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.rate_limited = self.rate_limited or other.rate_limited
         self.capture_dir = self.capture_dir or other.capture_dir
+        if other.breaker_until is not None:
+            self.breaker_until = max(self.breaker_until or other.breaker_until, other.breaker_until)
+        self.stopped = self.stopped or other.stopped
 
 
 @dataclass(frozen=True, slots=True)
