@@ -49,31 +49,52 @@ def freeze_startup_heap() -> None:
 
 @contextlib.contextmanager
 def process_pool(
-    engine: Engine, processes: int, *, ignore_interrupt: bool = False
+    engine: Engine,
+    processes: int,
+    *,
+    ignore_interrupt: bool = False,
+    interrupt: Interrupt | None = None,
 ) -> Iterator[ProcessPoolExecutor]:
     """`processes` worker processes (planning, dispatch), started by `start_method`. With
     `ignore_interrupt`, they ignore SIGINT: a Ctrl-C at a terminal goes to the whole process
-    group, and the daemon, which handles it as a request to stop, stops its workers itself."""
+    group, and the daemon, which handles it as a request to stop, stops its workers itself.
+    With an `interrupt`, the workers' own Interrupt (`Interrupt.of_worker`) follows it: a
+    stop requested here is requested there, and SIGTERM does not end a worker."""
     method = start_method(engine)
     if method == "fork":
         # A forked process must not share the parent's pooled database connections.
         engine.dispose()
     log_event("processes.start", processes=processes, method=method)
     context = multiprocessing.get_context(method)
+    shared = None if interrupt is None else context.Value("i", interrupt.count)
     with ProcessPoolExecutor(
         max_workers=processes,
         mp_context=context,
         initializer=_worker_start,
-        initargs=(logs.current(), ignore_interrupt),
+        initargs=(logs.current(), ignore_interrupt, shared),
     ) as pool:
-        yield pool
+        if interrupt is None or shared is None:
+            yield pool
+            return
+        with interrupt.forward_to(pool, shared):
+            yield pool
 
 
-def _worker_start(configured: tuple[int, bool] | None, ignore_interrupt: bool) -> None:
+#: In a worker process of a pool with an Interrupt: how many stops its parent requested.
+_parent_requests: Any = None
+
+
+def _worker_start(
+    configured: tuple[int, bool] | None, ignore_interrupt: bool, parent_requests: Any
+) -> None:
     """A worker logs as the command that started it (spawned ones start unconfigured). A
     forked one drops the handlers its parent had (an Interrupt would forward signals to its
-    siblings): SIGTERM ends it, unless its work takes the signal itself."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    siblings): SIGTERM ends it, unless its parent stops it through an Interrupt; then SIGTERM
+    only wakes it (a worker killed while it waits for work could hold the pool's queue lock,
+    and its siblings would wait for it forever)."""
+    global _parent_requests
+    _parent_requests = parent_requests
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if parent_requests is None else signal.SIG_IGN)
     if ignore_interrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if configured is not None:
@@ -123,13 +144,32 @@ class Interrupt:
     The handler only counts and wakes (it may run between any two bytecodes of the main
     thread): whoever sees `requested` logs it."""
 
-    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)):
+    def __init__(
+        self,
+        signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+        *,
+        parent: Any = None,
+    ) -> None:
         self.signals = signals
-        self.count = 0
+        self._count = 0
         self.signum: int | None = None
+        #: In a worker process: its parent's count of requests (a shared value).
+        self._parent = parent
         self._previous: dict[signal.Signals, Any] = {}
-        self._pools: list[ProcessPoolExecutor] = []
+        self._pools: list[tuple[ProcessPoolExecutor, Any]] = []
         self._wakers: list[Callable[[], None]] = []
+
+    @classmethod
+    def of_worker(cls) -> Interrupt:
+        """In a worker process of a pool started with an Interrupt: the parent's requests,
+        SIGTERM waking its loops. Elsewhere: SIGTERM alone."""
+        if _parent_requests is None:
+            return cls((signal.SIGTERM,))
+        return cls((signal.SIGTERM,), parent=_parent_requests)
+
+    @property
+    def count(self) -> int:
+        return self._count if self._parent is None else int(self._parent.value)
 
     @property
     def requested(self) -> bool:
@@ -160,11 +200,17 @@ class Interrupt:
         self._previous.clear()
 
     def request(self, signum: int | None = None) -> None:
-        """What a signal does (tests and callers may ask the same without one)."""
-        self.count += 1
-        self.signum = signum if signum is not None else self.signum
-        for pool in self._pools:
-            # The executor keeps no public list of its processes.
+        """What a signal does (tests and callers may ask the same without one). In a worker
+        following its parent, a signal only wakes: the parent counts."""
+        if self._parent is None:
+            self._count += 1
+            self.signum = signum if signum is not None else self.signum
+        elif self.signum is None:
+            self.signum = signal.SIGTERM
+        for pool, shared in self._pools:
+            shared.value = self._count
+            # Then the signal wakes the workers' loops. The executor keeps no public list of
+            # its processes.
             for process in list((pool._processes or {}).values()):
                 if process.pid is not None:
                     with contextlib.suppress(ProcessLookupError):
@@ -176,12 +222,15 @@ class Interrupt:
         self.request(signum)
 
     @contextlib.contextmanager
-    def forward_to(self, pool: ProcessPoolExecutor) -> Iterator[None]:
-        self._pools.append(pool)
+    def forward_to(self, pool: ProcessPoolExecutor, shared: Any) -> Iterator[None]:
+        """Within the block, requests go to the pool's workers too: counted in `shared`, which
+        their Interrupt (`of_worker`) reads."""
+        entry = (pool, shared)
+        self._pools.append(entry)
         try:
             yield
         finally:
-            self._pools.remove(pool)
+            self._pools.remove(entry)
 
     @contextlib.contextmanager
     def waking(self, event: asyncio.Event) -> Iterator[None]:

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 import time as monotonic_time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -55,10 +54,9 @@ def dispatch_in_processes(
         )
     report = DispatchReport()
     stoppable = interrupt is not None
-    with (
-        process_pool(rt.engine, processes, ignore_interrupt=stoppable) as pool,
-        interrupt.forward_to(pool) if interrupt is not None else contextlib.nullcontext(),
-    ):
+    with process_pool(
+        rt.engine, processes, ignore_interrupt=stoppable, interrupt=interrupt
+    ) as pool:
         futures = [
             pool.submit(_dispatch_worker, settings, clock, resend_uncertain and n == 0, stoppable)
             for n in range(processes)
@@ -97,8 +95,8 @@ def _dispatch_worker(
         if not stoppable:
             return asyncio.run(dispatch(rt, clock, resend_uncertain=resend_uncertain))
         # SIGINT is ignored here (a Ctrl-C reaches the whole process group): the parent
-        # forwards SIGTERM.
-        with Interrupt((signal.SIGTERM,)) as interrupt:
+        # passes its stop on.
+        with Interrupt.of_worker() as interrupt:
             return asyncio.run(
                 dispatch_until_stopped(rt, clock, interrupt, resend_uncertain=resend_uncertain)
             )
