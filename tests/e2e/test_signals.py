@@ -6,6 +6,7 @@ server's handler saw."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -38,6 +39,19 @@ def ledger(folder: Path) -> tuple[dict[str, int], set[str]]:
     return counts, uncertain
 
 
+@pytest.fixture(scope="module")
+def planned_shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A shop with TOUCHES thank-yous planned, due at START; each test works on a copy."""
+    folder = tmp_path_factory.mktemp("shop")
+    followup(folder, "init")
+    write_bulk_shop(folder, TOUCHES, date(2027, 1, 6))
+    followup(folder, "db", "upgrade")
+    for kind in ("reps", "clients", "purchases"):
+        followup(folder, "import", kind, str(folder / f"{kind}.csv"), "--strict")
+    followup(folder, "plan", env={"FOLLOWUP_NOW": START.isoformat()})
+    return folder
+
+
 @pytest.mark.parametrize(
     ("signum", "command", "grace", "delay"),
     [
@@ -53,18 +67,14 @@ def ledger(folder: Path) -> tuple[dict[str, int], set[str]]:
 )
 def test_a_signal_stops_sending_and_leaves_nothing_sending_nor_wrongly_uncertain(
     tmp_path: Path,
+    planned_shop: Path,
     smtp_server: SmtpServer,
     signum: signal.Signals,
     command: tuple[str, ...],
     grace: float,
     delay: float,
 ) -> None:
-    followup(tmp_path, "init")
-    write_bulk_shop(tmp_path, TOUCHES, date(2027, 1, 6))
-    followup(tmp_path, "db", "upgrade")
-    for kind in ("reps", "clients", "purchases"):
-        followup(tmp_path, "import", kind, str(tmp_path / f"{kind}.csv"), "--strict")
-    followup(tmp_path, "plan", env={"FOLLOWUP_NOW": START.isoformat()})
+    shutil.copytree(planned_shop, tmp_path, dirs_exist_ok=True)
     smtp_server.handler.data_delay = delay
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOLLOWUP_")}
     env.update(
