@@ -156,7 +156,11 @@ def send(
             _print_dispatch(report)
             if once:
                 return
-            asyncio.run(interrupt.wait(settings().schedule.dispatch_interval_seconds))
+            pause = float(settings().schedule.dispatch_interval_seconds)
+            if report.breaker_until is not None:
+                # The SMTP server did not answer: its breaker's backoff holds here too.
+                pause = max(pause, (report.breaker_until - running()).total_seconds())
+            asyncio.run(interrupt.wait(pause))
 
 
 @cli.command(

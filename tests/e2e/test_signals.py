@@ -1,10 +1,11 @@
 """SIGTERM and SIGINT in `followup send` and `run`, as in the daemon: the real executable
 against a slow SMTP server (each message held by the server's handler before it answers).
 Whenever the signal comes, no touch is left `sending`, and every uncertain touch is one the
-server's handler saw."""
+server's handler saw. And the circuit breaker as the command shows it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import pytest
 
 from followup.importing.demo import write_bulk_shop
 from tests.support.executable import EXECUTABLE, followup
+from tests.support.faulty import faulty_server
 from tests.support.smtp import SmtpServer
 
 pytestmark = pytest.mark.e2e
@@ -115,3 +117,33 @@ def test_a_signal_stops_sending_and_leaves_nothing_sending_nor_wrongly_uncertain
     assert counts.get("planned", 0) > 0, "the signal stopped nothing"
     if grace >= delay:
         assert not uncertain, "a send that finished within the grace period is uncertain"
+
+
+def test_send_against_a_server_that_never_greets_stops_at_the_breaker_and_status_says_so(
+    tmp_path: Path, planned_shop: Path
+) -> None:
+    """The command's summary, `followup status` and the ledger agree."""
+    shutil.copytree(planned_shop, tmp_path, dirs_exist_ok=True)
+    with faulty_server("never_greet") as server:
+        env = {
+            "FOLLOWUP_NOW": START.isoformat(),
+            "FOLLOWUP_DELIVERY_MODE": "smtp",
+            "FOLLOWUP_SMTP_HOST": server.host,
+            "FOLLOWUP_SMTP_PORT": str(server.port),
+            "FOLLOWUP_SMTP_SECURITY": "none",
+            "FOLLOWUP_SMTP_TIMEOUT": "0.3",
+            "FOLLOWUP_SMTP_BREAKER_FAILURES": "3",
+            "FOLLOWUP_SECRET_KEY": "breaker-test",
+        }
+        result = followup(tmp_path, "send", "--once", env=env)
+    counts, _ = ledger(tmp_path)
+    assert counts == {"retry": 3, "planned": TOUCHES - 3}
+    assert "sent 0, retry later 3, failed 0" in result.stdout
+    assert "the SMTP server is not answering: sending stopped until" in result.stdout
+    shown = followup(tmp_path, "status", env={"FOLLOWUP_NOW": START.isoformat()}).stdout
+    assert "circuit breaker is open until" in shown
+    report = json.loads(
+        followup(tmp_path, "status", "--json", env={"FOLLOWUP_NOW": START.isoformat()}).stdout
+    )
+    assert report["smtp_breaker"]["state"] == "open"
+    assert report["runs"]["dispatch"]["outcome"] == "breaker_open"
