@@ -32,6 +32,7 @@ from followup.importing.importer import ImportReport, Kind
 from followup.importing.importer import import_csv as _import_csv
 from followup.planning.plan import PlanReport
 from followup.planning.plan import plan as _plan
+from followup.processes import Interrupt
 from followup.runtime import Clock, Runtime
 from followup.service.reports import ClientHistory, Status
 from followup.service.reports import history as _history
@@ -147,17 +148,21 @@ def send(
     *,
     processes: int | None = None,
     resend_uncertain: bool = False,
+    interrupt: Interrupt | None = None,
 ) -> DispatchReport:
     """Deliver what is due now, until nothing is: claim, decide, compose, send, record; the
     clock starts at `now` (default: the real time) and runs on. From `processes` processes
     (default: [delivery] processes). With `resend_uncertain`, the
     touches whose fate a crash left unknown are sent again first (a client may get a message
-    twice: the operator's decision). For an event loop of your own, await `dispatch`.
-    Raises DispatchStopped, with the report, when the SMTP server refuses this client's
-    setup (relay, login, sender, policy): the touches not sent stay in the queue."""
+    twice: the operator's decision). With an entered `interrupt` (followup.processes), SIGTERM
+    and SIGINT stop the run as they stop the daemon. For an event loop of your own, await
+    `dispatch`. Raises DispatchStopped, with the report, when the SMTP server refuses this
+    client's setup (relay, login, sender, policy): the touches not sent stay in the queue."""
     count = processes or rt.settings.delivery.processes
     clock = Clock.starting_at(now)
-    return dispatch_in_processes(rt, clock, count, resend_uncertain=resend_uncertain)
+    return dispatch_in_processes(
+        rt, clock, count, resend_uncertain=resend_uncertain, interrupt=interrupt
+    )
 
 
 def dry_run(rt: Runtime, on: date | None = None, now: datetime | None = None) -> DryRun:

@@ -71,6 +71,13 @@ def _print_status(report: api.Status) -> None:
                 markup=False,
                 soft_wrap=True,
             )
+    if report.smtp_breaker is not None:
+        out.print(
+            f"SMTP server not answering: its circuit breaker is open until "
+            f"{_when(report.smtp_breaker['until'])} (nothing is sent before then)",
+            highlight=False,
+            markup=False,
+        )
     for title, lines in (("failed", report.failed), ("uncertain", report.uncertain)):
         if not lines:
             continue

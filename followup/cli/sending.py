@@ -19,6 +19,7 @@ from followup import api
 from followup.cli.app import cli, clock, err, example, now, out, parse_day, settings, state
 from followup.dryrun import output as dryrun_output
 from followup.planning import plan as planning
+from followup.processes import Interrupt
 from followup.runtime import Clock, Runtime
 
 
@@ -83,12 +84,19 @@ def _plan_with_progress(
 
 
 def _send(
-    rt: Runtime, running: Clock, *, resend_uncertain: bool = False, processes: int | None = None
+    rt: Runtime,
+    running: Clock,
+    interrupt: Interrupt,
+    *,
+    resend_uncertain: bool = False,
+    processes: int | None = None,
 ) -> api.DispatchReport:
     """One api.send: from the time `running` has reached when --now moved the clock."""
     start = None if state.now is None else running()
     try:
-        return api.send(rt, start, processes=processes, resend_uncertain=resend_uncertain)
+        return api.send(
+            rt, start, processes=processes, resend_uncertain=resend_uncertain, interrupt=interrupt
+        )
     except api.DispatchStopped as stop:
         # What the run did before the server refused it, then the error (exit status 1).
         _print_dispatch(stop.report)
@@ -97,6 +105,14 @@ def _send(
 
 def _print_dispatch(report: api.DispatchReport) -> None:
     out.print(report.summary())
+    if report.breaker_until is not None:
+        out.print(
+            "the SMTP server is not answering: sending stopped until "
+            f"{report.breaker_until.isoformat(timespec='seconds')} (circuit breaker; "
+            "the touches wait in the queue)"
+        )
+    if report.signal is not None:
+        out.print(f"stopped by {report.signal}: the touches not sent wait in the queue")
 
 
 @cli.command(
@@ -129,18 +145,24 @@ def send(
     """Dispatch what is due now. Without --once, keep dispatching until interrupted."""
     rt = Runtime.open(settings())
     running = clock()
-    while True:
-        report = _send(rt, running, resend_uncertain=resend_uncertain, processes=processes)
-        resend_uncertain = False
-        if report.requeued:
-            out.print(f"{report.requeued} uncertain touch(es) sent again")
-        _print_dispatch(report)
-        if once:
-            return
-        try:
-            asyncio.run(asyncio.sleep(settings().schedule.dispatch_interval_seconds))
-        except KeyboardInterrupt:
-            return
+    # SIGTERM and SIGINT as the daemon takes them: stop claiming, let the sends in flight
+    # finish (up to [schedule] shutdown_grace_seconds), give back the rest.
+    with Interrupt() as interrupt:
+        while not interrupt.requested:
+            report = _send(
+                rt, running, interrupt, resend_uncertain=resend_uncertain, processes=processes
+            )
+            resend_uncertain = False
+            if report.requeued:
+                out.print(f"{report.requeued} uncertain touch(es) sent again")
+            _print_dispatch(report)
+            if once:
+                return
+            pause = float(settings().schedule.dispatch_interval_seconds)
+            if report.breaker_until is not None:
+                # The SMTP server did not answer: its breaker's backoff holds here too.
+                pause = max(pause, (report.breaker_until - running()).total_seconds())
+            asyncio.run(interrupt.wait(pause))
 
 
 @cli.command(
@@ -187,7 +209,8 @@ def run(
         return
     planned = api.plan(rt, now())
     out.print(f"planned {planned.planned} new touch(es)")
-    report = _send(rt, clock())
+    with Interrupt() as interrupt:
+        report = _send(rt, clock(), interrupt)
     _print_dispatch(report)
     if report.capture_dir is not None:
         _show_capture(report.capture_dir, report.sent)

@@ -96,6 +96,13 @@ class SmtpSettings(_Section):
             raise ValueError(f"must be 0 (no limit) or at least {MIN_RATE_PER_SECOND}")
         return value
 
+    #: The circuit breaker (followup.delivery.breaker): after this many connection or greeting
+    #: failures in a row (or one loss after the message data) the run stops for a backoff,
+    #: doubled at each trip, at most breaker_backoff_max_seconds.
+    breaker_failures: int = Field(default=3, ge=1, le=1000)
+    breaker_backoff_seconds: float = Field(default=60.0, gt=0, le=86400)
+    breaker_backoff_max_seconds: float = Field(default=1800.0, gt=0, le=7 * 86400)
+
 
 #: An address as it goes between < and > in MAIL FROM and RCPT TO, and in a From header beside
 #: its name: something, one @ or more, something; no spaces, controls or angle brackets.

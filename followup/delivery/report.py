@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from followup.delivery.smtp import SmtpSetupError
@@ -52,6 +53,10 @@ class DispatchReport:
     released: int = 0
     rate_limited: bool = False
     capture_dir: Path | None = None
+    #: The SMTP server's circuit breaker opened: nothing more is sent before this time.
+    breaker_until: datetime | None = None
+    #: The signal that stopped the run (SIGTERM, SIGINT), if one did.
+    signal: str | None = None
     #: Why the run stopped before the queue was done (the server refuses this client's
     #: setup), naming the setting to check; None when it did not.
     stopped: str | None = None
@@ -82,7 +87,10 @@ class DispatchReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.rate_limited = self.rate_limited or other.rate_limited
         self.capture_dir = self.capture_dir or other.capture_dir
+        if other.breaker_until is not None:
+            self.breaker_until = max(self.breaker_until or other.breaker_until, other.breaker_until)
         self.stopped = self.stopped or other.stopped
+        self.signal = self.signal or other.signal
 
 
 class DispatchStopped(SmtpSetupError):

@@ -31,6 +31,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from followup import processes
+from followup.delivery.breaker import Breaker
 from followup.delivery.dispatcher import dispatch
 from followup.errors import FollowupError
 from followup.logs import log, log_event
@@ -137,6 +138,10 @@ class Daemon:
         self.make_scheduler = scheduler
         self.owner = owner_id()
         self.metrics = Metrics(rt.engine, clock)
+        #: Kept across dispatch runs, so that its backoff holds (followup.delivery.breaker).
+        capture = rt.settings.delivery.mode == "capture"
+        self.breaker = Breaker.from_settings(rt.settings.smtp, "capture" if capture else None)
+        self.metrics.watch_breaker(self.breaker)
         self.last: dict[str, str | None] = {"plan": None, "dispatch": None, "housekeeping": None}
         self.port = 0
         self._stopping = False
@@ -255,6 +260,7 @@ class Daemon:
                 should_stop=lambda: self._stopping,
                 on_delivery=self.metrics.delivered,
                 on_report=self.metrics.dispatched,
+                breaker=self.breaker,
             )
             return f"sent={report.sent}"
 
@@ -282,6 +288,7 @@ class Daemon:
         return {
             "owner": self.owner,
             "stopping": self._stopping,
+            "smtp_breaker": self.breaker.snapshot(self.clock()),
             **{f"last_{kind}": at for kind, at in self.last.items()},
         }
 

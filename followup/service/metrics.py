@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from followup.delivery.breaker import Breaker, BreakerState
 from followup.delivery.report import DispatchReport
 from followup.domain.outcomes import Delivery, Outcome
 from followup.storage import overview
@@ -144,7 +145,21 @@ class Metrics:
             "Unix time at which this process last finished a dispatch run successfully.",
             registry=registry,
         )
+        self.breaker_open = Gauge(
+            "followup_smtp_breaker_open",
+            "1 while the circuit breaker of the SMTP server stops sending (open or half-open), "
+            "else 0.",
+            ["server"],
+            registry=registry,
+        )
+        self.clock = clock
         registry.register(LedgerCollector(engine, clock))
+
+    def watch_breaker(self, breaker: Breaker) -> None:
+        """The breaker's state, read at each scrape."""
+        self.breaker_open.labels(breaker.server).set_function(
+            lambda: float(breaker.state(self.clock()) is not BreakerState.CLOSED)
+        )
 
     def delivered(self, delivery: Delivery, seconds: float) -> None:
         """Called by the dispatcher after each SMTP transaction."""

@@ -39,6 +39,9 @@ class Status:
     runs: dict[str, dict[str, Any]]
     failed: list[TouchLine] = field(default_factory=list)
     uncertain: list[TouchLine] = field(default_factory=list)
+    #: The SMTP server's circuit breaker when the last dispatch run left it open: when it
+    #: reopens, and who saw it (None: closed, or not known).
+    smtp_breaker: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = _jsonable(asdict(self))
@@ -69,7 +72,22 @@ def status(rt: Runtime, now: datetime) -> Status:
             runs=runs,
             failed=[TouchLine(*row) for row in overview.latest_touches(conn, FAILED, LISTED)],
             uncertain=[TouchLine(*row) for row in overview.latest_touches(conn, UNCERTAIN, LISTED)],
+            smtp_breaker=breaker_of(runs.get("dispatch"), now),
         )
+
+
+def breaker_of(run: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
+    """The breaker as the last dispatch run recorded it (outcome "breaker_open", its detail
+    naming `breaker_until=`), while that time has not come."""
+    if run is None or run["outcome"] != "breaker_open":
+        return None
+    for word in str(run["detail"] or "").split():
+        name, _, value = word.partition("=")
+        if name == "breaker_until":
+            until = datetime.fromisoformat(value)
+            if until > now:
+                return {"state": "open", "until": until, "owner": run["owner"]}
+    return None
 
 
 @dataclass

@@ -297,6 +297,10 @@ class WebApp:
         data = await asyncio.to_thread(self._health)
         healthy = bool(data["database"] and data["schema_at_head"])
         data["status"] = "ok" if healthy else "unhealthy"
+        breaker = data["instance"].get("smtp_breaker")
+        if healthy and breaker is not None and breaker["state"] != "closed":
+            # Up, but not sending: the SMTP server does not answer (followup.delivery.breaker).
+            data["status"] = "degraded"
         body = json.dumps(data, indent=2).encode() + b"\n"
         return Response(200 if healthy else 503, body, "application/json")
 
