@@ -16,6 +16,7 @@ from followup.storage.engine import chunks
 from followup.storage.privacy import suppression_keys
 from followup.storage.queries import recipient_query
 from followup.storage.tables import (
+    client_events,
     clients,
     purchases,
     reps,
@@ -167,6 +168,18 @@ def history_of(conn: Connection, touch_ids: Sequence[int]) -> dict[int, list[Any
         ):
             found[row.touch_id].append(row[1:])
     return found
+
+
+def client_events_of(conn: Connection, client_id: int) -> list[Any]:
+    """The client's own events (at, kind, detail): an operator's actions, in order."""
+    e = client_events
+    return list(
+        conn.execute(
+            select(e.c.at, e.c.kind, e.c.detail)
+            .where(e.c.client_id == client_id)
+            .order_by(e.c.at, e.c.id)
+        ).tuples()
+    )
 
 
 def survey_scores(conn: Connection, client_id: int) -> dict[int, int]:

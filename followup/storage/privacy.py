@@ -212,23 +212,27 @@ def secure_delete(conn: Connection, on: bool) -> None:
         conn.exec_driver_sql(f"PRAGMA secure_delete = {'ON' if on else 'OFF'}")
 
 
-def vacuum(engine: Engine) -> str:
+def vacuum(engine: Engine, *, full: bool = True) -> str:
     """Rewrites the database so that no deleted bytes remain in it; returns what was done.
-    SQLite: VACUUM (a new file without free pages), then the WAL truncated to nothing (it
-    still holds the pages of earlier transactions). A reader that stays open (a running
-    daemon) can keep the WAL from being truncated: then says so. PostgreSQL: VACUUM (FULL)
-    of the tables an erasure writes to, which rewrites them into new files; the old files are
-    unlinked, but their blocks, the WAL segments and backups are beyond the database's reach.
-    """
+    SQLite: VACUUM (a new file without free pages; with `full` only), then the WAL truncated
+    to nothing (it still holds the pages of earlier transactions). A reader that stays open
+    (a running daemon) can keep the WAL from being truncated: then says so. PostgreSQL:
+    VACUUM (FULL) of the tables an erasure writes to (with `full` only), which rewrites them
+    into new files; the old files are unlinked, but their blocks, the WAL segments and
+    backups are beyond the database's reach."""
     raw = engine.raw_connection()
     try:
         driver: Any = raw.driver_connection
         if engine.dialect.name == "sqlite":
-            driver.execute("VACUUM")
+            if full:
+                driver.execute("VACUUM")
             busy, _log, _done = driver.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            done = "vacuumed" if full else "not vacuumed (secure_delete only)"
             if busy:
-                return "vacuumed; the WAL is in use by another process, not truncated"
-            return "vacuumed; WAL truncated"
+                return f"{done}; the WAL is in use by another process, not truncated"
+            return f"{done}; WAL truncated"
+        if not full:
+            return "not vacuumed"
         driver.autocommit = True
         try:
             driver.execute(f"VACUUM (FULL) {', '.join(ERASED_TABLES)}")
