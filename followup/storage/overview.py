@@ -173,13 +173,8 @@ def history_of(conn: Connection, touch_ids: Sequence[int]) -> dict[int, list[Any
 def client_events_of(conn: Connection, client_id: int) -> list[Any]:
     """The client's own events (at, kind, detail): an operator's actions, in order."""
     e = client_events
-    return list(
-        conn.execute(
-            select(e.c.at, e.c.kind, e.c.detail)
-            .where(e.c.client_id == client_id)
-            .order_by(e.c.at, e.c.id)
-        ).tuples()
-    )
+    query = select(e.c.at, e.c.kind, e.c.detail).where(e.c.client_id == client_id)
+    return [tuple(row) for row in conn.execute(query.order_by(e.c.at, e.c.id))]
 
 
 def survey_scores(conn: Connection, client_id: int) -> dict[int, int]:

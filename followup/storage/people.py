@@ -241,7 +241,7 @@ def export_client(engine: Engine, key: str) -> dict[str, Any]:
             )
         ]
         kept = []
-        signers = dict(conn.execute(select(r.c.id, r.c.external_id)).tuples().all())
+        signers = {row.id: row.external_id for row in conn.execute(select(r.c.id, r.c.external_id))}
         for row in conn.execute(
             select(t).where(t.c.client_id == client.id).order_by(t.c.due_at, t.c.id)
         ):
