@@ -1,8 +1,8 @@
 """followup: the after-sales follow-up engine.
 
 Its public Python API is below (followup.api; docs/api.md): open an installation, import,
-plan, send, dry-run, read the ledger. Everything else in the package is private: its names
-may change in any release.
+plan, send, dry-run, read the ledger, unsuppress and erase a client. Everything else in the
+package is private: its names may change in any release.
 """
 
 from __future__ import annotations
@@ -20,19 +20,23 @@ from followup.api import (
     DispatchReport,
     DryRun,
     DryRunEntry,
+    ErasureReport,
     ImportReport,
     PlanReport,
     Runtime,
     Settings,
     Status,
+    Unsuppression,
     dispatch,
     dry_run,
+    erase_client,
     history,
     import_csv,
     open,
     plan,
     send,
     status,
+    unsuppress,
     upgrade,
 )
 from followup.delivery.smtp import SmtpSetupError
@@ -51,6 +55,7 @@ __all__ = [
     "DispatchReport",
     "DryRun",
     "DryRunEntry",
+    "ErasureReport",
     "FollowupError",
     "ImportReport",
     "PlanReport",
@@ -59,14 +64,17 @@ __all__ = [
     "Settings",
     "SmtpSetupError",
     "Status",
+    "Unsuppression",
     "__version__",
     "dispatch",
     "dry_run",
+    "erase_client",
     "history",
     "import_csv",
     "open",
     "plan",
     "send",
     "status",
+    "unsuppress",
     "upgrade",
 ]

@@ -101,11 +101,8 @@ def _occurrences(kept: list[_Kept]) -> dict[int, date]:
     return result
 
 
-def anonymise_touches(conn: Connection, client_id: int, now: datetime) -> int:
-    """Reduces the client's touches to what the counts need: campaign, status, design, rep,
-    attempts and the year. Occurrences and every instant become 1 January of their year;
-    the locale, Message-ID (derived from the occurrence), replies and reasons go. Touches
-    still waiting are skipped ("erased"): they will never go out. Returns the touches kept."""
+def _skip_waiting(conn: Connection, client_id: int, now: datetime) -> None:
+    """The client's touches still waiting will never go out: skipped, with their history row."""
     t, e = touches, touch_events
     waiting = conn.execute(
         select(t.c.id, t.c.status).where(t.c.client_id == client_id, t.c.status.in_(WAITING))
@@ -124,6 +121,15 @@ def anonymise_touches(conn: Connection, client_id: int, now: datetime) -> int:
                 for w in waiting
             ],
         )
+
+
+def anonymise_touches(conn: Connection, client_id: int, now: datetime) -> int:
+    """Reduces the client's touches to what the counts need: campaign, status, design, rep,
+    attempts and the year. Occurrences and every instant become 1 January of their year;
+    the locale, Message-ID (derived from the occurrence), replies and reasons go. Touches
+    still waiting are skipped ("erased"): they will never go out. Returns the touches kept."""
+    _skip_waiting(conn, client_id, now)
+    t, e = touches, touch_events
     rows = conn.execute(
         select(
             t.c.id,
