@@ -139,3 +139,25 @@ def test_db_vacuum_rewrites_the_database_after_an_erasure_without_vacuum(shop: P
     vacuumed = followup(shop, "db", "vacuum")
     assert "vacuumed; WAL truncated" in vacuumed.stdout
     assert scan(shop) == {}
+
+
+def test_unsuppress_puts_a_wrongly_bounced_client_back_and_history_says_why(shop: Path) -> None:
+    # As a relay's refusal taken for a bounce left it: suppressed, and the client bounced.
+    followup(shop, "suppress", "otto@example.com", "--reason", "bounced")
+    with sqlite3.connect(shop / "var" / "followup.db") as conn:
+        conn.execute("UPDATE clients SET status = 'bounced' WHERE external_id = 'on-1'")
+
+    result = followup(shop, "-v", "unsuppress", "otto@example.com", "--reason", "relay refusal")
+
+    assert "1 bounced client(s) with this address are active again" in result.stdout
+    assert "client.unsuppressed" in result.stderr
+    assert "otto@example.com" not in result.stderr, "the address stays out of the logs"
+    history = json.loads(followup(shop, "history", "on-1", "--json").stdout)
+    assert (history["status"], history["suppressed"]) == ("active", None)
+    assert [(e["kind"], e["detail"]) for e in history["events"]] == [
+        ("unsuppressed", "relay refusal")
+    ]
+    assert "unsuppressed: relay refusal" in followup(shop, "history", "on-1").stdout
+    again = followup(shop, "unsuppress", "otto@example.com", check=False)
+    assert again.returncode == 1
+    assert "is not on the suppression list and bounced no client" in again.stderr
