@@ -1,8 +1,8 @@
 """followup: the after-sales follow-up engine.
 
 Its public Python API is below (followup.api; docs/api.md): open an installation, import,
-plan, send, dry-run, read the ledger. Everything else in the package is private: its names
-may change in any release.
+plan, send, dry-run, read the ledger, unsuppress and erase a client. Everything else in the
+package is private: its names may change in any release.
 """
 
 from __future__ import annotations
@@ -23,20 +23,24 @@ from followup.api import (
     DispatchStopped,
     DryRun,
     DryRunEntry,
+    ErasureReport,
     ImportReport,
     PlanReport,
     Runtime,
     Settings,
     Status,
+    Unsuppression,
     check_config,
     dispatch,
     dry_run,
+    erase_client,
     history,
     import_csv,
     open,
     plan,
     send,
     status,
+    unsuppress,
     upgrade,
 )
 from followup.delivery.smtp import SmtpSetupError
@@ -58,6 +62,7 @@ __all__ = [
     "DispatchStopped",
     "DryRun",
     "DryRunEntry",
+    "ErasureReport",
     "FollowupError",
     "ImportReport",
     "PlanReport",
@@ -66,15 +71,18 @@ __all__ = [
     "Settings",
     "SmtpSetupError",
     "Status",
+    "Unsuppression",
     "__version__",
     "check_config",
     "dispatch",
     "dry_run",
+    "erase_client",
     "history",
     "import_csv",
     "open",
     "plan",
     "send",
     "status",
+    "unsuppress",
     "upgrade",
 ]

@@ -34,10 +34,13 @@ from followup.planning.plan import PlanReport
 from followup.planning.plan import plan as _plan
 from followup.processes import Interrupt
 from followup.runtime import Clock, Runtime
+from followup.service import privacy
+from followup.service.privacy import ErasureReport
 from followup.service.reports import ClientHistory, Status
 from followup.service.reports import history as _history
 from followup.service.reports import status as _status
-from followup.storage import schema
+from followup.storage import people, schema
+from followup.storage.people import Unsuppression
 
 __all__ = [
     "ClientHistory",
@@ -48,20 +51,24 @@ __all__ = [
     "DispatchStopped",
     "DryRun",
     "DryRunEntry",
+    "ErasureReport",
     "ImportReport",
     "PlanReport",
     "Runtime",
     "Settings",
     "Status",
+    "Unsuppression",
     "check_config",
     "dispatch",
     "dry_run",
+    "erase_client",
     "history",
     "import_csv",
     "open",
     "plan",
     "send",
     "status",
+    "unsuppress",
     "upgrade",
 ]
 
@@ -182,3 +189,27 @@ def status(rt: Runtime, now: datetime | None = None) -> Status:
 def history(rt: Runtime, client: str) -> ClientHistory | None:
     """Every touch of one client (by id, or else e-mail) with each change of status."""
     return _history(rt, client)
+
+
+def unsuppress(
+    rt: Runtime, email: str, now: datetime | None = None, *, reason: str = "unsuppressed"
+) -> Unsuppression:
+    """Take an address off the suppression list and put the clients it had bounced back to
+    active, with `reason` in their history (an erased client's hash stays)."""
+    return people.unsuppress(rt.engine, email, now or datetime.now(UTC), reason)
+
+
+def erase_client(
+    rt: Runtime,
+    client: str,
+    now: datetime | None = None,
+    *,
+    dry_runs: Path | str | None = None,
+    vacuum: bool = True,
+) -> ErasureReport:
+    """Erase one client (by id, or else e-mail) for good: their data and the dates of their
+    touches in the database, the capture maildir's copies of their messages, the dry-run
+    folders under `dry_runs` that list them; then, with `vacuum`, the database rewritten
+    without the deleted bytes. The keyed hash of the address stays on the suppression list."""
+    folder = None if dry_runs is None else Path(dry_runs)
+    return privacy.erase(rt, client, now or datetime.now(UTC), dry_runs=folder, vacuum=vacuum)

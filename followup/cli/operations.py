@@ -127,6 +127,9 @@ def _print_history(found: api.ClientHistory) -> None:
         highlight=False,
         markup=False,
     )
+    for action in found.events:
+        detail = f": {action.detail}" if action.detail else ""
+        out.print(f"{_when(action.at)} {action.kind}{detail}", highlight=False, markup=False)
     for touch in found.touches:
         table = Table(
             title=f"touch {touch.touch}: {touch.campaign} {touch.occurrence} - {touch.status}",

@@ -1,5 +1,5 @@
 """Clients and reps: `followup reassign`, `suppress`, `unsuppress` and `client export|erase`
-(data protection). Each is one transaction of followup/storage/people.py."""
+(data protection), over followup/storage/people.py and the API."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from followup import api
 from followup.cli.app import cli, err, example, fail, now, out, settings
 from followup.importing import importer, suppressions
 from followup.logs import log_event
@@ -89,13 +90,30 @@ def suppress(
     out.print(f"{added} address(es) added to the suppression list ({len(addresses)} given)")
 
 
-@cli.command(epilog=example("followup unsuppress ann@example.com"))
-def unsuppress(email: Annotated[str, typer.Argument(help="The address.")]) -> None:
-    """Allow mail to an address again (an erased client's address stays suppressed)."""
+@cli.command(
+    epilog=example(
+        "followup unsuppress ann@example.com",
+        'followup unsuppress ann@example.com --reason "relay refusal taken for a bounce"',
+    )
+)
+def unsuppress(
+    email: Annotated[str, typer.Argument(help="The address.")],
+    reason: Annotated[
+        str, typer.Option(help="Why (kept in the client's history).")
+    ] = "unsuppressed by the operator",
+) -> None:
+    """Allow mail to an address again, and put the clients it had bounced back to active
+    (recorded in their history). An erased client's address stays suppressed; an unsubscribed
+    client stays unsubscribed."""
     rt = Runtime.open(settings())
-    if not people.unsuppress(rt.engine, email):
-        fail(f"{email} is not on the suppression list")
-    out.print(f"{email} removed from the suppression list")
+    done = api.unsuppress(rt, email, now(), reason=reason)
+    if not done.removed and not done.reactivated:
+        fail(f"{email} is not on the suppression list and bounced no client")
+    if done.removed:
+        out.print(f"{email} removed from the suppression list")
+    if done.reactivated:
+        out.print(f"{done.reactivated} bounced client(s) with this address are active again")
+    log_event("client.unsuppressed", listed=done.removed, reactivated=done.reactivated)
 
 
 @client_cli.command(
@@ -123,19 +141,43 @@ def client_export(
     err.print(f"wrote {out_file}")
 
 
-@client_cli.command("erase", epilog=example("followup client erase C0042 --yes"))
+@client_cli.command(
+    "erase",
+    epilog=example(
+        "followup client erase C0042 --yes",
+        "followup client erase ann@example.com --yes --dry-runs previews",
+        "followup client erase C0042 --yes --no-vacuum",
+    ),
+)
 def client_erase(
     client: Annotated[str, typer.Argument(help="The client's id or e-mail address.")],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    dry_runs: Annotated[
+        Path,
+        typer.Option(
+            "--dry-runs", help="Where the dry-run folders are (their folders naming the client go)."
+        ),
+    ] = Path("dry-run"),
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            "--vacuum/--no-vacuum",
+            help="Rewrite the database afterwards so no deleted byte remains (slow on a huge "
+            "database: then --no-vacuum, and `followup db vacuum` later).",
+        ),
+    ] = True,
 ) -> None:
-    """Remove a client's personal data for good. The ledger keeps anonymous touches; the
-    address's hash stays on the suppression list so a later import never mails it again."""
+    """Remove a client's personal data for good: from the database (the ledger keeps anonymous
+    touches: campaign, status, year), the capture maildir and the dry-run folders. The
+    address's keyed hash stays on the suppression list so a later import never mails it."""
     if not yes and not typer.confirm(f"Erase client {client} for good?"):
         fail("nothing erased")
     rt = Runtime.open(settings())
-    erased = people.erase_client(rt.engine, client, now())
+    report = api.erase_client(rt, client, now(), dry_runs=dry_runs, vacuum=vacuum)
+    erased = report.erasure
     out.print(
         f"erased: {erased.purchases_removed} purchase(s) removed, "
-        f"{erased.touches_kept} anonymous touch(es) kept"
+        f"{erased.touches_kept} anonymous touch(es) kept, "
+        f"{report.captured_removed} captured message(s) and "
+        f"{len(report.dry_runs_removed)} dry-run folder(s) removed; {report.vacuum}"
     )
-    log_event("client.erased", client=erased.client_id)

@@ -1,4 +1,4 @@
-"""Getting a shop in: `followup init`, `db upgrade`, `demo` and `import`."""
+"""Getting a shop in: `followup init`, `db upgrade`, `db vacuum`, `demo` and `import`."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from followup import api
 from followup.cli.app import cli, err, example, fail, now, out, parse_day, settings
 from followup.importing import demo, importer
 from followup.runtime import Runtime
+from followup.service import privacy
 from followup.storage import schema
 
 SKELETON = Path(__file__).parent.parent / "skeleton"
 
-db_cli = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+db_cli = typer.Typer(help="Database commands: schema, free space.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 
 
@@ -92,6 +93,16 @@ def db_upgrade() -> None:
     """Create the database or migrate it to this version's schema (safe to repeat)."""
     before, after = api.upgrade(Runtime.open(settings(), create=True))
     out.print(f"database at revision {after}" + ("" if before == after else f" (was {before})"))
+
+
+@db_cli.command(
+    "vacuum",
+    epilog=example("followup db vacuum", "followup client erase C0042 --yes --no-vacuum"),
+)
+def db_vacuum() -> None:
+    """Rewrite the database without its free space, so that no deleted byte remains (SQLite:
+    VACUUM and the WAL truncated; PostgreSQL: VACUUM (FULL) of the tables an erasure writes)."""
+    out.print(privacy.vacuum(Runtime.open(settings())))
 
 
 @cli.command("demo", epilog=example("followup demo && followup run"))

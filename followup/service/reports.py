@@ -119,12 +119,22 @@ class TouchHistory:
 
 
 @dataclass
+class ClientEventLine:
+    """An operator's action on the client: "unsuppressed" (with the reason given), "erased"."""
+
+    at: datetime
+    kind: str
+    detail: str | None
+
+
+@dataclass
 class ClientHistory:
     client: str
     email: str
     status: str
     suppressed: str | None
     touches: list[TouchHistory]
+    events: list[ClientEventLine] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = _jsonable(asdict(self))
@@ -168,4 +178,5 @@ def history(rt: Runtime, client: str) -> ClientHistory | None:
             status=found.status,
             suppressed=suppressed,
             touches=touches,
+            events=[ClientEventLine(*e) for e in overview.client_events_of(conn, found.id)],
         )

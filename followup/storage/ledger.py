@@ -15,7 +15,6 @@ row in `touch_events`.
 from __future__ import annotations
 
 import functools
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -54,11 +53,6 @@ class HandOff:
     touch_id: int
     message_id: str
     values: dict[str, Any]
-
-
-def address_hash(email: str) -> str:
-    """What the suppression list keeps of an erased client's address."""
-    return "sha256:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()
 
 
 class Ledger(ABC):

@@ -13,9 +13,10 @@ from sqlalchemy import Connection, func, select
 from followup.domain.clients import Recipient
 from followup.domain.statuses import WAITING, TouchStatus
 from followup.storage.engine import chunks
-from followup.storage.ledger import address_hash
+from followup.storage.privacy import suppression_keys
 from followup.storage.queries import recipient_query
 from followup.storage.tables import (
+    client_events,
     clients,
     purchases,
     reps,
@@ -30,12 +31,15 @@ from followup.storage.tables import (
 def suppressed(conn: Connection, email: str) -> str | None:
     """Why an address must not be mailed (unsubscribed, bounced, erased, ...), or None. An
     erased client's address is found by its hash."""
-    row = conn.execute(
-        select(suppressions.c.reason).where(
-            suppressions.c.email.in_([email.lower(), address_hash(email)])
+    found = {
+        str(row.email): str(row.reason)
+        for row in conn.execute(
+            select(suppressions.c.email, suppressions.c.reason).where(
+                suppressions.c.email.in_(list(suppression_keys(conn, [email])))
+            )
         )
-    ).first()
-    return None if row is None else str(row.reason)
+    }
+    return found.get(email.strip().lower()) or next(iter(found.values()), None)
 
 
 def touch_counts(conn: Connection) -> dict[str, int]:
@@ -164,6 +168,13 @@ def history_of(conn: Connection, touch_ids: Sequence[int]) -> dict[int, list[Any
         ):
             found[row.touch_id].append(row[1:])
     return found
+
+
+def client_events_of(conn: Connection, client_id: int) -> list[Any]:
+    """The client's own events (at, kind, detail): an operator's actions, in order."""
+    e = client_events
+    query = select(e.c.at, e.c.kind, e.c.detail).where(e.c.client_id == client_id)
+    return [tuple(row) for row in conn.execute(query.order_by(e.c.at, e.c.id))]
 
 
 def survey_scores(conn: Connection, client_id: int) -> dict[int, int]:

@@ -15,12 +15,13 @@ from sqlalchemy import Connection, Engine, delete, func, select, update
 from followup.domain.clients import Recipient
 from followup.domain.statuses import ClientStatus
 from followup.errors import FollowupError
+from followup.storage import privacy
 from followup.storage.dialects import ledger_for
 from followup.storage.engine import chunks, reader
-from followup.storage.ledger import address_hash
 from followup.storage.overview import latest_purchase_recipient, suppressed
 from followup.storage.schema import check_ready
 from followup.storage.tables import (
+    client_events,
     clients,
     purchases,
     reps,
@@ -119,13 +120,46 @@ def suppress(engine: Engine, emails: list[str], reason: str, now: datetime) -> i
         return _suppression_count(conn) - before
 
 
-def unsuppress(engine: Engine, email: str) -> bool:
-    """Removes an address from the suppression list (not the hash of an erased client)."""
+@dataclass
+class Unsuppression:
+    #: Whether the address was on the suppression list.
+    removed: bool
+    #: The bounced clients with this address put back to active.
+    reactivated: int
+
+
+def unsuppress(engine: Engine, email: str, now: datetime, reason: str) -> Unsuppression:
+    """Removes an address from the suppression list (not the hash of an erased client) and
+    puts the clients with this address that it had bounced back to active (a relay's refusal
+    taken for a bounce, a mailbox that works again), each with a `client_events` row saying
+    why. Unsubscribed clients stay so: only they can opt in again."""
     check_ready(engine)
-    s = suppressions
+    s, c = suppressions, clients
+    address = email.strip().lower()
     with engine.begin() as conn:
-        removed = conn.execute(delete(s).where(s.c.email == email.strip().lower())).rowcount
-    return bool(removed)
+        removed = conn.execute(delete(s).where(s.c.email == address)).rowcount
+        bounced = [
+            int(row.id)
+            for row in conn.execute(
+                select(c.c.id).where(
+                    func.lower(c.c.email) == address, c.c.status == ClientStatus.BOUNCED.value
+                )
+            )
+        ]
+        if bounced:
+            conn.execute(
+                update(c)
+                .where(c.c.id.in_(bounced))
+                .values(status=ClientStatus.ACTIVE.value, updated_at=now)
+            )
+            conn.execute(
+                client_events.insert(),
+                [
+                    {"client_id": i, "at": now, "kind": "unsuppressed", "detail": reason}
+                    for i in bounced
+                ],
+            )
+    return Unsuppression(bool(removed), len(bounced))
 
 
 def _suppression_count(conn: Connection) -> int:
@@ -207,7 +241,7 @@ def export_client(engine: Engine, key: str) -> dict[str, Any]:
             )
         ]
         kept = []
-        signers = dict(conn.execute(select(r.c.id, r.c.external_id)).tuples().all())
+        signers = {row.id: row.external_id for row in conn.execute(select(r.c.id, r.c.external_id))}
         for row in conn.execute(
             select(t).where(t.c.client_id == client.id).order_by(t.c.due_at, t.c.id)
         ):
@@ -235,6 +269,37 @@ def export_client(engine: Engine, key: str) -> dict[str, Any]:
 
 
 @dataclass
+class ErasureTarget:
+    """What an erasure must find outside the database before it erases: the address, the
+    name and the Message-IDs of the client's messages (copies in the capture maildir)."""
+
+    client_id: int
+    external_id: str
+    email: str
+    names: tuple[str, ...]
+    message_ids: list[str]
+
+
+def erasure_target(engine: Engine, key: str) -> ErasureTarget:
+    """The client with this external id or e-mail, as `ErasureTarget`."""
+    check_ready(engine)
+    t = touches
+    with reader(engine) as conn:
+        client = _client(conn, key)
+        ids = conn.execute(
+            select(t.c.message_id).where(t.c.client_id == client.id, t.c.message_id.is_not(None))
+        ).scalars()
+        names = (str(client.first_name), str(client.last_name))
+        return ErasureTarget(
+            client_id=int(client.id),
+            external_id=str(client.external_id),
+            email=str(client.email),
+            names=tuple(n for n in (*names, " ".join(names).strip()) if n.strip()),
+            message_ids=[str(m) for m in ids],
+        )
+
+
+@dataclass
 class Erasure:
     client_id: int
     touches_kept: int
@@ -242,38 +307,31 @@ class Erasure:
 
 
 def erase_client(engine: Engine, key: str, now: datetime) -> Erasure:
-    """Removes a client's personal data: name, address, birthday, tags, purchases and every
-    message reply that could quote the address. Keeps the ledger's touches (anonymous: what
-    went out when, for counts) and the hash of the address in the suppression list, so that
-    importing the same address again never brings mailing back."""
+    """Removes everything that identifies or describes a client: name, address, birthday,
+    locale, zone, country, tier, tags, purchases, survey answers, the client's events, and
+    from the touches their dates (the year stays), Message-IDs and replies; the address and
+    name from the runs' details. Keeps the touches (campaign, status, year: for counts) and
+    the keyed hash of the address on the suppression list, so that importing the same
+    address again never brings mailing back. On SQLite, what is deleted or replaced is
+    overwritten with zeros (secure_delete); `privacy.vacuum` then leaves no free page."""
     check_ready(engine)
-    c, p, t, e, s = (
-        clients,
-        purchases,
-        touches,
-        touch_events,
-        suppressions,
-    )
+    c, p, s = clients, purchases, suppressions
     with engine.begin() as conn:
+        privacy.secure_delete(conn, True)
         client = _client(conn, key)
         client_id = int(client.id)
         email = str(client.email)
-        touch_ids = [
-            int(row.id) for row in conn.execute(select(t.c.id).where(t.c.client_id == client_id))
-        ]
-        for batch in chunks(touch_ids, 500):
-            conn.execute(update(e).where(e.c.touch_id.in_(batch)).values(detail=None))
-        conn.execute(
-            update(t)
-            .where(t.c.client_id == client_id)
-            .values(smtp_reply=None, reason=None, purchase_id=None, updated_at=now)
-        )
+        kept = privacy.anonymise_touches(conn, client_id, now)
         removed = conn.execute(delete(p).where(p.c.client_id == client_id)).rowcount
-        a = survey_answers
-        conn.execute(delete(a).where(a.c.client_id == client_id))
-        digest = address_hash(email)
-        conn.execute(delete(s).where(s.c.email == email.lower()))
+        conn.execute(delete(survey_answers).where(survey_answers.c.client_id == client_id))
+        conn.execute(delete(client_events).where(client_events.c.client_id == client_id))
+        conn.execute(
+            client_events.insert().values(client_id=client_id, at=now, kind="erased", detail=None)
+        )
+        conn.execute(delete(s).where(s.c.email == email.strip().lower()))
+        digest = privacy.keyed_hash(privacy.address_key(conn), email)
         ledger_for(conn).suppress(conn, digest, "erased", now)
+        privacy.scrub_runs(conn, [email, f"{client.first_name} {client.last_name}"])
         conn.execute(
             update(c)
             .where(c.c.id == client_id)
@@ -282,6 +340,9 @@ def erase_client(engine: Engine, key: str, now: datetime) -> Erasure:
                 email=f"erased-{client_id}@erased.invalid",
                 first_name="",
                 last_name="",
+                locale="",
+                timezone="UTC",
+                country="",
                 birthday_month=None,
                 birthday_day=None,
                 birthday_year=None,
@@ -291,7 +352,8 @@ def erase_client(engine: Engine, key: str, now: datetime) -> Erasure:
                 updated_at=now,
             )
         )
-    return Erasure(client_id, len(touch_ids), int(removed or 0))
+        privacy.secure_delete(conn, False)
+    return Erasure(client_id, kept, int(removed or 0))
 
 
 def preview_client(engine: Engine, external_id: str) -> Recipient:

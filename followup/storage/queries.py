@@ -34,7 +34,7 @@ from followup.domain.statuses import SEEN, WAITING, TouchStatus
 from followup.domain.touches import DueTouch, LedgerTouch
 from followup.storage.dialects import ledger_for
 from followup.storage.engine import chunks
-from followup.storage.ledger import address_hash
+from followup.storage.privacy import suppression_keys
 from followup.storage.tables import (
     clients,
     planned_clients,
@@ -296,7 +296,7 @@ class SendFacts:
     touches: dict[int, DueTouch] = field(default_factory=dict)
     #: By touch id (the dry-run's: by candidate); a touch whose client is gone has none.
     recipients: dict[int, Recipient] = field(default_factory=dict)
-    #: By lower-cased address or address hash (an erased client's).
+    #: By lower-cased address (found as such or by its keyed hash, an erased client's).
     suppressed: dict[str, str] = field(default_factory=dict)
     stats: dict[int, ClientStats] = field(default_factory=dict)
     #: By client.
@@ -304,7 +304,7 @@ class SendFacts:
 
     def suppression(self, email: str) -> str | None:
         """Why the address must not be mailed, or None."""
-        return self.suppressed.get(email.lower()) or self.suppressed.get(address_hash(email))
+        return self.suppressed.get(email.strip().lower())
 
 
 def recipient_query() -> Select[Any]:
@@ -361,11 +361,13 @@ def send_facts(conn: Connection, ids: list[int]) -> SendFacts:
 def _add_client_facts(conn: Connection, found: SendFacts) -> None:
     """The suppressions, purchase facts and recent sends of the recipients in `found`."""
     rows = ledger_for(conn).rows
-    emails = {f.email.lower() for f in found.recipients.values()}
-    keys = sorted(emails | {address_hash(e) for e in emails})
-    for addresses in chunks(keys, 500):
+    keys = suppression_keys(conn, {f.email for f in found.recipients.values()})
+    for addresses in chunks(sorted(keys), 500):
         for row in rows(conn, _suppressions_query(), emails=addresses):
-            found.suppressed[row.email] = row.reason
+            # The address's own row (unsubscribed, bounced) before an erased client's hash.
+            address = keys[row.email]
+            if address not in found.suppressed or row.email == address:
+                found.suppressed[address] = row.reason
     clients_ = sorted({f.client_id for f in found.recipients.values()})
     for group in chunks(clients_, 500):
         found.stats.update(client_stats(conn, 0, 0, ids=group))

@@ -174,6 +174,32 @@ class Suppression(SQLModel, table=True):
     created_at: datetime
 
 
+class Installation(SQLModel, table=True):
+    """This installation's own secrets, one row (id 1), made by migration 0008: the key of the
+    suppression list's keyed hashes. Its own key, not FOLLOWUP_SECRET_KEY, which an operator
+    may rotate: a rotated key would lose every erased client's suppression."""
+
+    __tablename__ = "installation"
+
+    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    #: 32 random bytes, hexadecimal.
+    address_key: str = Field(max_length=64)
+    created_at: datetime
+
+
+class ClientEvent(SQLModel, table=True):
+    """A client's history beyond their touches: an operator's action on the client (put back
+    to mailable by `followup unsuppress`, erased), with the reason given."""
+
+    __tablename__ = "client_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_id: int = Field(foreign_key="clients.id", index=True)
+    at: datetime
+    kind: str = Field(max_length=32)
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
 class SurveyAnswer(SQLModel, table=True):
     """A client's satisfaction score (1-5) from the link in a survey message."""
 
@@ -222,3 +248,5 @@ survey_answers = SQLModel.metadata.tables["survey_answers"]
 runs = SQLModel.metadata.tables["runs"]
 planned_clients = SQLModel.metadata.tables["planned_clients"]
 purchase_versions = SQLModel.metadata.tables["purchase_versions"]
+installation = SQLModel.metadata.tables["installation"]
+client_events = SQLModel.metadata.tables["client_events"]
