@@ -33,6 +33,8 @@ from followup.runtime import Clock, Runtime
 from followup.service.reports import ClientHistory, Status
 from followup.service.reports import history as _history
 from followup.service.reports import status as _status
+from followup.service.retry import Retry
+from followup.service.retry import retry as _retry
 from followup.storage import schema
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "DryRunEntry",
     "ImportReport",
     "PlanReport",
+    "Retry",
     "Runtime",
     "Settings",
     "Status",
@@ -52,6 +55,7 @@ __all__ = [
     "import_csv",
     "open",
     "plan",
+    "retry",
     "send",
     "status",
     "upgrade",
@@ -128,10 +132,38 @@ def send(
     clock starts at `now` (default: the real time) and runs on. From `processes` processes
     (default: [delivery] processes). With `resend_uncertain`, the
     touches whose fate a crash left unknown are sent again first (a client may get a message
-    twice: the operator's decision). For an event loop of your own, await `dispatch`."""
+    twice: the operator's decision). For an event loop of your own, await `dispatch`.
+    Refuses (RenderError, naming file and line) when a template an enabled campaign needs
+    does not compile; a template that fails while rendering holds its touches instead."""
+    rt.check_templates()
     count = processes or rt.settings.delivery.processes
     clock = Clock.starting_at(now)
     return dispatch_in_processes(rt, clock, count, resend_uncertain=resend_uncertain)
+
+
+def retry(
+    rt: Runtime,
+    now: datetime | None = None,
+    *,
+    campaign: str | None = None,
+    reason: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    dry_run: bool = False,
+) -> Retry:
+    """Send failed touches again: those of `campaign`, whose reason holds `reason` (any
+    case), that failed at or after `since` and before `until`. They go back to the queue,
+    due at `now`, with a day to go out (the next `send` takes them); with `dry_run` they are
+    only listed. Only failed touches move, never a sent or uncertain one."""
+    return _retry(
+        rt,
+        now or datetime.now(UTC),
+        campaign=campaign,
+        reason=reason,
+        since=since,
+        until=until,
+        dry_run=dry_run,
+    )
 
 
 def dry_run(rt: Runtime, on: date | None = None, now: datetime | None = None) -> DryRun:

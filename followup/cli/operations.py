@@ -71,7 +71,8 @@ def _print_status(report: api.Status) -> None:
                 markup=False,
                 soft_wrap=True,
             )
-    for title, lines in (("failed", report.failed), ("uncertain", report.uncertain)):
+    listed = (("failed", report.failed), ("uncertain", report.uncertain), ("held", report.held))
+    for title, lines in listed:
         if not lines:
             continue
         listing = Table(title=f"{title} (latest {len(lines)} of {report.counts.get(title, 0)})")
@@ -87,6 +88,11 @@ def _print_status(report: api.Status) -> None:
                 line.reason or "",
             )
         out.print(listing)
+    if report.held:
+        out.print(
+            "held touches wait for their template to be fixed (the reason names the file and "
+            "line); they go out once it renders, within their lateness."
+        )
     if report.uncertain:
         out.print(
             "uncertain touches may have reached the client: `followup send --once "

@@ -97,6 +97,8 @@ async def dispatch(
     of the batch goes back to the queue. `on_delivery` sees each SMTP outcome and how many
     seconds the transaction took (metrics)."""
     check_ready(rt.engine)
+    # A template saved since the last run is rendered from this run on (the daemon).
+    rt.reload_templates()
     started = monotonic_time.monotonic()
     started_at = clock()
     hooks = Hooks(should_stop or (lambda: False), on_delivery)
@@ -127,6 +129,7 @@ async def dispatch(
         "failed": report.failed,
         "skipped": report.skipped,
         "uncertain": report.uncertain,
+        "held": report.held,
     }
     if any(counts.values()) or report.too_late:
         log_event("dispatch.done", **counts)

@@ -17,13 +17,15 @@ class DispatchReport:
     skipped: int = 0
     uncertain: int = 0
     too_late: int = 0
+    held: int = 0
     requeued: int = 0
     rate_limited: bool = False
     capture_dir: Path | None = None
 
     def add(self, other: DispatchReport) -> None:
         """Adds the counts of another process's run."""
-        for name in ("sent", "retry", "failed", "skipped", "uncertain", "too_late", "requeued"):
+        counts = ("sent", "retry", "failed", "skipped", "uncertain", "too_late", "requeued", "held")
+        for name in counts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.rate_limited = self.rate_limited or other.rate_limited
         self.capture_dir = self.capture_dir or other.capture_dir

@@ -14,8 +14,9 @@ from followup.storage import overview
 from followup.storage.engine import reader
 from followup.storage.schema import check_ready
 
-FAILED, UNCERTAIN = TouchStatus.FAILED, TouchStatus.UNCERTAIN
-#: How many failed and uncertain touches `status` lists (the counts are always complete).
+FAILED, UNCERTAIN, HELD = TouchStatus.FAILED, TouchStatus.UNCERTAIN, TouchStatus.HELD
+#: How many failed, uncertain and held touches `status` lists (the counts are always
+#: complete).
 LISTED = 20
 
 
@@ -39,17 +40,20 @@ class Status:
     runs: dict[str, dict[str, Any]]
     failed: list[TouchLine] = field(default_factory=list)
     uncertain: list[TouchLine] = field(default_factory=list)
+    #: Held on a template error (the reason names the file and line): they go out once it is
+    #: fixed.
+    held: list[TouchLine] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = _jsonable(asdict(self))
+        data: dict[str, Any] = jsonable(asdict(self))
         return data
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, datetime | date):
         return value.isoformat()
     return value
@@ -69,6 +73,7 @@ def status(rt: Runtime, now: datetime) -> Status:
             runs=runs,
             failed=[TouchLine(*row) for row in overview.latest_touches(conn, FAILED, LISTED)],
             uncertain=[TouchLine(*row) for row in overview.latest_touches(conn, UNCERTAIN, LISTED)],
+            held=[TouchLine(*row) for row in overview.latest_touches(conn, HELD, LISTED)],
         )
 
 
@@ -109,7 +114,7 @@ class ClientHistory:
     touches: list[TouchHistory]
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = _jsonable(asdict(self))
+        data: dict[str, Any] = jsonable(asdict(self))
         return data
 
 

@@ -276,6 +276,7 @@ class WebApp:
             data["schema_at_head"] = revision == head_revision()
             with reader(self.engine) as conn:
                 runs = overview.last_runs(conn)
+                data["held"] = overview.held_count(conn)
         except SQLAlchemyError as exc:
             data["error"] = type(exc).__name__
             runs = {}
@@ -296,7 +297,9 @@ class WebApp:
     async def healthz(self) -> Response:
         data = await asyncio.to_thread(self._health)
         healthy = bool(data["database"] and data["schema_at_head"])
-        data["status"] = "ok" if healthy else "unhealthy"
+        # Degraded: it runs, but touches are held on a template error (`followup status`).
+        degraded = bool(data.get("held"))
+        data["status"] = ("degraded" if degraded else "ok") if healthy else "unhealthy"
         body = json.dumps(data, indent=2).encode() + b"\n"
         return Response(200 if healthy else 503, body, "application/json")
 
