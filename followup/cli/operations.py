@@ -42,7 +42,8 @@ def _when(value: object) -> str:
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """The ledger: touches by status, the queue, the last runs, failed and uncertain touches."""
+    """The ledger: touches by status, the queue, the last runs, failed, uncertain and held
+    touches (held: their template did not render; the reason names the file and line)."""
     report = api.status(Runtime.open(settings()), now())
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")

@@ -167,9 +167,9 @@ class Batch:
         """Decide on and compose the next touches of each (connection, room) in `wanted`, in
         order, in a worker thread: rendering is CPU work, and the event loop must stay free
         for /healthz, unsubscribes and signals. Returns (connection, what to send) for each
-        touch not settled there. The touches are taken from `pending`; if composing fails or
-        is cancelled, the thread stops after the touch at hand, and those not settled go back
-        to `pending` (and from there to the queue)."""
+        touch not settled there. The touches are taken from `pending`; if composing fails, is
+        cancelled or the run stops, the thread stops after the touch at hand, and those not
+        settled go back to `pending` (and from there to the queue)."""
         order: list[tuple[int, int]] = []
         for i, room in wanted:
             for _ in range(min(room, len(self.pending))):
@@ -181,7 +181,8 @@ class Batch:
 
         def work() -> None:
             for _, touch_id in order:
-                if stop.is_set():
+                # A stop asked (SIGTERM) or this task cancelled: not one more message.
+                if stop.is_set() or self.hooks.should_stop():
                     return
                 done[touch_id] = self._prepare(touch_id, counts)
 
@@ -199,7 +200,9 @@ class Batch:
                 self.report.add(counts)
             raise
         self.report.add(counts)
-        return [(i, found) for i, touch_id in order if (found := done[touch_id]) is not None]
+        # Those left when a stop was asked go back with the rest (released at the end).
+        self.pending.extendleft(reversed([t for _, t in order if t not in done]))
+        return [(i, found) for i, t in order if t in done and (found := done[t]) is not None]
 
     def _prepare(self, touch_id: int, counts: DispatchReport) -> Prepared | None:
         found = prepare(self.rt, touch_id, self.clock(), self.key, counts, self.facts)
