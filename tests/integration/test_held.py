@@ -193,3 +193,31 @@ def test_retry_moves_failed_touches_by_campaign_reason_and_day_never_others(
     assert api.send(rt, NOW + timedelta(minutes=1)).sent == 1
     assert [m.rcpt_tos for m in smtp_server.handler.received] == [["ann@example.com"]]
     assert statuses(rt)["c1"] == "sent"
+
+
+def test_a_stop_asked_while_composing_waits_for_one_message_and_gives_the_rest_back(
+    tmp_path: Path,
+    database_url: str,
+    smtp_server: SmtpServer,
+    open_runtime: OpenRuntime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM during a group's composing (a slow template): the worker thread finishes the
+    message at hand, composes no other; those not composed are back in the queue, not left
+    `sending`."""
+    rt = smtp_runtime(tmp_path, database_url, smtp_server, open_runtime)
+    original = compose.compose
+    composed: list[str] = []
+
+    def composing(*args: Any, **kwargs: Any) -> compose.Composed:
+        composed.append(str(kwargs["campaign"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(compose, "compose", composing)
+    report = asyncio.run(
+        dispatch(rt, lambda: NOW, rng=random.Random(1), should_stop=lambda: bool(composed))
+    )
+    assert len(composed) == 1 and report.sent == 0
+    assert "sending" not in statuses(rt).values()
+    assert list(statuses(rt).values()).count("planned") >= 3
+    assert smtp_server.handler.received == []
