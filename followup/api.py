@@ -39,6 +39,8 @@ from followup.service.privacy import ErasureReport
 from followup.service.reports import ClientHistory, Status
 from followup.service.reports import history as _history
 from followup.service.reports import status as _status
+from followup.service.retry import Retry
+from followup.service.retry import retry as _retry
 from followup.storage import people, schema
 from followup.storage.people import Unsuppression
 
@@ -54,6 +56,7 @@ __all__ = [
     "ErasureReport",
     "ImportReport",
     "PlanReport",
+    "Retry",
     "Runtime",
     "Settings",
     "Status",
@@ -66,6 +69,7 @@ __all__ = [
     "import_csv",
     "open",
     "plan",
+    "retry",
     "send",
     "status",
     "unsuppress",
@@ -164,11 +168,39 @@ def send(
     twice: the operator's decision). With an entered `interrupt` (followup.processes), SIGTERM
     and SIGINT stop the run as they stop the daemon. For an event loop of your own, await
     `dispatch`. Raises DispatchStopped, with the report, when the SMTP server refuses this
-    client's setup (relay, login, sender, policy): the touches not sent stay in the queue."""
+    client's setup (relay, login, sender, policy): the touches not sent stay in the queue.
+    Refuses (RenderError, naming file and line) when a template an enabled campaign needs
+    does not compile; a template that fails while rendering holds its touches instead."""
+    rt.check_templates()
     count = processes or rt.settings.delivery.processes
     clock = Clock.starting_at(now)
     return dispatch_in_processes(
         rt, clock, count, resend_uncertain=resend_uncertain, interrupt=interrupt
+    )
+
+
+def retry(
+    rt: Runtime,
+    now: datetime | None = None,
+    *,
+    campaign: str | None = None,
+    reason: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    dry_run: bool = False,
+) -> Retry:
+    """Send failed touches again: those of `campaign`, whose reason holds `reason` (any
+    case), that failed at or after `since` and before `until`. They go back to the queue,
+    due at `now`, with a day to go out (the next `send` takes them); with `dry_run` they are
+    only listed. Only failed touches move, never a sent or uncertain one."""
+    return _retry(
+        rt,
+        now or datetime.now(UTC),
+        campaign=campaign,
+        reason=reason,
+        since=since,
+        until=until,
+        dry_run=dry_run,
     )
 
 

@@ -19,8 +19,9 @@ from followup.domain import care, planner
 from followup.domain.decision import Rules
 from followup.domain.occasions import Calendar
 from followup.domain.outcomes import RetryPolicy
-from followup.errors import DatabaseNotReady
-from followup.messages.templates import Templates
+from followup.errors import DatabaseNotReady, RenderError
+from followup.logs import log_event
+from followup.messages.templates import Templates, stamp
 from followup.storage.dialects import ledger_for
 from followup.storage.engine import open_engine, sqlite_path
 from followup.storage.ledger import Ledger
@@ -34,6 +35,8 @@ class Runtime:
     engine: Engine
     templates: Templates
     calendar: Calendar
+    #: The stamp of templates/ when `templates` was built (see `reload_templates`).
+    templates_stamp: tuple[int, int, int] = (0, 0, 0)
 
     @classmethod
     def open(cls, settings: Settings, *, create: bool = False) -> Runtime:
@@ -46,8 +49,40 @@ class Runtime:
                     f"no database at {path}; run `followup db upgrade` (or `followup demo`)"
                 )
         engine = open_engine(url, create_dir=create)
-        templates = Templates(settings.path(settings.templates_dir), settings.sender.default_locale)
-        return cls(settings, engine, templates, calendar)
+        folder = settings.path(settings.templates_dir)
+        built = stamp(folder)
+        templates = Templates(folder, settings.sender.default_locale)
+        return cls(settings, engine, templates, calendar, built)
+
+    def reload_templates(self) -> bool:
+        """Build the templates again when a file under templates/ changed since they were
+        built (a cheap stamp: count, latest mtime, total size), so that a long-running process
+        (the daemon) renders what the marketers saved without a restart. True when rebuilt."""
+        now = stamp(self.templates.root)
+        if now == self.templates_stamp:
+            return False
+        self.templates = Templates(self.templates.root, self.templates.default_locale)
+        self.templates_stamp = now
+        log_event("templates.reloaded", files=now[0])
+        return True
+
+    def check_templates(self) -> None:
+        """Refuse to send when a template that an enabled campaign needs (its message's files,
+        and the shared layouts and partials) does not compile: raises a RenderError naming
+        each file and line. Errors while rendering (a misspelt variable) hold the touches
+        instead, until the file is fixed."""
+        needed = {campaign.template for campaign in self.calendar.enabled}
+        errors = self.templates.compile_all(needed)
+        if errors:
+            listed = "\n".join(f"  {error}" for error in errors)
+            first = errors[0]
+            raise RenderError(
+                f"{len(errors)} template(s) do not compile; nothing was sent. Fix them "
+                f"(`followup templates check`) and start again:\n{listed}",
+                file=first.file,
+                line=first.line,
+                detail=first.detail,
+            )
 
     @functools.cached_property
     def ledger(self) -> Ledger:

@@ -42,7 +42,8 @@ def _when(value: object) -> str:
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """The ledger: touches by status, the queue, the last runs, failed and uncertain touches."""
+    """The ledger: touches by status, the queue, the last runs, failed, uncertain and held
+    touches (held: their template did not render; the reason names the file and line)."""
     report = api.status(Runtime.open(settings()), now())
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
@@ -78,7 +79,8 @@ def _print_status(report: api.Status) -> None:
             highlight=False,
             markup=False,
         )
-    for title, lines in (("failed", report.failed), ("uncertain", report.uncertain)):
+    listed = (("failed", report.failed), ("uncertain", report.uncertain), ("held", report.held))
+    for title, lines in listed:
         if not lines:
             continue
         listing = Table(title=f"{title} (latest {len(lines)} of {report.counts.get(title, 0)})")
@@ -94,6 +96,11 @@ def _print_status(report: api.Status) -> None:
                 line.reason or "",
             )
         out.print(listing)
+    if report.held:
+        out.print(
+            "held touches wait for their template to be fixed (the reason names the file and "
+            "line); they go out once it renders, within their lateness."
+        )
     if report.uncertain:
         out.print(
             "uncertain touches may have reached the client: `followup send --once "

@@ -167,6 +167,67 @@ def send(
 
 @cli.command(
     epilog=example(
+        'followup retry --campaign new_year --reason "template error" --dry-run',
+        'followup retry --campaign new_year --reason "template error"',
+        "followup retry --since 2027-01-01 --until 2027-01-02 --dry-run",
+    )
+)
+def retry(
+    campaign: Annotated[str | None, typer.Option(help="Only the touches of this campaign.")] = None,
+    reason: Annotated[
+        str | None,
+        typer.Option(help="Only those whose reason contains this text (any case)."),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only those that failed on or after this day (UTC).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Only those that failed on or before this day (UTC).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List them, change nothing.")] = False,
+) -> None:
+    """Send failed touches again: they go back to the queue, due now, for the next send (or
+    the daemon). Only failed touches move: never a sent or uncertain one."""
+    start = None if since is None else datetime.combine(parse_day(since, "--since"), time(), UTC)
+    end = None
+    if until is not None:
+        end = datetime.combine(parse_day(until, "--until") + timedelta(days=1), time(), UTC)
+    found = api.retry(
+        Runtime.open(settings()),
+        now(),
+        campaign=campaign,
+        reason=reason,
+        since=start,
+        until=end,
+        dry_run=dry_run,
+    )
+    table = Table(title=f"failed touches ({len(found.touches)})")
+    for column in ("touch", "client", "campaign", "occurrence", "failed at", "reason"):
+        table.add_column(column)
+    for line in found.touches[:LISTED]:
+        table.add_row(
+            str(line.touch),
+            line.client,
+            line.campaign,
+            line.occurrence.isoformat(),
+            line.updated_at.isoformat(timespec="seconds"),
+            line.reason or "",
+        )
+    out.print(table)
+    if len(found.touches) > LISTED:
+        out.print(f"... and {len(found.touches) - LISTED} more")
+    if dry_run:
+        out.print(f"{len(found.touches)} failed touch(es) would be sent again (nothing changed)")
+    else:
+        out.print(f"{found.retried} failed touch(es) back in the queue, due now")
+
+
+#: How many touches `followup retry` lists (the counts are complete).
+LISTED = 50
+
+
+@cli.command(
+    epilog=example(
         "followup run",
         "followup run --dry-run --on 2027-12-24 --out xmas",
         "followup run --dry-run --on 2027-01-01 --json | jq '.messages[].to'",

@@ -62,6 +62,8 @@ class DeliverySettings(_Section):
     processes: int = Field(default=1, ge=1, le=64)
     max_attempts: int = Field(default=8, ge=1, le=100)
     retry_base_seconds: float = Field(default=60.0, gt=0, le=DAY)
+    #: A touch whose template does not render is held and tried again after this long.
+    hold_seconds: float = Field(default=60.0, gt=0, le=DAY)
 
 
 #: The smallest rate_per_second that is not 0 (no limit).

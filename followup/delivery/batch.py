@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time as monotonic_time
 from collections import deque
 from collections.abc import Callable
@@ -160,16 +161,8 @@ class Batch:
             # A fair share when little is left: every connection gets some.
             share = -(-len(self.pending) // (len(others) + 1))
             wanted = [(i, min(size - len(self.queues[i]), share)) for i in (index, *others)]
-            prepared: list[tuple[int, Prepared]] = []
+            prepared = await self._compose(wanted)
             try:
-                for i, room in wanted:
-                    for _ in range(room):
-                        if not self.pending:
-                            break
-                        found = self._prepare(self.pending[0])
-                        self.pending.popleft()
-                        if found is not None:
-                            prepared.append((i, found))
                 now = self.clock()
                 held = await self._hand_off([item for _, item in prepared], now)
             except BaseException:
@@ -186,8 +179,49 @@ class Batch:
                         self.renew_at[i] = renew_at
                     self.queues[i].append(item)
 
-    def _prepare(self, touch_id: int) -> Prepared | None:
-        found = prepare(self.rt, touch_id, self.clock(), self.key, self.report, self.facts)
+    async def _compose(self, wanted: list[tuple[int, int]]) -> list[tuple[int, Prepared]]:
+        """Decide on and compose the next touches of each (connection, room) in `wanted`, in
+        order, in a worker thread: rendering is CPU work, and the event loop must stay free
+        for /healthz, unsubscribes and signals. Returns (connection, what to send) for each
+        touch not settled there. The touches are taken from `pending`; if composing fails, is
+        cancelled or the run stops, the thread stops after the touch at hand, and those not
+        settled go back to `pending` (and from there to the queue)."""
+        order: list[tuple[int, int]] = []
+        for i, room in wanted:
+            for _ in range(min(room, len(self.pending))):
+                order.append((i, self.pending.popleft()))
+        stop = threading.Event()
+        done: dict[int, Prepared | None] = {}
+        # Counted here, added on the loop: the recorder counts on the loop meanwhile.
+        counts = DispatchReport()
+
+        def work() -> None:
+            for _, touch_id in order:
+                # A stop asked (SIGTERM) or this task cancelled: not one more message.
+                if stop.is_set() or self.hooks.should_stop():
+                    return
+                done[touch_id] = self._prepare(touch_id, counts)
+
+        future = asyncio.ensure_future(asyncio.to_thread(work))
+        try:
+            await asyncio.shield(future)
+        except BaseException:
+            stop.set()
+            try:
+                await asyncio.wait([future])
+            finally:
+                settled = {touch_id for touch_id, found in done.items() if found is None}
+                back = [touch_id for _, touch_id in order if touch_id not in settled]
+                self.pending.extendleft(reversed(back))
+                self.report.add(counts)
+            raise
+        self.report.add(counts)
+        # Those left when a stop was asked go back with the rest (released at the end).
+        self.pending.extendleft(reversed([t for _, t in order if t not in done]))
+        return [(i, found) for i, t in order if t in done and (found := done[t]) is not None]
+
+    def _prepare(self, touch_id: int, counts: DispatchReport) -> Prepared | None:
+        found = prepare(self.rt, touch_id, self.clock(), self.key, counts, self.facts)
         if found is not None:
             touch, message = found
             # The client's next touch in this batch must look different from this one.
@@ -230,8 +264,9 @@ def prepare(
     rt: Runtime, touch_id: int, now: datetime, key: str, report: DispatchReport, facts: SendFacts
 ) -> Prepared | None:
     """Decide on one claimed touch, then compose it. Returns what to send, or None when the
-    touch was settled here (skipped, sent back to wait for its send window, or failed on its
-    template) and nothing is to be sent."""
+    touch was settled here (skipped, sent back to wait for its send window, held on its
+    template, or failed) and nothing is to be sent. Runs in a worker thread (its
+    transactions are the plain `engine.begin()`)."""
     touch = facts.touches[touch_id]
     recipient = facts.recipients.get(touch_id)
     decision = decide(
@@ -275,17 +310,37 @@ def prepare(
             client=decision.client,
         )
     except Exception as exc:
-        # A broken template (RenderError names its file and line) or a bug while composing:
-        # this touch fails with the reason, the rest of the run goes on.
         reason = failure_reason(exc)
-        if not isinstance(exc, RenderError):
-            log.exception("compose failed", extra={"event": "touch.compose_error"})
+        if isinstance(exc, RenderError):
+            # A template error (RenderError names its file and line) holds the touch: it
+            # waits, and goes out once the template is fixed (within its lateness).
+            delay = timedelta(seconds=rt.settings.delivery.hold_seconds)
+            with rt.engine.begin() as conn:
+                rt.ledger.hold(conn, touch, reason, now, delay)
+            report.held += 1
+            log_event(
+                "touch.held",
+                touch=touch_id,
+                campaign=touch.campaign,
+                template=touch.template,
+                file=exc.file,
+                line=exc.line,
+            )
+            return None
+        # A bug while composing: this touch fails with the reason, the rest of the run goes
+        # on.
+        log.exception("compose failed", extra={"event": "touch.compose_error"})
         with rt.engine.begin() as conn:
             rt.ledger.settle(conn, touch_id, TouchStatus.FAILED, reason, now)
         report.failed += 1
         log_event("touch.failed", touch=touch_id, campaign=touch.campaign, reason="compose")
         return None
     return touch, message
+
+
+def compose_error_status(exc: Exception) -> TouchStatus:
+    """A template error holds the touch until the file is fixed; a bug fails it."""
+    return TouchStatus.HELD if isinstance(exc, RenderError) else TouchStatus.FAILED
 
 
 def failure_reason(exc: Exception) -> str:

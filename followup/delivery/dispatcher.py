@@ -193,6 +193,8 @@ async def dispatch(
     the queue (released: no attempt spent, nobody bounced), and DispatchStopped is raised
     with the report, once the run's log event and record are written."""
     check_ready(rt.engine)
+    # A template saved since the last run is rendered from this run on (the daemon).
+    rt.reload_templates()
     started = monotonic_time.monotonic()
     started_at = clock()
     settings = rt.settings

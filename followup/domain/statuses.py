@@ -29,10 +29,14 @@ class TouchStatus(enum.StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     UNCERTAIN = "uncertain"
+    #: Its template did not render (a typo, an error raised while rendering): it waits in the
+    #: queue, tried again after `[delivery] hold_seconds`, and goes out once the template is
+    #: fixed (within its lateness).
+    HELD = "held"
 
 
 #: A touch in one of these states waits for its next attempt (the queue).
-WAITING = (TouchStatus.PLANNED.value, TouchStatus.RETRY.value)
+WAITING = (TouchStatus.PLANNED.value, TouchStatus.RETRY.value, TouchStatus.HELD.value)
 
 #: Touches whose design the client has (or may have) seen: the next one must look different.
 SEEN = (TouchStatus.SENT.value, TouchStatus.SENDING.value, TouchStatus.UNCERTAIN.value)
@@ -45,5 +49,6 @@ COUNTING = frozenset(
         TouchStatus.SENT.value,
         TouchStatus.RETRY.value,
         TouchStatus.UNCERTAIN.value,
+        TouchStatus.HELD.value,
     }
 )

@@ -139,6 +139,7 @@ def _status(entry: DryRunEntry) -> str:
     return {
         "skipped": "skipped",
         "failed": "fails",
+        "held": "held (template error)",
         "sent": "sent already",
         "sending": "being sent",
         "uncertain": "uncertain",

@@ -20,7 +20,7 @@ import heapq
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from followup.delivery.batch import NO_STATS, failure_reason
+from followup.delivery.batch import NO_STATS, compose_error_status, failure_reason
 from followup.domain.clients import Recipient
 from followup.domain.decision import Send, Skip, Wait, decide
 from followup.domain.statuses import TouchStatus
@@ -55,7 +55,7 @@ class DryRunEntry:
     subject: str | None = None
     file: str | None = None
     reason: str | None = None
-    #: What the ledger holds for the touch after that day: sent, skipped, failed (or, for a
+    #: What the ledger holds for the touch after that day: sent, skipped, held, failed (or, for a
     #: touch settled before, its status), planned or retry while it waits.
     status: str = TouchStatus.SENT.value
     #: A waiting touch: when it goes out.
@@ -199,8 +199,9 @@ class _Dispatcher:
                 client=decision.client,
             )
         except Exception as exc:
-            # As in a real run: this touch fails with the reason, the others still go out.
-            entry.status, entry.reason = TouchStatus.FAILED.value, failure_reason(exc)
+            # As in a real run: this touch is held (a template error) or fails, with the
+            # reason; the others still go out.
+            entry.status, entry.reason = compose_error_status(exc).value, failure_reason(exc)
             self.result.skipped.append(entry)
             return
         self._seen(touch.client_id, touch.id, message.variant, at)

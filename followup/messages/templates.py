@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import traceback
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Mapping, MutableMapping
 from pathlib import Path
 from types import CodeType
 from typing import Any
@@ -335,13 +335,17 @@ class Templates:
             file, line = self._locate(exc, name)
             raise self._error(file, line, f"{type(exc).__name__}: {exc}") from exc
 
-    def compile_all(self) -> list[RenderError]:
-        """Compile every template file under the root (syntax only): one error per bad file."""
+    def compile_all(self, messages: Collection[str] | None = None) -> list[RenderError]:
+        """Compile every template file under the root (syntax only): one error per bad file.
+        With `messages`, only theirs and the shared ones (`_layouts/`, `_partials/`...)."""
         errors: list[RenderError] = []
         for path in sorted(self.root.rglob("*")):
             if not path.is_file() or path.suffix not in (".txt", ".html", ".htm"):
                 continue
             name = path.relative_to(self.root).as_posix()
+            top = name.partition("/")[0]
+            if messages is not None and not top.startswith("_") and top not in messages:
+                continue
             try:
                 source = path.read_text(encoding="utf-8")
                 self.env.parse(source, name, str(path))
@@ -374,3 +378,19 @@ class Templates:
             if frame.filename and str(Path(frame.filename).resolve()).startswith(root):
                 return self._where(frame.filename), frame.lineno
         return self._where(str(self.root / fallback)), None
+
+
+def stamp(root: Path) -> tuple[int, int, int]:
+    """A cheap stamp of the files under `root`: (how many, the latest mtime in ns, their total
+    size), directories' mtimes included (a file removed or renamed changes its folder's). A
+    template saved, added or removed changes it."""
+    count = latest = size = 0
+    for path in (root, *root.rglob("*")):
+        try:
+            info = path.stat()
+        except OSError:
+            continue  # removed while walking: the next stamp sees it
+        count += 1
+        latest = max(latest, info.st_mtime_ns)
+        size += info.st_size
+    return count, latest, size

@@ -306,6 +306,8 @@ class Daemon:
         settings = self.rt.settings
         self._stop, self._hurry = asyncio.Event(), asyncio.Event()
         await asyncio.to_thread(check_ready, self.rt.engine)
+        # Never start sending a campaign whose templates do not compile (file and line named).
+        await asyncio.to_thread(self.rt.check_templates)
         key = compose.signing_key(settings, sending=True)
         routes = web.WebApp(self.rt.engine, self.clock, key, self.metrics, self.instance)
         server = await web.serve(routes, settings.http.host, settings.http.port)

@@ -28,8 +28,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from followup.delivery.breaker import Breaker, BreakerState
 from followup.delivery.report import DispatchReport
 from followup.domain.outcomes import Delivery, Outcome
+from followup.domain.statuses import TouchStatus
 from followup.storage import overview
 from followup.storage.engine import reader
+
+HELD = TouchStatus.HELD.value
 
 # The *_created series double every counter for little use here.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -53,10 +56,14 @@ class LedgerCollector(Collector):
                 labels=["status", "campaign"],
             ),
             GaugeMetricFamily(
-                "followup_queue_depth", "Touches waiting to be sent (planned or retry)."
+                "followup_queue_depth", "Touches waiting to be sent (planned, retry or held)."
             ),
             GaugeMetricFamily(
                 "followup_queue_due", "Touches waiting whose time has come (due now)."
+            ),
+            GaugeMetricFamily(
+                "followup_touches_held",
+                "Touches held on a template error: they go out once the template is fixed.",
             ),
             GaugeMetricFamily(
                 "followup_database_up", "1 when the last scrape could read the ledger, else 0."
@@ -68,7 +75,7 @@ class LedgerCollector(Collector):
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        touches, depth, due, up = self._families()
+        touches, depth, due, held, up = self._families()
         try:
             with reader(self.engine) as conn:
                 counts = overview.touch_counts_by_campaign(conn)
@@ -81,8 +88,9 @@ class LedgerCollector(Collector):
             touches.add_metric([status, campaign], count)
         depth.add_metric([], waiting)
         due.add_metric([], due_now)
+        held.add_metric([], sum(n for (status, _), n in counts.items() if status == HELD))
         up.add_metric([], 1)
-        yield from (touches, depth, due, up)
+        yield from (touches, depth, due, held, up)
 
 
 class Metrics:

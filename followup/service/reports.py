@@ -14,8 +14,9 @@ from followup.storage import overview
 from followup.storage.engine import reader
 from followup.storage.schema import check_ready
 
-FAILED, UNCERTAIN = TouchStatus.FAILED, TouchStatus.UNCERTAIN
-#: How many failed and uncertain touches `status` lists (the counts are always complete).
+FAILED, UNCERTAIN, HELD = TouchStatus.FAILED, TouchStatus.UNCERTAIN, TouchStatus.HELD
+#: How many failed, uncertain and held touches `status` lists (the counts are always
+#: complete).
 LISTED = 20
 
 
@@ -42,17 +43,20 @@ class Status:
     #: The SMTP server's circuit breaker when the last dispatch run left it open: when it
     #: reopens, and who saw it (None: closed, or not known).
     smtp_breaker: dict[str, Any] | None = None
+    #: Held on a template error (the reason names the file and line): they go out once it is
+    #: fixed.
+    held: list[TouchLine] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = _jsonable(asdict(self))
+        data: dict[str, Any] = jsonable(asdict(self))
         return data
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, datetime | date):
         return value.isoformat()
     return value
@@ -73,6 +77,7 @@ def status(rt: Runtime, now: datetime) -> Status:
             failed=[TouchLine(*row) for row in overview.latest_touches(conn, FAILED, LISTED)],
             uncertain=[TouchLine(*row) for row in overview.latest_touches(conn, UNCERTAIN, LISTED)],
             smtp_breaker=breaker_of(runs.get("dispatch"), now),
+            held=[TouchLine(*row) for row in overview.latest_touches(conn, HELD, LISTED)],
         )
 
 
@@ -137,7 +142,7 @@ class ClientHistory:
     events: list[ClientEventLine] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = _jsonable(asdict(self))
+        data: dict[str, Any] = jsonable(asdict(self))
         return data
 
 

@@ -276,6 +276,7 @@ class WebApp:
             data["schema_at_head"] = revision == head_revision()
             with reader(self.engine) as conn:
                 runs = overview.last_runs(conn)
+                data["held"] = overview.held_count(conn)
         except SQLAlchemyError as exc:
             data["error"] = type(exc).__name__
             runs = {}
@@ -298,8 +299,11 @@ class WebApp:
         healthy = bool(data["database"] and data["schema_at_head"])
         data["status"] = "ok" if healthy else "unhealthy"
         breaker = data["instance"].get("smtp_breaker")
-        if healthy and breaker is not None and breaker["state"] != "closed":
-            # Up, but not sending: the SMTP server does not answer (followup.delivery.breaker).
+        # Degraded: it runs, but does not send everything: the SMTP server does not answer
+        # (followup.delivery.breaker), or touches are held on a template error.
+        if healthy and (
+            (breaker is not None and breaker["state"] != "closed") or bool(data.get("held"))
+        ):
             data["status"] = "degraded"
         body = json.dumps(data, indent=2).encode() + b"\n"
         return Response(200 if healthy else 503, body, "application/json")

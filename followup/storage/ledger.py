@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, Insert, Select, Table, bindparam, select, update
 
 from followup.domain.statuses import WAITING, ClientStatus, TouchStatus
-from followup.domain.touches import NewTouch
+from followup.domain.touches import DueTouch, NewTouch
 from followup.storage.engine import CHUNK, chunks
 from followup.storage.tables import clients, runs, suppressions, touches, watermarks
 
@@ -334,6 +334,53 @@ class Ledger(ABC):
             lease_owner=None,
             lease_expires_at=None,
         )
+
+    def hold(
+        self,
+        conn: Connection,
+        touch: DueTouch,
+        reason: str,
+        now: datetime,
+        delay: timedelta,
+    ) -> bool:
+        """A claimed touch whose template did not render waits, held with the error as its
+        reason, the claim's attempt taken back. It is tried again after `delay` (never later
+        than its lateness limit): it goes out once the template is fixed, or is skipped too
+        late."""
+        return self.transition(
+            conn,
+            touch.id,
+            TouchStatus.SENDING,
+            TouchStatus.HELD,
+            now,
+            reason,
+            reason=reason,
+            next_attempt_at=min(now + delay, touch.not_after),
+            attempts=max(touch.attempts - 1, 0),
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+
+    def retry_failed(self, conn: Connection, touch_ids: Sequence[int], now: datetime) -> int:
+        """The operator decided (`followup retry`): failed touches go back to the queue, due
+        now, with a day to go out and their attempts counted afresh. Only failed touches move
+        (guarded): a sent or uncertain one, which the server may hold, never does. Returns how
+        many moved."""
+        moved = 0
+        for touch_id in touch_ids:
+            moved += self.transition(
+                conn,
+                touch_id,
+                TouchStatus.FAILED,
+                TouchStatus.PLANNED,
+                now,
+                detail="retry requested by the operator",
+                reason=None,
+                next_attempt_at=now,
+                not_after=now + timedelta(days=1),
+                attempts=0,
+            )
+        return moved
 
     def expire_leases(self, conn: Connection, now: datetime) -> int:
         """Touches left in "sending" past their lease. Those never handed to the mailer go back

@@ -67,6 +67,12 @@ def queue_depth(conn: Connection, now: datetime) -> tuple[int, int]:
     return int(total), int(due)
 
 
+def held_count(conn: Connection) -> int:
+    """Touches held on a template error (counted in ix_touches_due)."""
+    held = touches.c.status == TouchStatus.HELD.value
+    return int(conn.execute(select(func.count()).where(held)).scalar_one())
+
+
 def last_runs(conn: Connection) -> dict[str, dict[str, Any]]:
     """kind -> the last run's columns."""
     return {str(row.kind): dict(row._mapping) for row in conn.execute(select(runs))}
@@ -93,6 +99,41 @@ def latest_touches(conn: Connection, status: TouchStatus, limit: int) -> list[An
             .limit(limit)
         )
     )
+
+
+def failed_touches(
+    conn: Connection,
+    campaign: str | None = None,
+    reason: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[Any]:
+    """The failed touches of `campaign` whose reason holds `reason` (any case) and that failed
+    at or after `since` and before `until`, oldest first; the columns of `latest_touches`."""
+    t, c = touches, clients
+    query = (
+        select(
+            t.c.id,
+            c.c.external_id,
+            t.c.campaign,
+            t.c.occurrence,
+            t.c.status,
+            t.c.updated_at,
+            t.c.reason,
+        )
+        .join(c, c.c.id == t.c.client_id)
+        .where(t.c.status == TouchStatus.FAILED.value)
+        .order_by(t.c.updated_at, t.c.id)
+    )
+    if campaign is not None:
+        query = query.where(t.c.campaign == campaign)
+    if reason is not None:
+        query = query.where(func.lower(t.c.reason).contains(reason.lower(), autoescape=True))
+    if since is not None:
+        query = query.where(t.c.updated_at >= since)
+    if until is not None:
+        query = query.where(t.c.updated_at < until)
+    return list(conn.execute(query))
 
 
 def touch_by_key(conn: Connection, client_id: int, campaign: str, occurrence: date) -> int | None:

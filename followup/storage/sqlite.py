@@ -259,7 +259,8 @@ _INSERT_EVENT = (
     "INSERT INTO touch_events (touch_id, at, from_status, to_status, detail) VALUES (?, ?, ?, ?, ?)"
 )
 _DUE = (
-    "SELECT id, status FROM touches WHERE status IN (?, ?) AND next_attempt_at <= ? "
+    "SELECT id, status FROM touches "  # noqa: S608
+    f"WHERE status IN ({', '.join('?' * len(WAITING))}) AND next_attempt_at <= ? "
     "AND not_after >= ? ORDER BY next_attempt_at, id LIMIT ?"
 )
 _SENT_SINCE = (

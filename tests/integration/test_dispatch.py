@@ -208,12 +208,64 @@ def test_unsubscribed_after_planning_is_skipped_at_send_time(
     assert [r.rcpt_tos for r in smtp_server.handler.received] == [["bea@example.org"]]
 
 
-def test_a_broken_template_fails_only_its_touches(
+def test_a_broken_template_holds_only_its_touches_until_it_is_fixed(
+    tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
+) -> None:
+    """Issue 20: a template error holds its touches (it used to fail them for good); the
+    same runtime renders the fixed file at its next run (no restart), and they go out."""
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    text = templates / "thank_you" / "fr" / "text.txt"
+    good = text.read_text()
+    text.write_text("Bonjour {{ client.nickname }}\n")
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        delivery={"mode": "smtp", "hold_seconds": 60},
+        smtp={"host": smtp_server.host, "port": smtp_server.port, "security": "none"},
+    ).model_copy(update={"templates_dir": str(templates)})
+    rt = open_runtime(settings)
+    seed(rt, tmp_path)
+    plan(rt, NOW)
+    report = send(rt, NOW)
+    assert (report.sent, report.held, report.failed) == (2, 1, 0)
+    status, _, reason = ledger(rt)["c2"]
+    assert status == "held"
+    assert "thank_you/fr/text.txt:1" in str(reason) and "nickname" in str(reason)
+    # Tried again after hold_seconds, still broken: still held, never failed.
+    report = send(rt, NOW + timedelta(seconds=61))
+    assert (report.sent, report.held, report.failed) == (0, 1, 0)
+    assert send(rt, NOW + timedelta(seconds=90)).held == 0, "not due again before a minute"
+    text.write_text(good)
+    report = send(rt, NOW + timedelta(seconds=125))
+    assert (report.sent, report.held) == (1, 0)
+    assert ledger(rt)["c2"][0] == "sent"
+    assert len(smtp_server.handler.received) == 3
+    with rt.engine.connect() as conn:
+        changes = conn.execute(
+            select(tables.touch_events.c.from_status, tables.touch_events.c.to_status)
+            .join(tables.touches, tables.touches.c.id == tables.touch_events.c.touch_id)
+            .join(tables.clients, tables.clients.c.id == tables.touches.c.client_id)
+            .where(tables.clients.c.external_id == "c2")
+            .order_by(tables.touch_events.c.id)
+        ).all()
+    assert [tuple(change) for change in changes] == [
+        (None, "planned"),
+        ("planned", "sending"),
+        ("sending", "held"),
+        ("held", "sending"),
+        ("sending", "held"),
+        ("held", "sending"),
+        ("sending", "sent"),
+    ]
+
+
+def test_a_held_touch_past_its_lateness_is_skipped_too_late(
     tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
 ) -> None:
     templates = tmp_path / "templates"
     shutil.copytree(ROOT / "templates", templates)
-    (templates / "thank_you" / "fr" / "text.txt").write_text("Bonjour {{ client.nickname }}\n")
+    (templates / "thank_you" / "fr" / "text.txt").write_text("{{ client.nickname }}\n")
     settings = make_settings(
         tmp_path,
         database_url,
@@ -223,11 +275,10 @@ def test_a_broken_template_fails_only_its_touches(
     rt = open_runtime(settings)
     seed(rt, tmp_path)
     plan(rt, NOW)
-    report = send(rt, NOW)
-    assert (report.sent, report.failed) == (2, 1)
-    status, _, reason = ledger(rt)["c2"]
-    assert status == "failed"
-    assert "thank_you/fr/text.txt:1" in str(reason) and "nickname" in str(reason)
+    assert send(rt, NOW).held == 1
+    report = send(rt, NOW + timedelta(days=30))
+    assert (report.too_late, report.held, report.failed) == (1, 0, 0)
+    assert ledger(rt)["c2"][0] == "skipped" and ledger(rt)["c2"][2] == "too late"
 
 
 def test_capture_mode_writes_a_maildir_and_sends_nothing_out(

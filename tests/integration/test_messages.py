@@ -193,7 +193,7 @@ def test_a_header_injection_through_client_and_rep_names_adds_no_header_or_recip
         assert part["Bcc"] is None and part["Cc"] is None
 
 
-def test_a_broken_template_fails_only_its_touches_with_file_and_line(
+def test_a_broken_template_holds_only_its_touches_with_file_and_line(
     tmp_path: Path, database_url: str, smtp_server: SmtpServer, open_runtime: OpenRuntime
 ) -> None:
     templates = tmp_path / "templates"
@@ -202,8 +202,9 @@ def test_a_broken_template_fails_only_its_touches_with_file_and_line(
     text.write_text(text.read_text().replace("Bonjour", "{{ client.nickname }}"))
     rt = _runtime(tmp_path, database_url, smtp_server, open_runtime, templates)
     report = send(rt, datetime(2027, 1, 6, 16, 0, tzinfo=UTC))
-    # c2 (French) fails on the broken template; c1's English thank-you still goes out.
-    assert report.failed == 1 and report.sent == 1
+    # c2 (French) is held on the broken template (issue 20: it used to fail); c1's English
+    # thank-you still goes out.
+    assert report.held == 1 and report.failed == 0 and report.sent == 1
     assert [r.rcpt_tos for r in smtp_server.handler.received] == [["ann@example.com"]]
     t, c = tables.touches, tables.clients
     with rt.engine.connect() as conn:
@@ -212,8 +213,9 @@ def test_a_broken_template_fails_only_its_touches_with_file_and_line(
             .join(c, c.c.id == t.c.client_id)
             .where(c.c.external_id == "c2")
         ).one()
-    assert status == "failed"
+    assert status == "held"
     assert reason.startswith("template error: templates/thank_you/fr/text.txt:1: ")
     assert "nickname" in reason
-    counts = reports.status(rt, datetime(2027, 1, 6, 16, 0, tzinfo=UTC)).counts
-    assert counts["failed"] == 1 and counts["sent"] == 1
+    report_now = reports.status(rt, datetime(2027, 1, 6, 16, 0, tzinfo=UTC))
+    assert report_now.counts["held"] == 1 and report_now.counts["sent"] == 1
+    assert [line.reason for line in report_now.held] == [reason]

@@ -486,8 +486,8 @@ def test_a_claim_records_where_each_touch_came_from(runtime: Runtime) -> None:
 def test_the_sending_limits_count_the_touches_sent_in_their_window(runtime: Runtime) -> None:
     # Twelve touches sent an hour apart, the latest at NOW, and one of each other status at
     # NOW: a window counts the sent ones changed at or after its start, nothing else.
-    clients = [add_client(runtime, f"C{n}", f"c{n}@example.com") for n in range(18)]
     others = [status for status in TouchStatus if status is not TouchStatus.SENT]
+    clients = [add_client(runtime, f"C{n}", f"c{n}@example.com") for n in range(12 + len(others))]
     with runtime.engine.begin() as conn:
         ledger_for(conn).insert_touches(conn, [new_touch(c) for c in clients], NOW)
         ids = list(
