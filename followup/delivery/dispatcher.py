@@ -203,11 +203,7 @@ async def dispatch(
     rng = rng or random.Random()
     report = report if report is not None else DispatchReport()
     lease = timedelta(seconds=settings.database.lease_seconds)
-    with rt.engine.begin() as conn:
-        report.uncertain += rt.ledger.expire_leases(conn, clock())
-        if resend_uncertain:
-            report.requeued = rt.ledger.requeue_uncertain(conn, clock(), owner)
-        report.too_late = rt.ledger.skip_too_late(conn, clock())
+    _before_claims(rt, clock, owner, report, resend_uncertain)
     capture = settings.delivery.mode == "capture"
     if breaker is None:
         breaker = Breaker.from_settings(settings.smtp, "capture" if capture else None)
@@ -242,6 +238,21 @@ async def dispatch(
     if report.stopped is not None:
         raise DispatchStopped(report)
     return report
+
+
+def _before_claims(
+    rt: Runtime,
+    clock: Callable[[], datetime],
+    owner: str,
+    report: DispatchReport,
+    resend_uncertain: bool,
+) -> None:
+    """Expired leases settled, uncertain touches requeued when asked, the too late skipped."""
+    with rt.engine.begin() as conn:
+        report.uncertain += rt.ledger.expire_leases(conn, clock())
+        if resend_uncertain:
+            report.requeued = rt.ledger.requeue_uncertain(conn, clock(), owner)
+        report.too_late = rt.ledger.skip_too_late(conn, clock())
 
 
 def _watching(
