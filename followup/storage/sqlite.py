@@ -133,9 +133,9 @@ class SqliteLedger(Ledger):
         group: list[HandOff],
         owner: str,
         now: datetime,
-        expires: datetime,
+        lease: timedelta,
     ) -> int:
-        at, until = stamp(now), stamp(expires)
+        at, until = stamp(now), stamp(now + lease)
         rows = [
             (
                 until,

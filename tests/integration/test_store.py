@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import Engine, MetaData, bindparam, event, func, select
+from sqlalchemy import Engine, MetaData, bindparam, event, func, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, StatementError
 from sqlmodel import SQLModel
@@ -364,12 +364,26 @@ def _hand_off(conn: Any, touch_id: int, owner: str, now: datetime, lease: timede
     )[0]
 
 
+def _lease_runs_out(conn: Any, touch_id: int, lease: timedelta) -> None:
+    """More than `lease` passes on the lease clock (`Ledger.database_time`): on SQLite it is
+    the process's, and the test's `later` is enough; on PostgreSQL it is the server's, and the
+    lease is moved back instead."""
+    if conn.dialect.name == "postgresql":
+        t = tables.touches
+        conn.execute(
+            update(t)
+            .where(t.c.id == touch_id)
+            .values(lease_expires_at=t.c.lease_expires_at - lease - timedelta(minutes=1))
+        )
+
+
 def test_an_expired_lease_makes_the_touch_uncertain_not_resent(runtime: Runtime) -> None:
     client_id = add_client(runtime)
     with runtime.engine.begin() as conn:
         ledger_for(conn).insert_touches(conn, [new_touch(client_id)], NOW)
         (touch_id,) = ledger_for(conn).claim_due(conn, "crashed", NOW, timedelta(minutes=5), 10)
         assert _hand_off(conn, touch_id, "crashed", NOW, timedelta(minutes=5))
+        _lease_runs_out(conn, touch_id, timedelta(minutes=5))
     later = NOW + timedelta(minutes=6)
     with runtime.engine.begin() as conn:
         assert ledger_for(conn).expire_leases(conn, later) == 1
@@ -576,6 +590,7 @@ def test_an_expired_lease_on_a_touch_never_handed_over_returns_it_to_the_queue(
     with runtime.engine.begin() as conn:
         ledger_for(conn).insert_touches(conn, [new_touch(client_id)], NOW)
         (touch_id,) = ledger_for(conn).claim_due(conn, "crashed", NOW, lease, 10)
+        _lease_runs_out(conn, touch_id, lease)
     later = NOW + timedelta(minutes=6)
     with runtime.engine.begin() as conn:
         assert ledger_for(conn).expire_leases(conn, later) == 0
@@ -600,6 +615,7 @@ def test_hand_off_and_transition_many_store_what_they_are_given(runtime: Runtime
         a, b = sorted(ledger_for(conn).claim_due(conn, "me", NOW, lease, 10))
     handed = NOW + timedelta(seconds=1, microseconds=250)
     with runtime.engine.begin() as conn:
+        before = ledger_for(conn).database_time(conn, handed)
         assert ledger_for(conn).hand_off_many(
             conn,
             [HandOff(a, "<a@x>", {"variant": "gold"}), HandOff(b, "<b@x>", {})],
@@ -614,8 +630,10 @@ def test_hand_off_and_transition_many_store_what_they_are_given(runtime: Runtime
                 t.c.id == a
             )
         ).one()
-    assert [v.replace(tzinfo=UTC) if isinstance(v, datetime) else v for v in row] == [
-        handed + lease,
+        after = ledger_for(conn).database_time(conn, handed)
+    # The lease runs from the lease clock: `handed` on SQLite, the server's time on PostgreSQL.
+    assert before + lease <= row[0].replace(tzinfo=UTC) <= after + lease
+    assert [v.replace(tzinfo=UTC) if isinstance(v, datetime) else v for v in row[1:]] == [
         "<a@x>",
         handed,
         "gold",
