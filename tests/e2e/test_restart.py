@@ -21,9 +21,7 @@ from tests.support.smtp import SmtpServer
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(
-        owners.this_start() == owners.UNKNOWN, reason="needs /proc (Linux) to tell a process's start"
-    ),
+    pytest.mark.skipif(owners.this_start() == owners.UNKNOWN, reason="needs Linux's /proc"),
 ]
 
 TOUCHES = 120
