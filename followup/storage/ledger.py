@@ -19,7 +19,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Select, Table, bindparam, select, update
@@ -92,11 +92,12 @@ class Ledger(ABC):
         holds); returns (id, status before) of each. The lease runs `lease` from
         `database_time`."""
 
-    def database_time(self, conn: Connection, now: datetime) -> datetime:
+    def database_time(self, conn: Connection) -> datetime:
         """The clock leases are written and judged by: the database's own where it has one,
         so that processes whose clocks disagree agree on whose lease ran out (PostgreSQL);
-        else the process's `now` (SQLite: one machine, one clock)."""
-        return now
+        else this machine's (SQLite: one machine, one clock). Never the run's `now`, which
+        FOLLOWUP_NOW moves for rehearsals: a rehearsal must not take a daemon's leases."""
+        return datetime.now(UTC)
 
     @abstractmethod
     def still_in(self, conn: Connection, ids: list[int], status: TouchStatus) -> set[int]:
@@ -366,7 +367,7 @@ class Ledger(ABC):
         dead = set(owners_gone([owner for owner in owners if owner is not None]))
         for owner in sorted(dead):
             log_event("owner.gone", owner=owner)
-        expired = touches.c.lease_expires_at < self.database_time(conn, now)
+        expired = touches.c.lease_expires_at < self.database_time(conn)
         stale = conn.execute(
             select(touches.c.id, touches.c.lease_owner, touches.c.message_id).where(
                 sending, expired | touches.c.lease_owner.in_(sorted(dead))

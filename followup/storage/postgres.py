@@ -114,7 +114,7 @@ class PostgresLedger(Ledger):
             raise RuntimeError(f"claimed {result.rowcount} of {len(ids)} locked touches")
         return found
 
-    def database_time(self, conn: Connection, now: datetime) -> datetime:
+    def database_time(self, conn: Connection) -> datetime:
         """The server's time when the statement started: one clock for every daemon."""
         found: datetime = conn.execute(select(_DATABASE_TIME)).scalar_one()
         return found

@@ -365,16 +365,14 @@ def _hand_off(conn: Any, touch_id: int, owner: str, now: datetime, lease: timede
 
 
 def _lease_runs_out(conn: Any, touch_id: int, lease: timedelta) -> None:
-    """More than `lease` passes on the lease clock (`Ledger.database_time`): on SQLite it is
-    the process's, and the test's `later` is enough; on PostgreSQL it is the server's, and the
-    lease is moved back instead."""
-    if conn.dialect.name == "postgresql":
-        t = tables.touches
-        conn.execute(
-            update(t)
-            .where(t.c.id == touch_id)
-            .values(lease_expires_at=t.c.lease_expires_at - lease - timedelta(minutes=1))
-        )
+    """More than `lease` passes on the lease clock (`Ledger.database_time`: the machine's or
+    the database server's, not the test's `later`): the lease is moved back instead."""
+    t = tables.touches
+    conn.execute(
+        update(t)
+        .where(t.c.id == touch_id)
+        .values(lease_expires_at=t.c.lease_expires_at - lease - timedelta(minutes=1))
+    )
 
 
 def test_an_expired_lease_makes_the_touch_uncertain_not_resent(runtime: Runtime) -> None:
@@ -615,7 +613,7 @@ def test_hand_off_and_transition_many_store_what_they_are_given(runtime: Runtime
         a, b = sorted(ledger_for(conn).claim_due(conn, "me", NOW, lease, 10))
     handed = NOW + timedelta(seconds=1, microseconds=250)
     with runtime.engine.begin() as conn:
-        before = ledger_for(conn).database_time(conn, handed)
+        before = ledger_for(conn).database_time(conn)
         assert ledger_for(conn).hand_off_many(
             conn,
             [HandOff(a, "<a@x>", {"variant": "gold"}), HandOff(b, "<b@x>", {})],
@@ -630,8 +628,8 @@ def test_hand_off_and_transition_many_store_what_they_are_given(runtime: Runtime
                 t.c.id == a
             )
         ).one()
-        after = ledger_for(conn).database_time(conn, handed)
-    # The lease runs from the lease clock: `handed` on SQLite, the server's time on PostgreSQL.
+        after = ledger_for(conn).database_time(conn)
+    # The lease runs from the lease clock: the machine's or the server's time, not `handed`.
     assert before + lease <= row[0].replace(tzinfo=UTC) <= after + lease
     assert [v.replace(tzinfo=UTC) if isinstance(v, datetime) else v for v in row[1:]] == [
         "<a@x>",
@@ -647,7 +645,7 @@ def test_hand_off_and_transition_many_store_what_they_are_given(runtime: Runtime
                 "SELECT lease_expires_at, updated_at FROM touches WHERE id = ?", (a,)
             ).one()
         # Compared as text by expire_leases and the guards: the text must be SQLAlchemy's.
-        assert tuple(raw) == (stamp(handed + lease), stamp(handed))
+        assert tuple(raw) == (stamp(row[0].replace(tzinfo=UTC)), stamp(handed))
     retry_at = datetime(2027, 1, 10, 14, 30, 5, 123456, tzinfo=paris)
     done = NOW + timedelta(seconds=2)
     values = {
