@@ -82,18 +82,19 @@ def test_the_touches_of_a_gone_owner_of_this_host_are_settled_before_its_lease_e
 @pytest.mark.parametrize("skewed", ["sender", "other"])
 def test_a_clock_400_s_off_takes_no_lease_and_every_delivery_is_recorded_sent(
     tmp_path: Path,
-    postgres_url: str,
+    database_url: str,
     smtp_server: SmtpServer,
     open_runtime: Callable[[Settings], Runtime],
     skewed: str,
 ) -> None:
-    """Two processes on PostgreSQL, one clock 400 s ahead of the other, leases of 300 s.
+    """Two processes, one clock 400 s ahead of the other, leases of 300 s (on PostgreSQL,
+    daemons on two machines; on SQLite, a rehearsal with FOLLOWUP_NOW beside a run).
     While the sender's messages are on the wire, the other process expires leases and claims
     (as a dispatch starting then does): it takes nothing, and every message the server got is
     recorded sent, whichever of the two clocks is ahead."""
     rt = greeted_runtime(
         tmp_path,
-        postgres_url,
+        database_url,
         smtp_server,
         open_runtime,
         6,
