@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import os
-import random
 import socket
 import time as monotonic_time
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
+from followup import owners
 from followup.config.calendars import load_calendar
 from followup.config.settings import Settings
 from followup.domain import care, planner
@@ -152,4 +152,6 @@ def process_id() -> str:
 
 
 def owner_id() -> str:
-    return f"{process_id()}:{random.randrange(16**6):06x}"
+    """A new lease owner for a run (`followup.owners`): its host, process and start time,
+    so that a later process on this host can tell when it is gone."""
+    return owners.owner_id()

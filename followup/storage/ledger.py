@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Select, Table, bindparam, select, update
 
 from followup.domain.statuses import WAITING, ClientStatus, TouchStatus
 from followup.domain.touches import DueTouch, NewTouch
+from followup.logs import log_event
+from followup.owners import gone
 from followup.storage.engine import CHUNK, chunks
 from followup.storage.tables import clients, runs, suppressions, touches, watermarks
 
@@ -81,7 +83,15 @@ class Ledger(ABC):
     ) -> list[tuple[int, str]]:
         """Take a lease on up to `limit` due touches, oldest first, in one statement after
         their selection (which, on a database with row locks, skips those another claimer
-        holds); returns (id, status before) of each."""
+        holds); returns (id, status before) of each. The lease runs `lease` from
+        `database_time`."""
+
+    def database_time(self, conn: Connection) -> datetime:
+        """The clock leases are written and judged by: the database's own where it has one,
+        so that processes whose clocks disagree agree on whose lease ran out (PostgreSQL);
+        else this machine's (SQLite: one machine, one clock). Never the run's `now`, which
+        FOLLOWUP_NOW moves for rehearsals: a rehearsal must not take a daemon's leases."""
+        return datetime.now(UTC)
 
     @abstractmethod
     def still_in(self, conn: Connection, ids: list[int], status: TouchStatus) -> set[int]:
@@ -105,10 +115,11 @@ class Ledger(ABC):
         group: list[HandOff],
         owner: str,
         now: datetime,
-        expires: datetime,
+        lease: timedelta,
     ) -> int:
-        """Set the Message-ID (and `columns`) of touches still leased by `owner`, renewing the
-        lease to `expires`; returns how many rows changed."""
+        """Set the Message-ID (and `columns`) of touches still leased by `owner` whose lease
+        has not run out, renewing it for `lease` (both on `database_time`); returns how many
+        rows changed."""
 
     @abstractmethod
     def sent_since(self, conn: Connection, since: datetime) -> int:
@@ -254,9 +265,8 @@ class Ledger(ABC):
         groups: dict[tuple[str, ...], list[HandOff]] = {}
         for item in hand_offs:
             groups.setdefault(tuple(sorted(item.values)), []).append(item)
-        expires = now + lease
         changed = sum(
-            self.hand_off_group(conn, columns, group, owner, now, expires)
+            self.hand_off_group(conn, columns, group, owner, now, lease)
             for columns, group in groups.items()
         )
         if changed == len(hand_offs):
@@ -382,14 +392,26 @@ class Ledger(ABC):
             )
         return moved
 
-    def expire_leases(self, conn: Connection, now: datetime) -> int:
-        """Touches left in "sending" past their lease. Those never handed to the mailer go back
-        to the queue; those handed over may have been accepted by the server: they become
-        uncertain and are reported, never resent on their own. Returns how many are
-        uncertain."""
+    def expire_leases(
+        self,
+        conn: Connection,
+        now: datetime,
+        owners_gone: Callable[[Collection[str]], Collection[str]] = gone,
+    ) -> int:
+        """Touches left in "sending" past their lease (on `database_time`), or whose owner is
+        gone (`owners_gone`: a process of this host that no longer runs). Those never handed
+        to the mailer go back to the queue; those handed over may have been accepted by the
+        server: they become uncertain and are reported, never resent on their own. Returns
+        how many are uncertain."""
+        sending = touches.c.status == TouchStatus.SENDING.value
+        owners = conn.execute(select(touches.c.lease_owner).where(sending).distinct()).scalars()
+        dead = set(owners_gone([owner for owner in owners if owner is not None]))
+        for owner in sorted(dead):
+            log_event("owner.gone", owner=owner)
+        expired = touches.c.lease_expires_at < self.database_time(conn)
         stale = conn.execute(
             select(touches.c.id, touches.c.lease_owner, touches.c.message_id).where(
-                touches.c.status == TouchStatus.SENDING.value, touches.c.lease_expires_at < now
+                sending, expired | touches.c.lease_owner.in_(sorted(dead))
             )
         ).all()
         for row in stale:
@@ -397,7 +419,9 @@ class Ledger(ABC):
                 self.release(conn, [row.id], str(row.lease_owner), now)
         handed = [row for row in stale if row.message_id is not None]
         for row in handed:
-            self._uncertain(conn, row.id, now, f"lease of {row.lease_owner} expired while sending")
+            owner = row.lease_owner
+            what = f"{owner} is gone" if owner in dead else f"lease of {owner} expired"
+            self._uncertain(conn, row.id, now, f"{what} while sending")
         return len(handed)
 
     def settle_owner(self, conn: Connection, owner: str, now: datetime) -> tuple[int, int]:

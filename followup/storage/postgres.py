@@ -16,7 +16,9 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    DateTime,
     Insert,
+    Interval,
     Select,
     String,
     Table,
@@ -101,7 +103,7 @@ class PostgresLedger(Ledger):
                 status=TouchStatus.SENDING.value,
                 updated_at=now,
                 lease_owner=owner,
-                lease_expires_at=now + lease,
+                lease_expires_at=_DATABASE_TIME + lease,
                 attempts=touches.c.attempts + 1,
                 # Set again at hand-off: a claimed touch without one was never given to the
                 # mailer.
@@ -110,6 +112,11 @@ class PostgresLedger(Ledger):
         )
         if result.rowcount != len(ids):
             raise RuntimeError(f"claimed {result.rowcount} of {len(ids)} locked touches")
+        return found
+
+    def database_time(self, conn: Connection) -> datetime:
+        """The server's time when the statement started: one clock for every daemon."""
+        found: datetime = conn.execute(select(_DATABASE_TIME)).scalar_one()
         return found
 
     def still_in(self, conn: Connection, ids: list[int], status: TouchStatus) -> set[int]:
@@ -149,14 +156,13 @@ class PostgresLedger(Ledger):
         group: list[HandOff],
         owner: str,
         now: datetime,
-        expires: datetime,
+        lease: timedelta,
     ) -> int:
         rows = [
             {
                 "_id": item.touch_id,
                 "_owner": owner,
-                "_now": now,
-                "lease_expires_at": expires,
+                "_lease": lease,
                 "message_id": item.message_id,
                 "updated_at": now,
                 **item.values,
@@ -274,6 +280,10 @@ _MARK_PLANNED = text(
 )
 
 
+#: The clock of leases (`Ledger.database_time`): the server's, at the start of the statement.
+_DATABASE_TIME = func.statement_timestamp(type_=DateTime(timezone=True))
+
+
 @functools.cache
 def _hand_off(columns: tuple[str, ...]) -> Any:
     """hand_off_many's UPDATE: only a touch still leased by its owner, lease not expired."""
@@ -283,10 +293,10 @@ def _hand_off(columns: tuple[str, ...]) -> Any:
             touches.c.id == bindparam("_id"),
             touches.c.status == TouchStatus.SENDING.value,
             touches.c.lease_owner == bindparam("_owner"),
-            touches.c.lease_expires_at >= bindparam("_now"),
+            touches.c.lease_expires_at >= _DATABASE_TIME,
         )
         .values(
-            lease_expires_at=bindparam("lease_expires_at"),
+            lease_expires_at=_DATABASE_TIME + bindparam("_lease", type_=Interval()),
             message_id=bindparam("message_id"),
             updated_at=bindparam("updated_at"),
             **{column: bindparam(column) for column in columns},

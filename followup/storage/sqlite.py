@@ -94,7 +94,7 @@ class SqliteLedger(Ledger):
             f"lease_expires_at = ?, attempts = attempts + 1, message_id = NULL "
             f"WHERE id IN ({marks})"
         )
-        sending, expires = TouchStatus.SENDING.value, stamp(now + lease)
+        sending, expires = TouchStatus.SENDING.value, stamp(self.database_time(conn) + lease)
         changed = raw.execute(claim, (sending, at, owner, expires, *ids)).rowcount
         if changed != len(ids):
             raise RuntimeError(f"claimed {changed} of {len(ids)} locked touches")
@@ -133,9 +133,10 @@ class SqliteLedger(Ledger):
         group: list[HandOff],
         owner: str,
         now: datetime,
-        expires: datetime,
+        lease: timedelta,
     ) -> int:
-        at, until = stamp(now), stamp(expires)
+        at, clock = stamp(now), self.database_time(conn)
+        until, judged = stamp(clock + lease), stamp(clock)
         rows = [
             (
                 until,
@@ -144,7 +145,7 @@ class SqliteLedger(Ledger):
                 *[value(item.values[column]) for column in columns],
                 item.touch_id,
                 owner,
-                at,
+                judged,
             )
             for item in group
         ]

@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import Engine, MetaData, bindparam, event, func, select
+from sqlalchemy import Engine, MetaData, bindparam, event, func, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, StatementError
 from sqlmodel import SQLModel
@@ -364,12 +364,24 @@ def _hand_off(conn: Any, touch_id: int, owner: str, now: datetime, lease: timede
     )[0]
 
 
+def _lease_runs_out(conn: Any, touch_id: int, lease: timedelta) -> None:
+    """More than `lease` passes on the lease clock (`Ledger.database_time`: the machine's or
+    the database server's, not the test's `later`): the lease is moved back instead."""
+    t = tables.touches
+    conn.execute(
+        update(t)
+        .where(t.c.id == touch_id)
+        .values(lease_expires_at=t.c.lease_expires_at - lease - timedelta(minutes=1))
+    )
+
+
 def test_an_expired_lease_makes_the_touch_uncertain_not_resent(runtime: Runtime) -> None:
     client_id = add_client(runtime)
     with runtime.engine.begin() as conn:
         ledger_for(conn).insert_touches(conn, [new_touch(client_id)], NOW)
         (touch_id,) = ledger_for(conn).claim_due(conn, "crashed", NOW, timedelta(minutes=5), 10)
         assert _hand_off(conn, touch_id, "crashed", NOW, timedelta(minutes=5))
+        _lease_runs_out(conn, touch_id, timedelta(minutes=5))
     later = NOW + timedelta(minutes=6)
     with runtime.engine.begin() as conn:
         assert ledger_for(conn).expire_leases(conn, later) == 1
@@ -576,6 +588,7 @@ def test_an_expired_lease_on_a_touch_never_handed_over_returns_it_to_the_queue(
     with runtime.engine.begin() as conn:
         ledger_for(conn).insert_touches(conn, [new_touch(client_id)], NOW)
         (touch_id,) = ledger_for(conn).claim_due(conn, "crashed", NOW, lease, 10)
+        _lease_runs_out(conn, touch_id, lease)
     later = NOW + timedelta(minutes=6)
     with runtime.engine.begin() as conn:
         assert ledger_for(conn).expire_leases(conn, later) == 0
@@ -600,6 +613,7 @@ def test_hand_off_and_transition_many_store_what_they_are_given(runtime: Runtime
         a, b = sorted(ledger_for(conn).claim_due(conn, "me", NOW, lease, 10))
     handed = NOW + timedelta(seconds=1, microseconds=250)
     with runtime.engine.begin() as conn:
+        before = ledger_for(conn).database_time(conn)
         assert ledger_for(conn).hand_off_many(
             conn,
             [HandOff(a, "<a@x>", {"variant": "gold"}), HandOff(b, "<b@x>", {})],
@@ -614,8 +628,10 @@ def test_hand_off_and_transition_many_store_what_they_are_given(runtime: Runtime
                 t.c.id == a
             )
         ).one()
-    assert [v.replace(tzinfo=UTC) if isinstance(v, datetime) else v for v in row] == [
-        handed + lease,
+        after = ledger_for(conn).database_time(conn)
+    # The lease runs from the lease clock: the machine's or the server's time, not `handed`.
+    assert before + lease <= row[0].replace(tzinfo=UTC) <= after + lease
+    assert [v.replace(tzinfo=UTC) if isinstance(v, datetime) else v for v in row[1:]] == [
         "<a@x>",
         handed,
         "gold",
@@ -629,7 +645,7 @@ def test_hand_off_and_transition_many_store_what_they_are_given(runtime: Runtime
                 "SELECT lease_expires_at, updated_at FROM touches WHERE id = ?", (a,)
             ).one()
         # Compared as text by expire_leases and the guards: the text must be SQLAlchemy's.
-        assert tuple(raw) == (stamp(handed + lease), stamp(handed))
+        assert tuple(raw) == (stamp(row[0].replace(tzinfo=UTC)), stamp(handed))
     retry_at = datetime(2027, 1, 10, 14, 30, 5, 123456, tzinfo=paris)
     done = NOW + timedelta(seconds=2)
     values = {

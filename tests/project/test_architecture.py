@@ -17,7 +17,7 @@ PACKAGE = ROOT / "followup"
 
 #: The layers, lowest first: a module may import from its own layer and the ones below.
 LAYERS: list[tuple[str, ...]] = [
-    ("followup.errors", "followup.logs"),
+    ("followup.errors", "followup.logs", "followup.owners"),
     ("followup.domain",),
     ("followup.config",),
     ("followup.storage",),

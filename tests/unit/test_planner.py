@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 from followup.config import calendars
 from followup.config.values import parse_delay
 from followup.domain import occasions, planner
-from followup.domain.clients import ClientFacts, PurchaseFact
-from followup.domain.occasions import Campaign, Window
+from followup.domain.care import TierRules
+from followup.domain.clients import ClientFacts, ClientStats, PurchaseFact, Recipient
+from followup.domain.decision import Rules, Send, decide
+from followup.domain.occasions import Calendar, Campaign, Window
 from followup.domain.planner import Politeness
 from followup.domain.statuses import COUNTING, PurchaseStatus, TouchStatus
-from followup.domain.touches import LedgerTouch, NewTouch, message_id
+from followup.domain.touches import DueTouch, LedgerTouch, NewTouch, message_id
 
 NEW_YORK = ZoneInfo("America/New_York")
 ALL_ZONES = sorted(available_timezones())
@@ -519,7 +521,7 @@ def test_the_cap_is_never_exceeded_and_no_key_is_planned_twice(
                 LedgerTouch(touch.campaign, touch.occurrence, touch.due_at, touch.status.value)
             )
             if touch.status is TouchStatus.PLANNED:
-                assert touch.due_at <= touch.not_after
+                assert touch.due_at < touch.not_after
                 assert touch.due_at >= at or touch.due_at >= touch.nominal_at  # never earlier
     assert len(keys) == len(set(keys)), "a key was planned twice"
     counted = [
@@ -659,6 +661,139 @@ def test_purchase_window_contains_every_purchase_due_in_the_range(
 
 
 # ----------------------------------------------------------------------------- message_id
+
+
+# ----------------------------------------------------------------------------- the deadline
+
+LOS_ANGELES = "America/Los_Angeles"
+#: Washington's Birthday as the shipped calendar has it: the third Monday of February, 10:00
+#: local, a day's lateness, capped.
+WASHINGTON = _campaign(
+    "washingtons_birthday",
+    rule="FREQ=YEARLY;BYMONTH=2;BYDAY=3MO",
+    lateness=timedelta(hours=24),
+    window=Window(time(8), time(20)),
+)
+
+
+def test_a_touch_deferred_onto_its_deadline_is_skipped_not_planned_there() -> None:
+    """The issue's case: planned at 2027-02-13T12:00Z, Washington's Birthday (Monday 15
+    February, 10:00 in Los Angeles: 18:00Z) collides with a greeting of the 13th; the next
+    day's send time is 2027-02-16T18:00Z, its deadline exactly. A touch due then would be
+    "too late" when the dispatcher takes it up: it is skipped with the cap's reason."""
+    other = LedgerTouch(
+        "valentine", date(2027, 2, 13), datetime(2027, 2, 13, 18, tzinfo=UTC), "planned"
+    )
+    plan_at = datetime(2027, 2, 13, 12, tzinfo=UTC)
+    (touch,) = _plan(
+        _client(timezone=LOS_ANGELES),
+        WASHINGTON,
+        ledger=(other,),
+        since=plan_at,
+        until=datetime(2027, 2, 20, tzinfo=UTC),
+        now=plan_at,
+        politeness=POLITE,
+    )
+    assert touch.not_after == datetime(2027, 2, 16, 18, tzinfo=UTC)
+    assert (touch.status, touch.reason) == (TouchStatus.SKIPPED, "capped: valentine on 2027-02-13")
+
+
+def test_a_catch_up_whose_next_send_time_is_its_deadline_is_too_late() -> None:
+    """Planned after downtime at 2027-02-16T13:00Z (05:00 in Los Angeles, quiet hours): the
+    only later send time within the lateness would be the deadline itself."""
+    (touch,) = _plan(
+        _client(timezone=LOS_ANGELES),
+        WASHINGTON,
+        since=datetime(2027, 2, 14, 12, tzinfo=UTC),
+        until=datetime(2027, 2, 20, tzinfo=UTC),
+        now=datetime(2027, 2, 16, 13, tzinfo=UTC),
+        politeness=POLITE,
+    )
+    assert touch.status is TouchStatus.SKIPPED
+    assert touch.reason == f"{planner.TOO_LATE}: no allowed send time"
+
+
+def _recipient(client: ClientFacts) -> Recipient:
+    return Recipient(
+        client.client_id, "c7", "ann@example.com", "Ann", "Lee", client.locale, client.timezone,
+        client.country, "", "", "active", None, None, None, None, None, None, None, None, None,
+        None,
+    )  # fmt: skip
+
+
+@settings(deadline=None)
+@given(
+    scenario=scenarios(),
+    now_hours=st.integers(0, 24 * 40),
+    lateness_days=st.lists(st.integers(0, 4), min_size=5, max_size=5),
+    window=st.tuples(st.integers(0, 23), st.integers(0, 23)),
+    weekdays=st.sets(st.integers(0, 6), min_size=1),
+    quiet=st.booleans(),
+)
+@example(
+    scenario=(
+        [WASHINGTON],
+        _client(timezone=LOS_ANGELES),
+        [LedgerTouch("old", date(2027, 2, 13), datetime(2027, 2, 13, 18, tzinfo=UTC), "sent")],
+        POLITE,
+    ),
+    now_hours=-7 * 24 + 12,
+    lateness_days=[1, 1, 1, 1, 1],
+    window=(8, 20),
+    weekdays=set(range(7)),
+    quiet=True,
+)
+def test_a_planned_touch_is_due_before_its_deadline_and_goes_out_when_due(
+    scenario: tuple[list[Campaign], ClientFacts, list[LedgerTouch], Politeness],
+    now_hours: int,
+    lateness_days: list[int],
+    window: tuple[int, int],
+    weekdays: set[int],
+    quiet: bool,
+) -> None:
+    """Whatever the windows, weekdays, quiet hours, cap and lateness (whole days, so that a
+    deadline often falls exactly on a later day's send time): a planned touch is due strictly
+    before its deadline, and the send-time decision at its due time sends it."""
+    campaigns, client, ledger, politeness = scenario
+    campaigns = [
+        dataclasses.replace(
+            c,
+            lateness=c.lateness if c is WASHINGTON else timedelta(days=lateness_days[n]),
+            window=c.window if c is WASHINGTON else Window(time(window[0]), time(window[1])),
+            weekdays=frozenset(weekdays) if c is not WASHINGTON else c.weekdays,
+        )
+        for n, c in enumerate(campaigns)
+    ]
+    if quiet:
+        politeness = dataclasses.replace(politeness, quiet=planner.QUIET)
+    now = SCENARIO_START + timedelta(hours=now_hours)
+    new = planner.plan_client(
+        campaigns,
+        client,
+        ledger,
+        since={c.name: now - c.lateness for c in campaigns},
+        until=now + timedelta(days=10),
+        now=now,
+        politeness=politeness,
+    )
+    rules = Rules(Calendar(tuple(campaigns)), politeness, TierRules())
+    for n, touch in enumerate(t for t in new if t.status is TouchStatus.PLANNED):
+        assert touch.due_at < touch.not_after
+        due = DueTouch(
+            n, client.client_id, touch.campaign, touch.occurrence, touch.template,
+            touch.occasion, touch.due_at, None, 1, touch.not_after, None,
+        )  # fmt: skip
+        decision = decide(
+            due,
+            _recipient(client),
+            suppression=None,
+            stats=ClientStats(),
+            sent=[],
+            designs=(),
+            rules=rules,
+            now=touch.due_at,
+        )
+        assert isinstance(decision, Send), (touch, decision)
 
 
 def test_message_id_is_deterministic_for_a_key() -> None:
