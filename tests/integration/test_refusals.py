@@ -199,7 +199,10 @@ def test_a_stop_in_a_worker_process_reaches_the_command_with_its_report(
     handler(server).rcpt_reply = "554 5.7.1 Relay access denied"
     with pytest.raises(DispatchStopped, match=RELAY_FIX) as stop:
         api.send(rt, NOW, processes=2)
-    assert stop.value.report.released == 3
+    # The first process to claim takes all 3 and gives them back; the other claims nothing
+    # (they were its) or, if it claims after they came back, is refused and gives them back
+    # too: its releases are added up with the first's.
+    assert stop.value.report.released in (3, 6)
     assert stop.value.report.sent == 0
     assert touches(rt) == dict.fromkeys(ADDRESSES, ("planned", 0))
     again = pickle.loads(pickle.dumps(stop.value))
