@@ -4,6 +4,7 @@ helpers behind them are in tests/support."""
 
 from __future__ import annotations
 
+import compileall
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,10 +15,11 @@ from hypothesis import settings as hypothesis_settings
 from followup import processes
 from followup.config import Settings
 from followup.runtime import Runtime
+from followup.storage.engine import sqlite_path
 from followup.storage.schema import upgrade
 from tests.support.ports import ReservedPorts
-from tests.support.postgres import postgres_database
-from tests.support.settings import make_settings
+from tests.support.postgres import dropper, postgres_database
+from tests.support.settings import ROOT, make_settings
 from tests.support.smtp import LoopbackController, RecordingHandler, SmtpServer
 
 hypothesis_settings.register_profile("dev", max_examples=60, deadline=None)
@@ -25,6 +27,24 @@ hypothesis_settings.register_profile("ci", max_examples=300, deadline=None)
 hypothesis_settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev")
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The package's bytecode, written once before the tests (and the xdist workers) start:
+    where PYTHONDONTWRITEBYTECODE is set, every run of the `followup` executable in the
+    end-to-end tests would otherwise compile the whole package again."""
+    if not hasattr(config, "workerinput"):
+        compileall.compile_dir(ROOT / "followup", quiet=2)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The tests' PostgreSQL databases are dropped in the background: wait for the last."""
+    errors = dropper.wait()
+    if errors:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("\n".join(errors), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(autouse=True)
@@ -60,12 +80,34 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     return make_settings(tmp_path, database_url)
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The bytes of a SQLite database migrated to the head revision, made once per process:
+    a copy is what the migrations would write (the upgrade that follows finds nothing to do)."""
+    folder = tmp_path_factory.mktemp("migrated")
+    path = folder / "followup.db"
+    rt = Runtime.open(make_settings(folder, f"sqlite:///{path}"), create=True)
+    upgrade(rt.engine)
+    # The last connection closed checkpoints the WAL into the file and deletes the WAL.
+    rt.engine.dispose()
+    assert not path.with_name(path.name + "-wal").exists()
+    return path.read_bytes()
+
+
 @pytest.fixture
-def open_runtime() -> Iterator[Callable[[Settings], Runtime]]:
-    """Opens runtimes over migrated databases and disposes of their engines afterwards."""
+def open_runtime(migrated_sqlite: bytes) -> Iterator[Callable[[Settings], Runtime]]:
+    """Opens runtimes over migrated databases and disposes of their engines afterwards. A
+    SQLite database that does not exist yet starts as a copy of `migrated_sqlite`, made with
+    the owner-only mode the engine gives a new database file."""
     opened: list[Runtime] = []
 
     def factory(settings: Settings) -> Runtime:
+        path = sqlite_path(settings.database_url)
+        if path is not None and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(migrated_sqlite)
         rt = Runtime.open(settings, create=True)
         upgrade(rt.engine)
         opened.append(rt)
