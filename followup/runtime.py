@@ -46,7 +46,11 @@ class Runtime:
                     f"no database at {path}; run `followup db upgrade` (or `followup demo`)"
                 )
         engine = open_engine(url, create_dir=create)
-        templates = Templates(settings.path(settings.templates_dir), settings.sender.default_locale)
+        templates = Templates(
+            settings.path(settings.templates_dir),
+            settings.sender.default_locale,
+            limits=settings.templates.limits(),
+        )
         return cls(settings, engine, templates, calendar)
 
     @functools.cached_property

@@ -5,8 +5,8 @@ files, the environment or Python internals, nor change the data it is given; and
 
 How the limits reach the compiled code (`_LimitedCode`, Jinja2's code generator subclassed):
 every `{% for %}` iterates through the `followup:loop` filter, which charges the iterations
-and looks at the clock; inside loops, every `{{ ... }}` and each included template's output is
-charged as output; an include is one level deeper; `~` checks the joined length first. The
+and looks at the clock; inside loops, every `{{ ... }}`, text and included template's output
+is charged as output; an include is one level deeper; `~` checks the joined length first. The
 operators `*`, `**`, `%` and `+`, the filters and str methods that take a size (`center`,
 `format`, `join`, `replace`, ...) check the size of their result before building it.
 """
@@ -95,6 +95,10 @@ class _LimitedCode(CodeGenerator):
         super()._output_child_post(node, frame, finalize)
         if self._loops:
             self.write(")")
+
+    def _output_const_repr(self, group: Any) -> str:
+        text = super()._output_const_repr(group)
+        return f"environment.emitted({text})" if self._loops else text
 
     def visit_Include(self, node: nodes.Include, frame: Frame) -> None:
         self.writeline("environment.descend()", node)
