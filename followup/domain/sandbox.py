@@ -64,12 +64,13 @@ LOOP_FILTER = "followup:loop"
 
 
 class _LimitedCode(CodeGenerator):
-    """Jinja2's code generator, with the calls that charge a message's budget."""
+    """Jinja2's code generator, with the calls that charge a message's budget. Inside a
+    loop, everything written out (a `{{ ... }}`, text, a block's or an include's events, a
+    filter block, a call block) goes through `environment.emitted`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._loops = 0
-        self._count_events = False
 
     def visit_Template(self, node: nodes.Template, frame: Frame | None = None) -> None:
         for loop in node.find_all(nodes.For):
@@ -100,25 +101,32 @@ class _LimitedCode(CodeGenerator):
         text = super()._output_const_repr(group)
         return f"environment.emitted({text})" if self._loops else text
 
+    def start_write(self, frame: Frame, node: nodes.Node | None = None) -> None:
+        super().start_write(frame, node)
+        if self._loops:
+            self.write("environment.emitted(")
+
+    def end_write(self, frame: Frame) -> None:
+        if self._loops:
+            self.write(")")
+        super().end_write(frame)
+
+    def writeline(self, x: str, node: nodes.Node | None = None, extra: int = 0) -> None:
+        """`yield from` a block or a module's body inside a loop: each event charged."""
+        if self._loops and x.startswith("yield from "):
+            x = f"for event in {x.removeprefix('yield from ')}: yield environment.emitted(event)"
+        super().writeline(x, node, extra)
+
     def visit_Include(self, node: nodes.Include, frame: Frame) -> None:
         self.writeline("environment.descend()", node)
         self.writeline("try:")
         self.indent()
-        self._count_events = self._loops > 0
-        try:
-            super().visit_Include(node, frame)
-        finally:
-            self._count_events = False
+        super().visit_Include(node, frame)
         self.outdent()
         self.writeline("finally:")
         self.indent()
         self.writeline("environment.ascend()")
         self.outdent()
-
-    def simple_write(self, s: str, frame: Frame, node: nodes.Node | None = None) -> None:
-        if self._count_events and s == "event":
-            s = "environment.emitted(event)"
-        super().simple_write(s, frame, node)
 
     @optimizeconst
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:

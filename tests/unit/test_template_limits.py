@@ -312,3 +312,39 @@ def test_bad_templates_settings_are_refused_naming_the_key(key: str, value: str)
     with pytest.raises(ConfigError) as caught:
         load_settings(ROOT / "config.toml", {f"FOLLOWUP_TEMPLATES_{key}": value})
     assert f"[templates] {key.lower()} (from FOLLOWUP_TEMPLATES_{key})" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{% block b %}{{ big|upper }}{% endblock %}",
+        "{% filter upper %}{{ big }}{% endfilter %}",
+        "{% macro m() %}{{ caller() }}{% endmacro %}{% call m() %}{{ big|upper }}{% endcall %}",
+        "{% include '_p.txt' %}",
+        "{% include '_p.txt' without context %}",
+    ],
+)
+def test_every_kind_of_output_inside_a_loop_counts(tmp_path: Path, body: str) -> None:
+    root = tmp_path / "templates"
+    source = f'{{% set big = "b" * 100000 %}}\n{{% for i in range(1000) %}}{body}{{% endfor %}}'
+    _write(root, "bomb", source, **{"_p.txt": '{{ "p" * 100000 }}'})
+
+    with pytest.raises(RenderLimitError) as caught:
+        _render(root)
+
+    assert (caught.value.limit, caught.value.line) == ("max_output_chars", 2)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ['{% extends "bomb/en/text.txt" %}', '{% import "bomb/en/text.txt" as me %}{{ me }}'],
+)
+def test_a_template_extending_or_importing_itself_is_refused(tmp_path: Path, source: str) -> None:
+    root = tmp_path / "templates"
+    _write(root, "bomb", f"Hi\n{source}\n")
+
+    with pytest.raises(RenderLimitError) as caught:
+        _render(root)
+
+    assert (caught.value.file, caught.value.limit) == ("templates/bomb/en/text.txt", "max_depth")
+    assert str(caught.value).startswith("templates/bomb/en/text.txt:2: endless recursion: ")
