@@ -163,6 +163,8 @@ class _EscapeFormatter(_Formatter, SandboxedEscapeFormatter):
     pass
 
 
+_METHODS = (MethodType, BuiltinMethodType)
+
 #: str methods whose result can be much longer than the string: checked before they run.
 _SIZED_METHODS = frozenset(
     {"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join", "translate"}
@@ -357,7 +359,7 @@ class Sandbox(ImmutableSandboxedEnvironment):
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         """str.format and format_map through a formatter that checks each field; the str
         methods of _SIZED_METHODS through a check of their result's size."""
-        if not isinstance(value, MethodType | BuiltinMethodType):
+        if not isinstance(value, _METHODS):
             return None
         owner = value.__self__
         if not isinstance(owner, str):
@@ -400,10 +402,11 @@ class Sandbox(ImmutableSandboxedEnvironment):
 
     def joined(self, join: Callable[[Any], str], parts: tuple[Any, ...]) -> str:
         """`a ~ b`: the joined length checked before joining."""
-        total = 0
+        total, most = 0, self.limits.max_string_chars
         for part in parts:
             total += len(part) if isinstance(part, str) else len(str(part))
-            string_size(self.limits, total)
+            if total > most:
+                string_size(self.limits, total)
         return join(parts)
 
     def emitted(self, value: str) -> str:
