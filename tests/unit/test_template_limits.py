@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from jinja2 import DictLoader, FileSystemLoader, StrictUndefined
-from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from followup.config import load_settings
@@ -259,9 +258,22 @@ def test_without_a_budget_sizes_are_still_checked() -> None:
     assert env.from_string("{% for i in range(3) %}{{ i }}{% endfor %}").render() == "012"
 
 
-def test_an_audience_rule_cannot_build_a_huge_number() -> None:
-    with pytest.raises((AudienceError, SecurityError, RenderLimitError)):
-        in_audience("(9 ** (9 ** 9)) > 1", {"tier": "vip"})
+@pytest.mark.parametrize(
+    ("rule", "reason"),
+    [
+        ('("%0999999999d" % 1) == ""', "max_string_chars"),
+        ('("{:>999999999}".format(1)) == ""', "max_string_chars"),
+        ('("x"|center(1000000000)) == ""', "max_string_chars"),
+        ("(9 ** (9 ** 9)) > 1", "the ** operator is not allowed"),
+    ],
+)
+def test_an_audience_rule_cannot_build_a_huge_value(rule: str, reason: str) -> None:
+    with pytest.raises(AudienceError, match=re.escape(reason)):
+        in_audience(rule, {"tier": "vip"})
+
+
+def test_an_audience_rule_still_adds_and_formats() -> None:
+    assert in_audience('client.tier + "!" == "vip!" and "%d" % 3 == "3"', {"tier": "vip"})
 
 
 def test_the_error_message_names_the_setting() -> None:
