@@ -70,10 +70,6 @@ class RenderLimitError(RenderError):
         return RenderLimitError(self.limit, self.value, self.what, file=file, line=line)
 
 
-#: Loop iterations between two looks at the clock.
-TICK = 64
-
-
 class Budget:
     """One message's account: the time left, loop iterations left, the nesting depth, the
     characters output inside loops and those of its finished parts."""
@@ -150,8 +146,8 @@ def end(previous: Budget | None) -> None:
 
 
 def loop_items(iterable: Any) -> Any:
-    """What a `{% for %}` loop iterates: its iterations charged to the budget, the clock
-    looked at every TICK iterations."""
+    """What a `{% for %}` loop (or `map`, `select`, `reject`, ...) iterates: its items charged
+    to the budget, the clock looked at before each one."""
     budget = current()
     if budget is None:
         return iterable
@@ -160,21 +156,20 @@ def loop_items(iterable: Any) -> Any:
     except TypeError:
         return _counted(iterable, budget)
     budget.take(size)
-    return _ticking(iterable, budget) if size > TICK else iterable
+    return _timed(iterable, budget)
 
 
 def _counted(iterable: Iterable[Any], budget: Budget) -> Iterator[Any]:
     """An iterable without a length (a filter's generator): charged as it goes."""
     for item in iterable:
-        budget.iterations -= 1
-        if budget.iterations < 0 or not budget.iterations % TICK:
-            budget.take(0)
+        budget.take(1)
         yield item
 
 
-def _ticking(iterable: Iterable[Any], budget: Budget) -> Iterator[Any]:
-    for number, item in enumerate(iterable, 1):
-        if not number % TICK:
+def _timed(iterable: Iterable[Any], budget: Budget) -> Iterator[Any]:
+    clock, deadline = budget.clock, budget.deadline
+    for item in iterable:
+        if clock() > deadline:
             budget.check_time()
         yield item
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from types import BuiltinMethodType, MethodType
 from typing import Any
 
-from jinja2 import nodes, pass_environment, pass_eval_context
+from jinja2 import nodes, pass_context, pass_environment, pass_eval_context
 from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.environment import Environment
 from jinja2.exceptions import SecurityError
@@ -32,6 +32,11 @@ from jinja2.filters import (
     do_wordwrap,
     make_attrgetter,
     sync_do_join,
+    sync_do_map,
+    sync_do_reject,
+    sync_do_rejectattr,
+    sync_do_select,
+    sync_do_selectattr,
     sync_do_slice,
 )
 from jinja2.nodes import EvalContext
@@ -196,6 +201,17 @@ def _check_method(limits: Limits, text: str, name: str, args: tuple[Any, ...]) -
     return args
 
 
+def _charged(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter that calls something for each item (`map`, `select`, ...): its items
+    charged to the budget as a loop's."""
+
+    @pass_context
+    def charged(context: Context, value: Any, *args: Any, **kwargs: Any) -> Any:
+        return function(context, loop_items(value), *args, **kwargs)
+
+    return charged
+
+
 def _checked_filters(limits: Limits) -> dict[str, Callable[..., Any]]:
     """Jinja2's filters that take a size, each refusing a result over the limits first."""
 
@@ -259,7 +275,18 @@ def _checked_filters(limits: Limits) -> dict[str, Callable[..., Any]]:
         string_size(limits, 2 * len(text) + len(text.split()) * (64 + extra))
         return do_urlize(context, value, *args, **kwargs)
 
+    iterating = {
+        name: _charged(function)
+        for name, function in (
+            ("map", sync_do_map),
+            ("select", sync_do_select),
+            ("reject", sync_do_reject),
+            ("selectattr", sync_do_selectattr),
+            ("rejectattr", sync_do_rejectattr),
+        )
+    }
     return {
+        **iterating,
         "center": center,
         "format": format_,
         "indent": indent,

@@ -157,6 +157,8 @@ NORMAL = """Dear {{ client.first_name }},
 {% for row in items|batch(4) %}{{ row|length }}{% endfor %} {{ {"a": [1, 2]}|tojson(2) }}
 {{ "a\nb"|indent(2, true) }} {{ "x\ty".expandtabs(4) }} {{ [1, 2] + [3] }} {{ 7 * 6 }}
 {% for x in [[1, [2]]] recursive %}{{ x }}{% if x is iterable %}{{ loop(x) }}{% endif %}{% endfor %}
+{% for c in "abc" %}{{ loop.length }}{{ loop.revindex }}{{ loop.last }}{% endfor %}
+{{ items|map("string")|select("ne", "3")|reject("eq", "4")|join }}
 {{ lipsum(1, false, 3, 4)|length > 0 }} {{ items|slice(3)|list|length }} {{ "http://a.b"|urlize }}
 """
 
@@ -175,14 +177,18 @@ def test_a_normal_template_renders_as_in_jinja2s_own_sandbox(tmp_path: Path) -> 
     assert "[000|   0](0)[001|   1](1)[002|   2](2)" in ours
 
 
-def test_the_loop_limit_counts_loops_over_generators_as_they_go(tmp_path: Path) -> None:
+def test_the_loop_limit_counts_loops_over_generators_and_items_through_map(
+    tmp_path: Path,
+) -> None:
+    """Each `range(30)|map('string')` charges 30 items to map and 30 iterations to its loop:
+    60 + 30 x 60 = 1,860 in all."""
     root = tmp_path / "templates"
     source = "{% for i in range(30)|map('string') %}{% for j in range(30)|map('string') %}"
     _write(root, "gen", f"a\n{source}{{% endfor %}}{{% endfor %}}")
 
-    assert _render(root, "gen", Limits(max_loop_iterations=930)) == "a\n"
-    with pytest.raises(RenderLimitError, match=r"text\.txt:2: .*max_loop_iterations = 929"):
-        _render(root, "gen", Limits(max_loop_iterations=929))
+    assert _render(root, "gen", Limits(max_loop_iterations=1860)) == "a\n"
+    with pytest.raises(RenderLimitError, match=r"text\.txt:2: .*max_loop_iterations = 1859"):
+        _render(root, "gen", Limits(max_loop_iterations=1859))
 
 
 def test_the_limits_are_per_message_and_configurable(tmp_path: Path) -> None:
@@ -247,8 +253,8 @@ def test_a_macro_call_looks_at_the_clock_too() -> None:
         assert env.get_template("m.txt").render() == "xxx"
     finally:
         budgets.end(previous)
-    # One at the start, one at the loop, one per macro call.
-    assert len(readings) == 5
+    # One at the start, one as the loop starts, one before each item and each macro call.
+    assert len(readings) == 8
 
 
 def test_without_a_budget_sizes_are_still_checked() -> None:
@@ -360,3 +366,19 @@ def test_a_template_extending_or_importing_itself_is_refused(tmp_path: Path, sou
 
     assert (caught.value.file, caught.value.limit) == ("templates/bomb/en/text.txt", "max_depth")
     assert str(caught.value).startswith("templates/bomb/en/text.txt:2: endless recursion: ")
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["{% for i in range(3) %}{{ i }}{% endfor %}", "{{ range(5)|map('string')|join }}"],
+)
+def test_the_clock_is_looked_at_before_each_item(source: str) -> None:
+    """A clock moving 0.4 s at each reading: past 1 s by the third item, however few."""
+    template = Sandbox().from_string(source)
+    clock = _ticking_clock(0.4)
+    _, previous = budgets.begin(Limits(), lambda: next(clock))
+    try:
+        with pytest.raises(RenderLimitError, match="render_seconds"):
+            template.render()
+    finally:
+        budgets.end(previous)
