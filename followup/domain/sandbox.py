@@ -212,6 +212,29 @@ def _charged(function: Callable[..., Any]) -> Callable[..., Any]:
     return charged
 
 
+def _list_filters(limits: Limits) -> dict[str, Callable[..., Any]]:
+    """`batch`, `slice` and `tojson`, refusing a result over the limits first."""
+
+    def batch(value: Any, linecount: int, fill_with: Any = None) -> Any:
+        string_size(limits, linecount if _is_int(linecount) else 0, "a batch")
+        return do_batch(value, linecount, fill_with)
+
+    def slice_(value: Any, slices: int, fill_with: Any = None) -> Any:
+        string_size(limits, slices if _is_int(slices) else 0, "a list of slices")
+        return sync_do_slice(value, slices, fill_with)
+
+    @pass_eval_context
+    def tojson(context: EvalContext, value: Any, indent: Any = None) -> Markup:
+        size = indent if _is_int(indent) else len(indent) if isinstance(indent, str) else 0
+        if size > 1:
+            flat = do_tojson(context, value, 1)
+            spaces = sum(len(line) - len(line.lstrip(" ")) for line in flat.splitlines())
+            string_size(limits, len(flat) + (size - 1) * spaces)
+        return do_tojson(context, value, indent)
+
+    return {"batch": batch, "slice": slice_, "tojson": tojson}
+
+
 def _checked_filters(limits: Limits) -> dict[str, Callable[..., Any]]:
     """Jinja2's filters that take a size, each refusing a result over the limits first."""
 
@@ -243,23 +266,6 @@ def _checked_filters(limits: Limits) -> dict[str, Callable[..., Any]]:
         check_join(limits, items, soft_str(d))
         return sync_do_join(context, items, d)
 
-    def batch(value: Any, linecount: int, fill_with: Any = None) -> Any:
-        string_size(limits, linecount if _is_int(linecount) else 0, "a batch")
-        return do_batch(value, linecount, fill_with)
-
-    def slice_(value: Any, slices: int, fill_with: Any = None) -> Any:
-        string_size(limits, slices if _is_int(slices) else 0, "a list of slices")
-        return sync_do_slice(value, slices, fill_with)
-
-    @pass_eval_context
-    def tojson(context: EvalContext, value: Any, indent: Any = None) -> Markup:
-        size = indent if _is_int(indent) else len(indent) if isinstance(indent, str) else 0
-        if size > 1:
-            flat = do_tojson(context, value, 1)
-            spaces = sum(len(line) - len(line.lstrip(" ")) for line in flat.splitlines())
-            string_size(limits, len(flat) + (size - 1) * spaces)
-        return do_tojson(context, value, indent)
-
     @pass_environment
     def wordwrap(environment: Environment, s: Any, width: int = 79, *args: Any) -> str:
         text = soft_str(s)
@@ -287,14 +293,12 @@ def _checked_filters(limits: Limits) -> dict[str, Callable[..., Any]]:
     }
     return {
         **iterating,
+        **_list_filters(limits),
         "center": center,
         "format": format_,
         "indent": indent,
         "replace": replace,
         "join": join,
-        "batch": batch,
-        "slice": slice_,
-        "tojson": tojson,
         "wordwrap": wordwrap,
         "urlize": urlize,
         LOOP_FILTER: loop_items,
