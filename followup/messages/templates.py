@@ -123,11 +123,22 @@ class TemplateSandbox(Sandbox):
         """Without auto_reload, a template once loaded comes from a plain dict: Jinja2's cache
         takes a weak reference and a locked LRU lookup on every include."""
         if self.auto_reload or globals:
-            return super()._load_template(name, globals)
+            return self._timed_load(name, globals)
         template = self._loaded.get(name)
         if template is None:
-            template = self._loaded[name] = super()._load_template(name, globals)
+            template = self._loaded[name] = self._timed_load(name, globals)
         return template
+
+    def _timed_load(self, name: str, globals: MutableMapping[str, Any] | None) -> Template:
+        """Reading and compiling a template is not its own doing: the time it takes is given
+        back to the message's wall-clock budget (followup.domain.limits)."""
+        began = time.monotonic()
+        try:
+            return super()._load_template(name, globals)
+        finally:
+            budget = budgets.current()
+            if budget is not None:
+                budget.deadline += time.monotonic() - began
 
 
 #: (locale folder, variant, its colours for templates, locale the filters use, language of

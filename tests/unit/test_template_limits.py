@@ -382,3 +382,22 @@ def test_the_clock_is_looked_at_before_each_item(source: str) -> None:
             template.render()
     finally:
         budgets.end(previous)
+
+
+def test_loading_a_template_is_not_charged_to_the_message(tmp_path: Path) -> None:
+    """An include loaded (read and compiled) while the message renders: the time it takes is
+    given back to the budget's deadline."""
+    root = tmp_path / "templates"
+    _write(root, "inc", 'a\n{% include "_p.txt" %}', **{"_p.txt": "p"})
+    templates = Templates(root)
+    _, previous = budgets.begin(Limits(), lambda: 0.0)
+    try:
+        budget = budgets.current()
+        assert budget is not None
+        before = budget.deadline
+        templates.env.get_template("_p.txt")
+        assert budget.deadline > before
+        templates.env.get_template("_p.txt")  # kept: nothing to give back
+    finally:
+        budgets.end(previous)
+    assert templates.render("inc", "en", {}).text == "a\np\n"
