@@ -125,24 +125,29 @@ class Budget:
             )
 
 
-_state = threading.local()
+class _State(threading.local):
+    #: The budget of the message this thread is rendering, if any (read as an attribute on
+    #: the hot path: no function call).
+    budget: Budget | None = None
+
+
+state = _State()
 
 
 def current() -> Budget | None:
     """The budget of the message this thread is rendering, if any."""
-    budget: Budget | None = getattr(_state, "budget", None)
-    return budget
+    return state.budget
 
 
 def begin(limits: Limits, clock: Callable[[], float]) -> tuple[Budget, Budget | None]:
     """Open a message's budget in this thread: (it, the one it replaces, for `end`)."""
-    previous = current()
-    budget = _state.budget = Budget(limits, clock)
+    previous = state.budget
+    budget = state.budget = Budget(limits, clock)
     return budget, previous
 
 
 def end(previous: Budget | None) -> None:
-    _state.budget = previous
+    state.budget = previous
 
 
 def loop_items(iterable: Any) -> Any:

@@ -58,6 +58,7 @@ from followup.domain.limits import (
     check_replace,
     current,
     loop_items,
+    state,
     string_size,
 )
 
@@ -442,17 +443,22 @@ class Sandbox(ImmutableSandboxedEnvironment):
 
     def emitted(self, value: str) -> str:
         """Output inside a loop, charged to the message's budget."""
-        budget = current()
+        budget = state.budget
         if budget is not None:
             budget.emit(len(value))
         return value
 
     def descend(self) -> None:
-        budget = current()
+        """An include: one level deeper (every message renders two, so the checks are
+        written out here rather than in Budget.descend)."""
+        budget = state.budget
         if budget is not None:
-            budget.descend()
+            budget.depth += 1
+            if budget.depth > self.limits.max_depth or budget.clock() > budget.deadline:
+                budget.depth -= 1
+                budget.descend()
 
     def ascend(self) -> None:
-        budget = current()
+        budget = state.budget
         if budget is not None:
             budget.depth -= 1

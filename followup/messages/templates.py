@@ -136,7 +136,7 @@ class TemplateSandbox(Sandbox):
         try:
             return super()._load_template(name, globals)
         finally:
-            budget = budgets.current()
+            budget = budgets.state.budget
             if budget is not None:
                 budget.deadline += time.monotonic() - began
 
@@ -290,11 +290,12 @@ class Templates:
             "language": folder_language,
         }
         # One budget for the message's three parts (followup.domain.limits).
-        _, previous = budgets.begin(self.limits, time.monotonic)
+        previous = budgets.state.budget
+        budgets.state.budget = budgets.Budget(self.limits, time.monotonic)
         try:
             rendered = [self._render_one(name, values) for name in names]
         finally:
-            budgets.end(previous)
+            budgets.state.budget = previous
         try:
             html = inline.inline(rendered[2])
         except (css_inline.InlineError, ValueError) as exc:
@@ -344,9 +345,11 @@ class Templates:
             except Exception:
                 # As Template.render: the traceback gets the template's file and line.
                 self.env.handle_exception()
-            budget = budgets.current()
+            budget = budgets.state.budget
             if budget is not None:
-                budget.write(sum(map(len, pieces)))
+                budget.written += sum(map(len, pieces))
+                if budget.written > self.limits.max_output_chars:
+                    budget.write(0)
             return "".join(pieces)
         except RenderLimitError as exc:
             if exc.file:
