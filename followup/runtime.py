@@ -51,7 +51,9 @@ class Runtime:
         engine = open_engine(url, create_dir=create)
         folder = settings.path(settings.templates_dir)
         built = stamp(folder)
-        templates = Templates(folder, settings.sender.default_locale)
+        templates = Templates(
+            folder, settings.sender.default_locale, limits=settings.templates.limits()
+        )
         return cls(settings, engine, templates, calendar, built)
 
     def reload_templates(self) -> bool:
@@ -61,7 +63,11 @@ class Runtime:
         now = stamp(self.templates.root)
         if now == self.templates_stamp:
             return False
-        self.templates = Templates(self.templates.root, self.templates.default_locale)
+        self.templates = Templates(
+            self.templates.root,
+            self.templates.default_locale,
+            limits=self.settings.templates.limits(),
+        )
         self.templates_stamp = now
         log_event("templates.reloaded", files=now[0])
         return True

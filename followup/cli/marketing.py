@@ -22,7 +22,7 @@ cli.add_typer(templates_cli, name="templates")
 
 def _templates() -> Templates:
     s = settings()
-    return Templates(s.path(s.templates_dir), s.sender.default_locale)
+    return Templates(s.path(s.templates_dir), s.sender.default_locale, limits=s.templates.limits())
 
 
 @templates_cli.command(

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from followup.config.values import parse_delay, parse_time, parse_weekdays, parse_window
+from followup.domain.limits import Limits
 from followup.domain.occasions import Window
 from followup.errors import ConfigError
 
@@ -204,6 +205,26 @@ class LogSettings(_Section):
         return value.upper() if isinstance(value, str) else value
 
 
+class TemplateSettings(_Section):
+    """[templates]: the limits each message's templates run under (docs/templates.md)."""
+
+    #: Wall-clock seconds one message (subject, text and HTML) may take to render.
+    render_seconds: float = Field(default=1.0, gt=0, le=3600, allow_inf_nan=False)
+    #: Characters one message may output, its three parts together.
+    max_output_chars: int = Field(default=1_000_000, ge=1_000, le=100_000_000)
+    #: Characters of one string (items of one list) a template may build.
+    max_string_chars: int = Field(default=1_000_000, ge=1_000, le=100_000_000)
+    #: Loop iterations of one message, all its loops together.
+    max_loop_iterations: int = Field(default=100_000, ge=1, le=100_000_000)
+    #: Macros calling macros, recursive loops and includes nested in one another.
+    max_depth: int = Field(default=32, ge=2, le=200)
+    #: Decimal digits of one number a template computes.
+    max_number_digits: int = Field(default=4_300, ge=20, le=100_000)
+
+    def limits(self) -> Limits:
+        return Limits(**self.model_dump())
+
+
 class PolitenessSettings(_Section):
     """The frequency cap and quiet hours, for every client (local time)."""
 
@@ -296,6 +317,7 @@ class Settings(_Section):
     schedule: ScheduleSettings = ScheduleSettings()
     politeness: PolitenessSettings = PolitenessSettings()
     tiers: TierSettings = TierSettings()
+    templates: TemplateSettings = TemplateSettings()
     #: Overrides of calendars/ occasions by name.
     campaigns: dict[str, CampaignSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
@@ -346,6 +368,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "schedule": ScheduleSettings,
     "politeness": PolitenessSettings,
     "tiers": TierSettings,
+    "templates": TemplateSettings,
     "log": LogSettings,
 }
 

@@ -95,14 +95,17 @@ class AudienceError(Exception):
 
 class _RuleSandbox(Sandbox):
     """The templates' sandbox, and rules may not build huge values: `**` is refused and `*`
-    only multiplies numbers (a rule runs for every client at every plan)."""
+    only multiplies numbers (a rule runs for every client at every plan); `+` and `%` are
+    bounded as in templates."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
             raise SecurityError("the ** operator is not allowed in an audience rule")
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (left, right)):
+        if operator == "*" and not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in (left, right)
+        ):
             raise SecurityError("* only multiplies numbers in an audience rule")
         return super().call_binop(context, operator, left, right)
 

@@ -23,6 +23,7 @@ renders in every variant: the layout takes its colours from the `variant` object
 from __future__ import annotations
 
 import functools
+import time
 import traceback
 from collections.abc import Callable, Collection, Mapping, MutableMapping
 from pathlib import Path
@@ -42,6 +43,8 @@ from jinja2 import (
 from jinja2.utils import internalcode
 from markupsafe import escape
 
+from followup.domain import limits as budgets
+from followup.domain.limits import Limits, RenderLimitError
 from followup.domain.locales import language, locale_chain
 from followup.domain.sandbox import Sandbox
 from followup.errors import RenderError
@@ -120,11 +123,22 @@ class TemplateSandbox(Sandbox):
         """Without auto_reload, a template once loaded comes from a plain dict: Jinja2's cache
         takes a weak reference and a locked LRU lookup on every include."""
         if self.auto_reload or globals:
-            return super()._load_template(name, globals)
+            return self._timed_load(name, globals)
         template = self._loaded.get(name)
         if template is None:
-            template = self._loaded[name] = super()._load_template(name, globals)
+            template = self._loaded[name] = self._timed_load(name, globals)
         return template
+
+    def _timed_load(self, name: str, globals: MutableMapping[str, Any] | None) -> Template:
+        """Reading and compiling a template is not its own doing: the time it takes is given
+        back to the message's wall-clock budget (followup.domain.limits)."""
+        began = time.monotonic()
+        try:
+            return super()._load_template(name, globals)
+        finally:
+            budget = budgets.state.budget
+            if budget is not None:
+                budget.deadline += time.monotonic() - began
 
 
 #: (locale folder, variant, its colours for templates, locale the filters use, language of
@@ -138,10 +152,19 @@ class Templates:
     """The sandboxed environment over one templates/ folder. Compiled templates are cached;
     with `auto_reload` (the studio), a template saved on disk is compiled again."""
 
-    def __init__(self, root: Path, default_locale: str = "en", *, auto_reload: bool = False):
+    def __init__(
+        self,
+        root: Path,
+        default_locale: str = "en",
+        *,
+        auto_reload: bool = False,
+        limits: Limits | None = None,
+    ):
         self.root = root
         self.default_locale = default_locale
+        self.limits = limits or Limits()
         self.env = TemplateSandbox(
+            limits=self.limits,
             loader=FileSystemLoader(str(root)),
             undefined=StrictUndefined,
             # Asked for every context (five a message): the answer for each name is kept.
@@ -266,7 +289,13 @@ class Templates:
             "locale": shown_locale,
             "language": folder_language,
         }
-        rendered = [self._render_one(name, values) for name in names]
+        # One budget for the message's three parts (followup.domain.limits).
+        previous = budgets.state.budget
+        budgets.state.budget = budgets.Budget(self.limits, time.monotonic)
+        try:
+            rendered = [self._render_one(name, values) for name in names]
+        finally:
+            budgets.state.budget = previous
         try:
             html = inline.inline(rendered[2])
         except (css_inline.InlineError, ValueError) as exc:
@@ -312,10 +341,25 @@ class Templates:
                 if not self.auto_reload:
                     self._compiled[name] = template
             try:
-                return "".join(template.root_render_func(template.new_context(values, True)))
+                pieces = list(template.root_render_func(template.new_context(values, True)))
             except Exception:
                 # As Template.render: the traceback gets the template's file and line.
                 self.env.handle_exception()
+            budget = budgets.state.budget
+            if budget is not None:
+                budget.written += sum(map(len, pieces))
+                if budget.written > self.limits.max_output_chars:
+                    budget.write(0)
+            return "".join(pieces)
+        except RenderLimitError as exc:
+            if exc.file:
+                raise
+            file, line = self._locate(exc, name)
+            raise exc.at(file, line) from exc
+        except RecursionError as exc:
+            file, line = self._locate(exc, name)
+            error = RenderLimitError("max_depth", self.limits.max_depth, "endless recursion")
+            raise error.at(file, line) from None
         except TemplateSyntaxError as exc:
             raise self._error(
                 self._where(exc.filename or name), exc.lineno, exc.message or str(exc)

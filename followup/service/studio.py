@@ -54,7 +54,12 @@ class Studio:
         self._engine: Engine | None = None
 
     def _new_templates(self) -> Templates:
-        return Templates(self.root, self.settings.sender.default_locale, auto_reload=True)
+        return Templates(
+            self.root,
+            self.settings.sender.default_locale,
+            auto_reload=True,
+            limits=self.settings.templates.limits(),
+        )
 
     def version(self) -> str:
         """A digest of every file under templates/: changes when any file is saved, added,
