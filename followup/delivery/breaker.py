@@ -120,6 +120,14 @@ class Breaker:
             )
         return None
 
+    def refused(self, now: datetime, reason: str) -> Change:
+        """The server refused this client's setup (a relay, login, TLS, sender or policy
+        refusal: followup.delivery.replies): every message would be refused the same way until
+        an operator fixes the setting, so a caller that runs often (the daemon) waits the
+        backoff before it claims again, instead of claiming and giving back the queue at every
+        run."""
+        return self._open(now, f"refused: {reason}")
+
     def _open(self, now: datetime, reason: str) -> Change:
         self.trips += 1
         delay = min(self.backoff * 2 ** min(self.trips - 1, 32), self.backoff_max)

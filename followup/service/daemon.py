@@ -32,7 +32,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from followup import processes
 from followup.delivery.breaker import Breaker
-from followup.delivery.dispatcher import dispatch
+from followup.delivery.dispatcher import dispatch, log_breaker
+from followup.delivery.report import DispatchStopped
 from followup.errors import FollowupError
 from followup.logs import log, log_event
 from followup.messages import compose
@@ -253,15 +254,28 @@ class Daemon:
 
     async def dispatch(self) -> None:
         async def work() -> str:
-            report = await dispatch(
-                self.rt,
-                self.clock,
-                owner=self.owner,
-                should_stop=lambda: self._stopping,
-                on_delivery=self.metrics.delivered,
-                on_report=self.metrics.dispatched,
-                breaker=self.breaker,
-            )
+            try:
+                report = await dispatch(
+                    self.rt,
+                    self.clock,
+                    owner=self.owner,
+                    should_stop=lambda: self._stopping,
+                    on_delivery=self.metrics.delivered,
+                    on_report=self.metrics.dispatched,
+                    breaker=self.breaker,
+                )
+            except DispatchStopped as stop:
+                # The server refuses this client's setup: say so as an error, and wait the
+                # breaker's backoff before claiming again. The run's record (outcome
+                # "stopped", with its counts) was written by the run.
+                log.error(
+                    "dispatch.error",
+                    extra={"event": "dispatch.error", "fields": {"error": str(stop)[:300]}},
+                )
+                log_breaker(
+                    self.breaker, self.breaker.refused(self.clock(), str(stop.report.stopped))
+                )
+                return STOPPED
             return f"sent={report.sent}"
 
         await self._job("dispatch", work)

@@ -85,3 +85,17 @@ def test_a_probe_that_gets_an_answer_closes_it_and_the_backoff_starts_over() -> 
     assert b.state(later) is BreakerState.CLOSED and b.snapshot(later)["until"] is None
     again = b.record(LOST, later)
     assert again is not None and again.until == later + timedelta(seconds=10)
+
+
+def test_a_refusal_of_the_setup_opens_it_with_the_backoff_and_doubles_it() -> None:
+    """The daemon's answer to a relay, login or sender refusal: wait, do not claim again at
+    every run (each claim would give the queue back with a history row per touch)."""
+    b = breaker()
+    change = b.refused(T0, "SMTP server x refuses to relay for this client")
+    assert change.state is BreakerState.OPEN and change.until == T0 + timedelta(seconds=10)
+    assert change.reason.startswith("refused: SMTP server x refuses to relay")
+    assert b.state(T0 + timedelta(seconds=9)) is BreakerState.OPEN
+    assert b.state(T0 + timedelta(seconds=10)) is BreakerState.HALF_OPEN
+    again = b.refused(T0 + timedelta(seconds=10), "the same")
+    assert again.until == T0 + timedelta(seconds=10 + 20)
+    assert b.refused(T0, "the same").until == T0 + timedelta(seconds=35)  # the cap
