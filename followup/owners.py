@@ -11,8 +11,11 @@ two runs of one process have different owners.
 
 An owner is gone only when that is certain: same host, same boot and pid namespace, and no
 process with that pid and start time (or a zombie in its place). An owner on another host,
-an owner in another pid namespace, one of an older form or whose start is unknown is alive as
-far as this process can tell: its leases expire as before.
+of another boot, in another pid namespace, of an older form or whose start is unknown is alive
+as far as this process can tell: its leases expire as before. Another boot is not taken as
+"this machine before a reboot": two machines can share a host name (VMs cloned from one image)
+and the initial pid namespace's number, and a live daemon's touches must never be settled by
+another machine; the boot id, random at every boot, is what tells machines apart here.
 """
 
 from __future__ import annotations
@@ -114,9 +117,9 @@ def gone(owners: Iterable[str]) -> set[str]:
     found = set()
     for text in owners:
         owner = Owner.parse(text)
-        if owner is None or (owner.host, owner.namespace) != (host, namespace):
+        if owner is None or (owner.host, owner.boot, owner.namespace) != (host, boot, namespace):
             continue
-        if owner.boot != boot or _dead(owner.pid, owner.ticks):
+        if _dead(owner.pid, owner.ticks):
             found.add(text)
     return found
 
