@@ -226,11 +226,10 @@ async def dispatch(
         if not stop():
             raise
         # Cancelled after a stop's grace period: settle now what the lease would later.
-        with rt.engine.begin() as conn:
-            released, uncertain = rt.ledger.settle_owner(conn, owner, clock())
-        report.uncertain += uncertain
-        log_event("dispatch.settled", released=released, uncertain=uncertain)
+        _settle(rt, clock, owner, report)
         _finish(rt, report, started_at, started, owner)
+        if on_report is not None:
+            on_report(report)
         raise
     _finish(rt, report, started_at, started, owner)
     if on_report is not None:
@@ -253,6 +252,16 @@ def _before_claims(
         if resend_uncertain:
             report.requeued = rt.ledger.requeue_uncertain(conn, clock(), owner)
         report.too_late = rt.ledger.skip_too_late(conn, clock())
+
+
+def _settle(rt: Runtime, clock: Callable[[], datetime], owner: str, report: DispatchReport) -> None:
+    """What a cancelled run still holds: back to the queue if never handed to the mailer,
+    else uncertain (as its lease would settle it later)."""
+    with rt.engine.begin() as conn:
+        released, uncertain = rt.ledger.settle_owner(conn, owner, clock())
+    report.released += released
+    report.uncertain += uncertain
+    log_event("dispatch.settled", released=released, uncertain=uncertain)
 
 
 def _watching(

@@ -34,7 +34,8 @@ class DispatchReport:
     sent: int = 0
     #: Refused for now, tried again later (ledger: retry).
     retry: int = 0
-    #: Failed for good: refused, bounced, too many attempts, a template error (ledger: failed).
+    #: Failed for good: refused, bounced, too many attempts (ledger: failed). A template error
+    #: holds the touch instead (`held`).
     failed: int = 0
     #: Of the failed, those refused as a recipient (5.1.x, 5.2.x): the address suppressed.
     bounced: int = 0
