@@ -15,6 +15,7 @@ except PackageNotFoundError:  # a copy of the source tree, not installed
     __version__ = "unknown"
 
 from followup.api import (
+    Breaker,
     ClientHistory,
     Clock,
     ConfigCheck,
@@ -54,6 +55,7 @@ from followup.errors import (
 )
 
 __all__ = [
+    "Breaker",
     "ClientHistory",
     "Clock",
     "ConfigCheck",

@@ -24,6 +24,7 @@ from pathlib import Path
 from followup.config.checks import ConfigCheck, ConfigWarning, config_warnings, log_warnings
 from followup.config.checks import check_config as _check_config
 from followup.config.settings import Settings, default_config_path, load_settings
+from followup.delivery.breaker import Breaker
 from followup.delivery.dispatcher import dispatch, dispatch_in_processes
 from followup.delivery.report import DispatchReport, DispatchStopped
 from followup.dryrun.run import DryRun, DryRunEntry
@@ -45,6 +46,7 @@ from followup.storage import people, schema
 from followup.storage.people import Unsuppression
 
 __all__ = [
+    "Breaker",
     "ClientHistory",
     "Clock",
     "ConfigCheck",
@@ -160,6 +162,7 @@ def send(
     processes: int | None = None,
     resend_uncertain: bool = False,
     interrupt: Interrupt | None = None,
+    breaker: Breaker | None = None,
 ) -> DispatchReport:
     """Deliver what is due now, until nothing is: claim, decide, compose, send, record; the
     clock starts at `now` (default: the real time) and runs on. From `processes` processes
@@ -170,12 +173,14 @@ def send(
     `dispatch`. Raises DispatchStopped, with the report, when the SMTP server refuses this
     client's setup (relay, login, sender, policy): the touches not sent stay in the queue.
     Refuses (RenderError, naming file and line) when a template an enabled campaign needs
-    does not compile; a template that fails while rendering holds its touches instead."""
+    does not compile; a template that fails while rendering holds its touches instead.
+    `breaker` (`Breaker.for_delivery(rt.settings)`), kept across calls, holds the SMTP
+    server's circuit breaker and its backoff from one call to the next (one process)."""
     rt.check_templates()
     count = processes or rt.settings.delivery.processes
     clock = Clock.starting_at(now)
     return dispatch_in_processes(
-        rt, clock, count, resend_uncertain=resend_uncertain, interrupt=interrupt
+        rt, clock, count, resend_uncertain=resend_uncertain, interrupt=interrupt, breaker=breaker
     )
 
 

@@ -90,12 +90,18 @@ def _send(
     *,
     resend_uncertain: bool = False,
     processes: int | None = None,
+    breaker: api.Breaker | None = None,
 ) -> api.DispatchReport:
     """One api.send: from the time `running` has reached when --now moved the clock."""
     start = None if state.now is None else running()
     try:
         return api.send(
-            rt, start, processes=processes, resend_uncertain=resend_uncertain, interrupt=interrupt
+            rt,
+            start,
+            processes=processes,
+            resend_uncertain=resend_uncertain,
+            interrupt=interrupt,
+            breaker=breaker,
         )
     except api.DispatchStopped as stop:
         # What the run did before the server refused it, then the error (exit status 1).
@@ -147,10 +153,18 @@ def send(
     running = clock()
     # SIGTERM and SIGINT as the daemon takes them: stop claiming, let the sends in flight
     # finish (up to [schedule] shutdown_grace_seconds), give back the rest.
+    # The SMTP server's circuit breaker, kept from one run to the next as the daemon keeps
+    # it: its backoff doubles at each trip, and after a pause one message goes first.
+    breaker = api.Breaker.for_delivery(rt.settings)
     with Interrupt() as interrupt:
         while not interrupt.requested:
             report = _send(
-                rt, running, interrupt, resend_uncertain=resend_uncertain, processes=processes
+                rt,
+                running,
+                interrupt,
+                resend_uncertain=resend_uncertain,
+                processes=processes,
+                breaker=breaker,
             )
             resend_uncertain = False
             if report.requeued:

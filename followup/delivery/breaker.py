@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from followup.config.settings import SmtpSettings
+from followup.config.settings import Settings, SmtpSettings
 from followup.domain.outcomes import Delivery, Outcome
 
 
@@ -91,6 +91,12 @@ class Breaker:
             smtp.breaker_backoff_seconds,
             smtp.breaker_backoff_max_seconds,
         )
+
+    @classmethod
+    def for_delivery(cls, settings: Settings) -> Breaker:
+        """The breaker of the server a dispatch sends to: [smtp]'s, or the capture sink."""
+        capture = settings.delivery.mode == "capture"
+        return cls.from_settings(settings.smtp, "capture" if capture else None)
 
     def state(self, now: datetime) -> BreakerState:
         if self.until is None:

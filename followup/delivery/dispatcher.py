@@ -37,20 +37,27 @@ def dispatch_in_processes(
     *,
     resend_uncertain: bool = False,
     interrupt: Interrupt | None = None,
+    breaker: Breaker | None = None,
 ) -> DispatchReport:
     """`dispatch` in `processes` processes at once, each with its own database connection and
     `[smtp] pool_size` connections: rendering is CPU work that one Python process does on one
     core. The processes share the queue through the ledger's leases, as several daemons do.
 
     With an entered `interrupt`, SIGTERM and SIGINT stop the run as they stop the daemon
-    (`dispatch_until_stopped`); the worker processes get SIGTERM from this one."""
+    (`dispatch_until_stopped`); the worker processes get SIGTERM from this one. `breaker`,
+    kept by a caller that dispatches again and again (`followup send`), holds its backoff
+    across runs in one process; worker processes each start with their own, closed."""
     freeze_startup_heap()
     settings, processes = process_settings(rt.settings, processes)
     if processes <= 1:
         if interrupt is None:
-            return asyncio.run(dispatch(rt, clock, resend_uncertain=resend_uncertain))
+            return asyncio.run(
+                dispatch(rt, clock, resend_uncertain=resend_uncertain, breaker=breaker)
+            )
         return asyncio.run(
-            dispatch_until_stopped(rt, clock, interrupt, resend_uncertain=resend_uncertain)
+            dispatch_until_stopped(
+                rt, clock, interrupt, resend_uncertain=resend_uncertain, breaker=breaker
+            )
         )
     report = DispatchReport()
     stoppable = interrupt is not None
@@ -111,7 +118,12 @@ def _dispatch_worker(
 
 
 async def dispatch_until_stopped(
-    rt: Runtime, clock: Clock, interrupt: Interrupt, *, resend_uncertain: bool = False
+    rt: Runtime,
+    clock: Clock,
+    interrupt: Interrupt,
+    *,
+    resend_uncertain: bool = False,
+    breaker: Breaker | None = None,
 ) -> DispatchReport:
     """`dispatch`, stopped by a signal as the daemon is: no more touches are claimed, the
     sends in flight finish up to [schedule] shutdown_grace_seconds (a second signal skips the
@@ -137,6 +149,7 @@ async def dispatch_until_stopped(
                 resend_uncertain=resend_uncertain,
                 should_stop=stopping,
                 report=report,
+                breaker=breaker,
             )
         )
         deadline: float | None = None
@@ -206,7 +219,7 @@ async def dispatch(
     _before_claims(rt, clock, owner, report, resend_uncertain)
     capture = settings.delivery.mode == "capture"
     if breaker is None:
-        breaker = Breaker.from_settings(settings.smtp, "capture" if capture else None)
+        breaker = Breaker.for_delivery(settings)
     stop = should_stop or (lambda: False)
     hooks = Hooks(
         lambda: stop() or breaker.state(clock()) is BreakerState.OPEN,

@@ -140,8 +140,7 @@ class Daemon:
         self.owner = owner_id()
         self.metrics = Metrics(rt.engine, clock)
         #: Kept across dispatch runs, so that its backoff holds (followup.delivery.breaker).
-        capture = rt.settings.delivery.mode == "capture"
-        self.breaker = Breaker.from_settings(rt.settings.smtp, "capture" if capture else None)
+        self.breaker = Breaker.for_delivery(rt.settings)
         self.metrics.watch_breaker(self.breaker)
         self.last: dict[str, str | None] = {"plan": None, "dispatch": None, "housekeeping": None}
         self.port = 0

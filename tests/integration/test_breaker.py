@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from followup import api
 from followup.config import Settings
 from followup.delivery.breaker import Breaker, BreakerState
 from followup.delivery.dispatcher import dispatch
@@ -241,3 +242,26 @@ def test_healthz_is_degraded_and_the_metric_is_1_while_the_breaker_is_open(
         assert snapshot["state"] == "open"
         assert snapshot["until"] == (NOW + timedelta(seconds=BACKOFF)).isoformat()
         assert gauge().endswith(" 1.0")
+
+
+def test_send_keeps_its_breaker_from_one_call_to_the_next(
+    tmp_path: Path, database_url: str, open_runtime: OpenRuntime
+) -> None:
+    """`followup send` without --once keeps one breaker across its runs, as the daemon does
+    (api.send(..., breaker=...)): a run within the backoff connects to nothing, and the probe
+    after it, lost too, doubles the backoff."""
+    with faulty_server("drop_after_data") as server:
+        rt = greeted(tmp_path, database_url, server, open_runtime)
+        breaker = Breaker.for_delivery(rt.settings)
+        first = api.send(rt, NOW, processes=1, breaker=breaker)
+        assert first.breaker_until is not None
+        assert counts(rt)["uncertain"] == 1 and len(server.received) == 1
+        connections = server.connections
+        again = api.send(rt, NOW + timedelta(seconds=BACKOFF / 2), processes=1, breaker=breaker)
+        assert again.breaker_until == first.breaker_until
+        assert server.connections == connections, "an open breaker connects to nothing"
+        probe = api.send(rt, first.breaker_until, processes=1, breaker=breaker)
+        assert counts(rt) == {"uncertain": 2, "planned": TOUCHES - 2}
+        assert probe.breaker_until is not None
+        doubled = probe.breaker_until - first.breaker_until
+        assert timedelta(seconds=2 * BACKOFF) <= doubled < timedelta(seconds=2 * BACKOFF + 30)
