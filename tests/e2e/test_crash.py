@@ -88,7 +88,9 @@ def test_sigkill_at_random_moments_never_sends_twice_nor_loses_a_touch(
     received = smtp_server.handler.received
     kills = 0
     for round_number in range(KILLS + 20):
-        # Each run starts an hour later, so the leases of a killed run have expired.
+        # Each run starts an hour later on the business clock (FOLLOWUP_NOW). A killed run's
+        # touches are settled by the next run because its process is gone from this host
+        # (followup.owners), not because its lease ran out: leases use the machine's clock.
         now = START + timedelta(hours=round_number)
         env["FOLLOWUP_NOW"] = now.isoformat()
         before = len(received)
