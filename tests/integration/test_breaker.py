@@ -11,29 +11,24 @@ import json
 import logging
 import random
 from collections.abc import Callable, Iterator
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from followup import api
 from followup.config import Settings
 from followup.delivery.breaker import Breaker, BreakerState
 from followup.delivery.dispatcher import dispatch
 from followup.delivery.report import DispatchReport
-from followup.domain.touches import NewTouch
-from followup.importing import importer
 from followup.runtime import Runtime
 from followup.service.metrics import Metrics
 from followup.service.reports import status
 from followup.service.web import Request, WebApp
-from followup.storage import tables
-from followup.storage.dialects import ledger_for
 from followup.storage.overview import last_runs, touch_counts
 from tests.support.faulty import FaultyServer, Mode, faulty_server
 from tests.support.settings import make_settings
-from tests.support.shop import CLIENTS, NOW
+from tests.support.shop import NOW, seed_greetings
 from tests.support.smtp import SmtpServer
 
 OpenRuntime = Callable[[Settings], Runtime]
@@ -76,19 +71,7 @@ def greeted(
         },
     )
     rt = open_runtime(settings)
-    path = tmp_path / "clients.csv"
-    rows = [f"g{n},g{n}@example.com,G{n},Lee,en,Europe/London,GB," for n in range(TOUCHES)]
-    path.write_text(CLIENTS.splitlines()[0] + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    report = importer.import_csv(rt.engine, importer.Kind.CLIENTS, path, now=NOW, strict=True)
-    assert report.errors == []
-    with rt.engine.begin() as conn:
-        ids = list(conn.execute(select(tables.clients.c.id)).scalars())
-        due = NOW - timedelta(hours=1)
-        greetings = [
-            NewTouch(i, "new_year", date(2027, 1, 1), due, due + timedelta(days=3), "new_year")
-            for i in ids
-        ]
-        ledger_for(conn).insert_touches(conn, greetings, NOW)
+    seed_greetings(rt, tmp_path, TOUCHES)
     return rt
 
 

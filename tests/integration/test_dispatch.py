@@ -9,7 +9,7 @@ import random
 import shutil
 import sys
 from collections.abc import Callable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from email.policy import default
 from pathlib import Path
 from time import monotonic
@@ -29,7 +29,6 @@ from followup.delivery.smtp import SmtpSetupError
 from followup.domain import occasions
 from followup.domain.clients import Recipient
 from followup.domain.statuses import TouchStatus
-from followup.domain.touches import NewTouch
 from followup.dryrun.run import dry_run
 from followup.importing import importer
 from followup.messages import compose
@@ -42,7 +41,7 @@ from followup.storage.ledger import Ledger
 from followup.storage.overview import suppressed
 from followup.storage.queries import recipient_query
 from tests.support.settings import ROOT, make_settings
-from tests.support.shop import CLIENTS, NOW, PURCHASES, seed
+from tests.support.shop import CLIENTS, NOW, PURCHASES, seed, seed_greetings
 from tests.support.smtp import SmtpServer
 
 OpenRuntime = Callable[[Settings], Runtime]
@@ -695,19 +694,7 @@ def greeted_runtime(
         },
     )
     rt = open_runtime(settings)
-    path = tmp_path / "clients.csv"
-    rows = [f"g{n},g{n}@example.com,G{n},Lee,en,Europe/London,GB," for n in range(clients)]
-    path.write_text(CLIENTS.splitlines()[0] + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    report = importer.import_csv(rt.engine, importer.Kind.CLIENTS, path, now=NOW, strict=True)
-    assert report.errors == []
-    with rt.engine.begin() as conn:
-        ids = list(conn.execute(select(tables.clients.c.id)).scalars())
-        due = NOW - timedelta(hours=1)
-        greetings = [
-            NewTouch(i, "new_year", date(2027, 1, 1), due, due + timedelta(days=3), "new_year")
-            for i in ids
-        ]
-        ledger_for(conn).insert_touches(conn, greetings, NOW)
+    seed_greetings(rt, tmp_path, clients)
     return rt
 
 

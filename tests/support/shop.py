@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import select
+
+from followup.domain.touches import NewTouch
 from followup.importing import importer
 from followup.runtime import Runtime
+from followup.storage import tables
+from followup.storage.dialects import ledger_for
 
 # Friday 8 January 2027, 12:00 UTC: purchases of Wednesday the 6th are due today at 10:00 local.
 NOW = datetime(2027, 1, 8, 16, 0, tzinfo=UTC)
@@ -36,3 +41,21 @@ def seed(rt: Runtime, tmp_path: Path, purchases: str = PURCHASES) -> None:
         path.write_text(content, encoding="utf-8")
         report = importer.import_csv(rt.engine, importer.Kind(kind), path, now=NOW, strict=True)
         assert report.errors == []
+
+
+def seed_greetings(rt: Runtime, tmp_path: Path, clients: int) -> None:
+    """`clients` clients (g0, g1, ... in London), each with a New Year greeting due an hour
+    before NOW, inserted into the ledger as the planner would."""
+    path = tmp_path / "clients.csv"
+    rows = [f"g{n},g{n}@example.com,G{n},Lee,en,Europe/London,GB," for n in range(clients)]
+    path.write_text(CLIENTS.splitlines()[0] + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    report = importer.import_csv(rt.engine, importer.Kind.CLIENTS, path, now=NOW, strict=True)
+    assert report.errors == []
+    with rt.engine.begin() as conn:
+        ids = list(conn.execute(select(tables.clients.c.id)).scalars())
+        due = NOW - timedelta(hours=1)
+        greetings = [
+            NewTouch(i, "new_year", date(2027, 1, 1), due, due + timedelta(days=3), "new_year")
+            for i in ids
+        ]
+        ledger_for(conn).insert_touches(conn, greetings, NOW)
