@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Select, func, select
 
 from followup.domain.clients import Recipient
 from followup.domain.statuses import WAITING, TouchStatus
@@ -78,22 +78,28 @@ def last_runs(conn: Connection) -> dict[str, dict[str, Any]]:
     return {str(row.kind): dict(row._mapping) for row in conn.execute(select(runs))}
 
 
+def _touch_lines() -> Select[Any]:
+    """A touch as the operator's listings show it: id, client's external id, campaign,
+    occurrence, status, updated_at, reason."""
+    t, c = touches, clients
+    return select(
+        t.c.id,
+        c.c.external_id,
+        t.c.campaign,
+        t.c.occurrence,
+        t.c.status,
+        t.c.updated_at,
+        t.c.reason,
+    ).join(c, c.c.id == t.c.client_id)
+
+
 def latest_touches(conn: Connection, status: TouchStatus, limit: int) -> list[Any]:
     """The latest touches in `status`: id, client's external id, campaign, occurrence,
     status, updated_at, reason."""
-    t, c = touches, clients
+    t = touches
     return list(
         conn.execute(
-            select(
-                t.c.id,
-                c.c.external_id,
-                t.c.campaign,
-                t.c.occurrence,
-                t.c.status,
-                t.c.updated_at,
-                t.c.reason,
-            )
-            .join(c, c.c.id == t.c.client_id)
+            _touch_lines()
             .where(t.c.status == status.value)
             .order_by(t.c.updated_at.desc(), t.c.id.desc())
             .limit(limit)
@@ -110,18 +116,9 @@ def failed_touches(
 ) -> list[Any]:
     """The failed touches of `campaign` whose reason holds `reason` (any case) and that failed
     at or after `since` and before `until`, oldest first; the columns of `latest_touches`."""
-    t, c = touches, clients
+    t = touches
     query = (
-        select(
-            t.c.id,
-            c.c.external_id,
-            t.c.campaign,
-            t.c.occurrence,
-            t.c.status,
-            t.c.updated_at,
-            t.c.reason,
-        )
-        .join(c, c.c.id == t.c.client_id)
+        _touch_lines()
         .where(t.c.status == TouchStatus.FAILED.value)
         .order_by(t.c.updated_at, t.c.id)
     )
