@@ -13,7 +13,7 @@ import typer
 
 from followup import api
 from followup.cli.app import cli, err, example, fail, now, out, settings
-from followup.importing import importer, suppressions
+from followup.importing import fields, suppressions
 from followup.logs import log_event
 from followup.runtime import Runtime
 from followup.storage import people
@@ -72,8 +72,8 @@ def suppress(
     problems: list[str] = []
     for email in emails or []:
         try:
-            addresses.append(importer.parse_email(email))
-        except importer.FieldError as exc:
+            addresses.append(fields.parse_email(email))
+        except fields.FieldError as exc:
             problems.append(f"{email!r}: {exc.reason}")
     if file is not None:
         found, errors = suppressions.read_suppression_list(file)

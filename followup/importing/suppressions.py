@@ -6,7 +6,7 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-from followup.importing.importer import FieldError, parse_email
+from followup.importing.fields import FieldError, parse_email
 
 
 def read_suppression_list(path: Path) -> tuple[list[str], list[str]]:

@@ -21,16 +21,9 @@ from hypothesis import strategies as st
 from sqlalchemy import Table, delete, func, select
 
 from followup.domain.statuses import ClientStatus
-from followup.importing.importer import (
-    OPTIONAL,
-    REQUIRED,
-    HeaderError,
-    ImportReport,
-    Kind,
-    RowError,
-    import_csv,
-    parse_email,
-)
+from followup.importing.fields import parse_email
+from followup.importing.importer import HeaderError, ImportReport, Kind, RowError, import_csv
+from followup.importing.records import OPTIONAL, REQUIRED
 from followup.runtime import Runtime
 from followup.storage import tables
 from followup.storage.engine import reader

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from followup.importing.importer import (
+from followup.importing.fields import (
     FieldError,
     parse_amount,
     parse_birthday,
