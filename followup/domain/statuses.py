@@ -14,6 +14,15 @@ class ClientStatus(enum.StrEnum):
     ERASED = "erased"
 
 
+class Consent(enum.StrEnum):
+    """A client's marketing consent (clients.marketing_consent): what a marketing occasion
+    needs, as `[consent]` reads it (docs/consent.md)."""
+
+    YES = "yes"
+    NO = "no"
+    UNKNOWN = "unknown"
+
+
 class PurchaseStatus(enum.StrEnum):
     PAID = "paid"
     UNPAID = "unpaid"

@@ -51,6 +51,20 @@ class Client(SQLModel, table=True):
     tier: str = Field(default="", max_length=64)
     tags: str = Field(default="", max_length=1024)
     status: str = Field(default=ClientStatus.ACTIVE.value, max_length=32)
+    #: yes, no or unknown (domain.statuses.Consent); with who said so and when (migration 0009).
+    marketing_consent: str = Field(
+        default="unknown",
+        sa_column=Column(String(8), nullable=False, server_default="unknown"),
+    )
+    consent_source: str | None = Field(default=None, max_length=128)
+    consent_at: datetime | None = None
+    #: The rep's external id as the import file last gave it: an import moves the client to
+    #: another rep only when this changes, so that a `reassign` survives the nightly import.
+    file_rep: str | None = Field(default=None, max_length=128)
+    #: The columns inferred rather than given ("timezone,locale"), comma-separated.
+    inferred: str = Field(
+        default="", sa_column=Column(String(64), nullable=False, server_default="")
+    )
     created_at: datetime
     updated_at: datetime
     #: Raised by the database's own trigger (migration 0007) whenever a column of the client
