@@ -107,7 +107,8 @@ def delimiter_hint(header: Sequence[str], wanted: Sequence[str]) -> str:
         count = sum(column in cells for column in wanted)
         if count > found:
             best, found = candidate, count
-    if not best:
+    if not best or found < 2:
+        # One column name is no pattern: "id;nickname" may be just a strange column.
         return ""
     shown = "tab" if best == "\t" else f"'{best}'"
     return (
@@ -133,9 +134,9 @@ def read_rows(
     handle = path.open(encoding=codec, newline="")
     try:
         first = handle.readline()
-    except UnicodeDecodeError:
+    except UnicodeError as exc:
         handle.close()
-        raise _encoding_error(path, codec, marked) from None
+        raise _encoding_error(path, codec, marked, exc) from None
     except BaseException:
         handle.close()
         raise
@@ -146,10 +147,10 @@ def read_rows(
     reader = csv.reader(lines, delimiter=delimiter or sniff_delimiter(first), strict=True)
     try:
         header = next(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except (UnicodeError, csv.Error) as exc:
         handle.close()
-        if isinstance(exc, UnicodeDecodeError):
-            raise _encoding_error(path, codec, marked) from None
+        if isinstance(exc, UnicodeError):
+            raise _encoding_error(path, codec, marked, exc) from None
         raise HeaderError(f"{path.name}:1: {_csv_reason(str(exc))}") from None
 
     def body() -> Generator[tuple[int, list[str]], None, None]:
@@ -169,8 +170,8 @@ def read_rows(
                 if not any(c.strip() for c in cells):
                     continue
                 yield start, cells
-        except UnicodeDecodeError:
-            raise _encoding_error(path, codec, marked) from None
+        except UnicodeError as exc:
+            raise _encoding_error(path, codec, marked, exc) from None
         finally:
             handle.close()
 
@@ -217,7 +218,7 @@ def _csv_reason(message: str) -> str:
     return f"cannot be read as CSV ({message})"
 
 
-def _encoding_error(path: Path, codec: str, marked: bool) -> EncodingError:
+def _encoding_error(path: Path, codec: str, marked: bool, exc: UnicodeError) -> EncodingError:
     """The error for a file that `codec` cannot read: the line and byte of the first bad
     byte (found by reading the file again: the text reader decodes ahead of the rows), and
     the --encoding to try."""
@@ -236,7 +237,8 @@ def _encoding_error(path: Path, codec: str, marked: bool) -> EncodingError:
         advice = "import it with --encoding and the file's own encoding (utf-8, cp1252, ...)"
     found = _first_bad_byte(path, codec)
     if found is None:
-        return EncodingError(f"{path.name}: is not {name} text; {advice}")
+        reason = exc.reason if isinstance(exc, UnicodeDecodeError) else str(exc)
+        return EncodingError(f"{path.name}: is not {name} ({reason}); {advice}")
     line, offset, bad = found
     shown = " ".join(f"0x{b:02X}" for b in bad)
     return EncodingError(
@@ -264,10 +266,12 @@ def _first_bad_byte(path: Path, codec: str) -> tuple[int, int, bytes] | None:
                 prefix = chunk[: max(exc.start - held, 0)]
                 try:
                     text = decoder.decode(prefix)
-                except UnicodeDecodeError:
+                except UnicodeError:
                     text = ""
                 line += _breaks(text, after_cr)
                 return line, offset - held + exc.start, bytes(exc.object[exc.start : exc.end])
+            except UnicodeError:
+                return None  # not a byte's fault (UTF-16 without a byte order mark)
             line += _breaks(text, after_cr)
             after_cr = text.endswith("\r") or (after_cr and not text)
             offset += len(chunk)
