@@ -204,7 +204,7 @@ def test_python_codec_names_are_encodings(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["nope", "base64", "rot13", "zip", ""])
 def test_unknown_names_and_codecs_that_are_not_text_encodings_are_refused(name: str) -> None:
-    with pytest.raises(ValueError, match="encoding .* Python codec name"):
+    with pytest.raises(ValueError, match=r"encoding .* Python codec name"):
         check_encoding(name)
 
 
