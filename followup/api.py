@@ -126,10 +126,15 @@ def import_csv(
     now: datetime | None = None,
     strict: bool = False,
     progress: Callable[[int], None] | None = None,
+    encoding: str | None = None,
+    delimiter: str | None = None,
 ) -> ImportReport:
     """Import reps, clients or purchases from a CSV file: each row is upserted by its id or
     rejected with file, line, column and reason (in the report); with `strict`, one rejected
-    row means nothing is written. `progress` is told the bytes read."""
+    row means nothing is written. `progress` is told the bytes read. `encoding` is a Python
+    codec name (default UTF-8; a byte order mark decides by itself), `delimiter` one
+    character (default: sniffed from the header); a wrong name is a ValueError, and a byte
+    not in the encoding an error that writes nothing."""
     schema.check_ready(rt.engine)
     return _import_csv(
         rt.engine,
@@ -138,6 +143,8 @@ def import_csv(
         now=now or datetime.now(UTC),
         strict=strict,
         progress=progress,
+        encoding=encoding,
+        delimiter=delimiter,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from followup import api
 from followup.cli.app import cli, err, example, fail, now, out, parse_day, settings
-from followup.importing import demo, importer
+from followup.importing import demo, importer, reader
 from followup.runtime import Runtime
 from followup.service import privacy
 from followup.storage import schema
@@ -130,7 +131,13 @@ def demo_command(
 
 
 def _import_with_progress(
-    rt: Runtime, kind: importer.Kind, path: Path, *, strict: bool
+    rt: Runtime,
+    kind: importer.Kind,
+    path: Path,
+    *,
+    strict: bool,
+    encoding: str | None = None,
+    delimiter: str | None = None,
 ) -> api.ImportReport:
     """Imports with a progress bar over the file's bytes on a terminal (large files)."""
     size = path.stat().st_size if path.exists() else 0
@@ -153,6 +160,8 @@ def _import_with_progress(
             now=now(),
             strict=strict,
             progress=lambda n: progress.advance(task, n),
+            encoding=encoding,
+            delimiter=delimiter,
         )
 
 
@@ -162,12 +171,30 @@ def _import_with_progress(
         "followup import reps reps.csv",
         "followup import clients clients.csv --strict",
         "followup import purchases purchases.csv",
+        "followup import clients clients-excel.csv --encoding cp1252",
+        "followup import clients clients.csv --delimiter ';'",
     ),
 )
 def import_command(
     kind: Annotated[importer.Kind, typer.Argument(help="What the file holds.")],
-    file: Annotated[Path, typer.Argument(help="UTF-8 CSV file with a header row.")],
+    file: Annotated[Path, typer.Argument(help="CSV file with a header row.")],
     strict: Annotated[bool, typer.Option(help="Write nothing if any row is rejected.")] = False,
+    encoding: Annotated[
+        str | None,
+        typer.Option(
+            help="The file's encoding, a Python codec name (cp1252, latin-1, ...); default "
+            "UTF-8. A byte order mark decides by itself.",
+            callback=lambda value: _checked(reader.check_encoding, value),
+        ),
+    ] = None,
+    delimiter: Annotated[
+        str | None,
+        typer.Option(
+            help="The character between cells (or comma, semicolon, tab, pipe); default: "
+            "the one of , ; tab | the header line holds most.",
+            callback=lambda value: _checked(reader.check_delimiter, value),
+        ),
+    ] = None,
 ) -> None:
     """Import reps, clients or purchases from CSV; rows are upserted by their id.
 
@@ -176,7 +203,9 @@ def import_command(
     """
     rt = Runtime.open(settings())
     try:
-        report = _import_with_progress(rt, kind, file, strict=strict)
+        report = _import_with_progress(
+            rt, kind, file, strict=strict, encoding=encoding, delimiter=delimiter
+        )
     except importer.HeaderError as exc:
         fail(str(exc))
     for error in report.errors:
@@ -190,3 +219,13 @@ def import_command(
     )
     if report.errors:
         raise typer.Exit(1)
+
+
+def _checked(check: Callable[[str], str], value: str | None) -> str | None:
+    """An option's value through `check`; its ValueError is a usage error (exit 2)."""
+    if value is None:
+        return None
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None

@@ -16,7 +16,15 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from followup.importing.fields import FieldError
-from followup.importing.reader import HeaderError, RowError, read_rows
+from followup.importing.reader import (
+    EncodingError,
+    HeaderError,
+    RowError,
+    check_delimiter,
+    check_encoding,
+    delimiter_hint,
+    read_rows,
+)
 from followup.importing.records import (
     OPTIONAL,
     REQUIRED,
@@ -30,7 +38,7 @@ from followup.storage.dialects import ledger_for
 from followup.storage.engine import CHUNK, chunks
 from followup.storage.tables import clients, purchases, reps
 
-__all__ = ["HeaderError", "ImportReport", "Kind", "RowError", "import_csv"]
+__all__ = ["EncodingError", "HeaderError", "ImportReport", "Kind", "RowError", "import_csv"]
 
 
 # ----------------------------------------------------------------------------- the file
@@ -59,13 +67,28 @@ def import_csv(
     now: datetime,
     strict: bool = False,
     progress: Callable[[int], None] | None = None,
+    encoding: str | None = None,
+    delimiter: str | None = None,
 ) -> ImportReport:
     """Validate every row of `path` and upsert the good ones in one transaction. The caller
-    has checked that the database is at this version's schema."""
+    has checked that the database is at this version's schema. `encoding` (default: UTF-8)
+    and `delimiter` (default: sniffed from the header) are checked first (ValueError); a byte
+    not in the encoding, at any line, raises EncodingError and writes nothing."""
     name = path.name
     report = ImportReport(file=name, kind=kind)
+    if encoding is not None:
+        check_encoding(encoding)
+    if delimiter is not None:
+        delimiter = check_delimiter(delimiter)
+
+    def unreadable(error: RowError) -> None:
+        report.rows += 1
+        report.errors.append(error)
+
     try:
-        header, rows, handle = read_rows(path, progress)
+        header, rows, handle = read_rows(
+            path, progress, on_error=unreadable, encoding=encoding, delimiter=delimiter
+        )
     except FileNotFoundError:
         raise HeaderError(f"{path}: no such file") from None
     try:
@@ -74,7 +97,11 @@ def import_csv(
         # The body generator has not started, so its own `finally` would not close the file.
         handle.close()
         raise
-    return _import_rows(engine, kind, header, rows, report, now=now, strict=strict)
+    report = _import_rows(engine, kind, header, rows, report, now=now, strict=strict)
+    # Rows the CSV rules could not read are reported as the reader meets them, ahead of the
+    # rest of their batch: every error in the file's order.
+    report.errors.sort(key=lambda error: error.line)
+    return report
 
 
 def _check_header(name: str, kind: Kind, header: list[str]) -> None:
@@ -83,7 +110,7 @@ def _check_header(name: str, kind: Kind, header: list[str]) -> None:
         raise HeaderError(
             f"{name}:1: missing required column(s) {', '.join(missing)} "
             f"(a {kind.value} file has {', '.join(REQUIRED[kind])} "
-            f"[, {', '.join(OPTIONAL[kind])}])"
+            f"[, {', '.join(OPTIONAL[kind])}])" + delimiter_hint(header, REQUIRED[kind])
         )
     duplicated = sorted({h for h in header if header.count(h) > 1})
     if duplicated:

@@ -44,15 +44,39 @@ OPTIONAL: dict[Kind, tuple[str, ...]] = {
 }
 
 
+class _Fields:
+    """A record built a column at a time, collecting every column's error (not only the
+    first): `done` returns the record, or raises the error (ManyErrors for several)."""
+
+    def __init__(self) -> None:
+        self.record: dict[str, Any] = {}
+        self.errors: list[FieldError] = []
+
+    def take(self, key: str, parse: Callable[[], Any]) -> Any:
+        """The parsed value, stored under `key`; None (and the error kept) if invalid."""
+        try:
+            value = parse()
+        except FieldError as exc:
+            self.errors.append(exc)
+            return None
+        self.record[key] = value
+        return value
+
+    def done(self) -> dict[str, Any]:
+        if self.errors:
+            raise self.errors[0] if len(self.errors) == 1 else ManyErrors(self.errors)
+        return self.record
+
+
 def rep_record(row: Mapping[str, str]) -> dict[str, Any]:
+    fields = _Fields()
+    fields.take("external_id", lambda: parse_text(row["id"], "id", 128))
+    fields.take("name", lambda: parse_text(row["name"], "name", 256))
+    fields.take("email", lambda: parse_email(row["email"]))
+    fields.take("signature", lambda: parse_signature(row.get("signature", "")))
     active = row.get("active", "")
-    return {
-        "external_id": parse_text(row["id"], "id", 128),
-        "name": parse_text(row["name"], "name", 256),
-        "email": parse_email(row["email"]),
-        "signature": parse_signature(row.get("signature", "")),
-        "active": True if not active.strip() else parse_bool(active, "active"),
-    }
+    fields.take("active", lambda: True if not active.strip() else parse_bool(active, "active"))
+    return fields.done()
 
 
 def client_record(row: Mapping[str, str]) -> dict[str, Any]:
@@ -94,18 +118,27 @@ def client_record(row: Mapping[str, str]) -> dict[str, Any]:
 
 def purchase_record(row: Mapping[str, str], client_zone: str | None) -> dict[str, Any]:
     """A validated purchase; `client` stays an external id. `client_zone` is None when the
-    client is unknown, in which case the caller reports that."""
-    record: dict[str, Any] = {"external_id": parse_text(row["id"], "id", 128)}
-    record["client"] = parse_text(row["client"], "client", 128)
-    if client_zone is None:
-        raise FieldError("client", f"no client with id {record['client']!r} (import clients first)")
-    record["purchased_at"] = parse_instant(row["purchased_at"], client_zone)
-    record["product"] = parse_text(row["product"], "product", 512)
-    record["currency"] = parse_currency(row["currency"])
-    record["amount_minor"] = parse_amount(row["amount"], record["currency"])
+    client is unknown, which is an error of the row; its date is then still checked (read in
+    UTC), so that every error of the row is reported. An amount is checked against its
+    currency's decimals, so only when the currency is valid."""
+    fields = _Fields()
+    fields.take("external_id", lambda: parse_text(row["id"], "id", 128))
+    client = fields.take("client", lambda: parse_text(row["client"], "client", 128))
+    if client is not None and client_zone is None:
+        fields.errors.append(
+            FieldError("client", f"no client with id {client!r} (import clients first)")
+        )
+    zone = client_zone or "UTC"
+    fields.take("purchased_at", lambda: parse_instant(row["purchased_at"], zone))
+    fields.take("product", lambda: parse_text(row["product"], "product", 512))
+    currency = fields.take("currency", lambda: parse_currency(row["currency"]))
+    if currency is not None:
+        fields.take("amount_minor", lambda: parse_amount(row["amount"], currency))
+    fields.record["status"] = PurchaseStatus.PAID.value
     status = row.get("status", "").strip()
-    record["status"] = parse_choice(status, "status", PurchaseStatus) if status else "paid"
-    return record
+    if status:
+        fields.take("status", lambda: parse_choice(status, "status", PurchaseStatus))
+    return fields.done()
 
 
 class ManyErrors(ValueError):
