@@ -129,7 +129,8 @@ def import_csv(
 ) -> ImportReport:
     """Import reps, clients or purchases from a CSV file: each row is upserted by its id or
     rejected with file, line, column and reason (in the report); with `strict`, one rejected
-    row means nothing is written. `progress` is told the bytes read."""
+    row means nothing is written. `progress` is told the bytes read. A client's zone and
+    locale that the file leaves out are inferred from the country (`[defaults]`)."""
     schema.check_ready(rt.engine)
     return _import_csv(
         rt.engine,
@@ -138,6 +139,7 @@ def import_csv(
         now=now or datetime.now(UTC),
         strict=strict,
         progress=progress,
+        defaults=rt.territory_defaults,
     )
 
 
@@ -223,9 +225,11 @@ def status(rt: Runtime, now: datetime | None = None) -> Status:
     return _status(rt, now or datetime.now(UTC))
 
 
-def history(rt: Runtime, client: str) -> ClientHistory | None:
-    """Every touch of one client (by id, or else e-mail) with each change of status."""
-    return _history(rt, client)
+def history(rt: Runtime, client: str, now: datetime | None = None) -> ClientHistory | None:
+    """Every touch of one client (by id, or else e-mail) with each change of status; the
+    client's zone and locale (and which were inferred from the country) and their tier as of
+    `now`, with the spend it counted."""
+    return _history(rt, client, now or datetime.now(UTC))
 
 
 def unsuppress(

@@ -36,7 +36,7 @@ def stats(
 ) -> ClientStats:
     return ClientStats(
         purchases=purchases,
-        total_spent_minor=total,
+        spent=(("EUR", total),),
         first_purchase=NOW - timedelta(days=first_days),
         last_purchase=NOW - timedelta(days=last_days),
         **flags,
