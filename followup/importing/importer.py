@@ -120,10 +120,11 @@ def import_csv(
 def _check_header(name: str, kind: Kind, header: list[str]) -> None:
     missing = [c for c in REQUIRED[kind] if c not in header]
     if missing:
+        inferred = "; locale and timezone, when absent, come from the country"
         raise HeaderError(
             f"{name}:1: missing required column(s) {', '.join(missing)} "
             f"(a {kind.value} file has {', '.join(REQUIRED[kind])} "
-            f"[, {', '.join(OPTIONAL[kind])}])"
+            f"[, {', '.join(OPTIONAL[kind])}]{inferred if kind is Kind.CLIENTS else ''})"
         )
     duplicated = sorted({h for h in header if header.count(h) > 1})
     if duplicated:

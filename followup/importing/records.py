@@ -77,9 +77,13 @@ def client_record(
     take("email", lambda: parse_email(row["email"]))
     take("first_name", lambda: parse_text(row["first_name"], "first_name", 256))
     take("last_name", lambda: parse_text(row["last_name"], "last_name", 256, required=False))
-    take("country", lambda: parse_country(row["country"]))
-    inferred = _zone_and_locale(row, record, errors, defaults, now or datetime.now(UTC))
+    try:
+        country: str | None = parse_country(row["country"])
+    except FieldError:
+        country = None  # reported below, after the zone and locale (the columns' order)
+    inferred = _zone_and_locale(row, country, record, errors, defaults, now or datetime.now(UTC))
     record["inferred"] = ",".join(inferred)
+    take("country", lambda: parse_country(row["country"]))
     birthday = row.get("birthday", "").strip()
     if birthday:
         take("birthday", lambda: parse_birthday(birthday))
@@ -101,17 +105,17 @@ def client_record(
 
 def _zone_and_locale(
     row: Mapping[str, str],
+    country: str | None,
     record: dict[str, Any],
     errors: list[FieldError],
     defaults: TerritoryDefaults,
     now: datetime,
 ) -> list[str]:
-    """The row's zone and locale into `record`, each given or else inferred from the
-    record's country; returns the columns inferred. Without a valid country nothing is
-    inferred (the country's error is the row's)."""
+    """The row's locale and zone into `record`, each given or else inferred from `country`;
+    returns the columns inferred, in the order "timezone", "locale". Without a valid country
+    nothing is inferred (the country's error is the row's)."""
     inferred: list[str] = []
-    country = record.get("country")
-    for column, parse in (("timezone", parse_timezone), ("locale", parse_locale)):
+    for column, parse in (("locale", parse_locale), ("timezone", parse_timezone)):
         given = row.get(column, "")
         if given.strip():
             try:
@@ -127,7 +131,7 @@ def _zone_and_locale(
             errors.append(FieldError(column, str(exc)))
             continue
         record[column] = found.value
-        inferred.append(column)
+        inferred.insert(0, column)
     return inferred
 
 

@@ -149,7 +149,7 @@ def _client(tier: str, **flags: bool) -> ClientFacts:
         "FR",
         "fr",
         stats=facts,
-        context=care.client_context(facts, tier, lambda at: at.date()),
+        context=care.client_context(facts, tier, lambda at: at.date(), RULES),
     )
 
 
