@@ -134,7 +134,8 @@ def import_csv(
     row means nothing is written. `progress` is told the bytes read. `encoding` is a Python
     codec name (default UTF-8; a byte order mark decides by itself), `delimiter` one
     character (default: sniffed from the header); a wrong name is a ValueError, and a byte
-    not in the encoding an error that writes nothing."""
+    not in the encoding an error that writes nothing. A client's zone and locale that the file
+    leaves out are inferred from the country (`[defaults]`)."""
     schema.check_ready(rt.engine)
     return _import_csv(
         rt.engine,
@@ -145,6 +146,7 @@ def import_csv(
         progress=progress,
         encoding=encoding,
         delimiter=delimiter,
+        defaults=rt.territory_defaults,
     )
 
 
@@ -230,9 +232,11 @@ def status(rt: Runtime, now: datetime | None = None) -> Status:
     return _status(rt, now or datetime.now(UTC))
 
 
-def history(rt: Runtime, client: str) -> ClientHistory | None:
-    """Every touch of one client (by id, or else e-mail) with each change of status."""
-    return _history(rt, client)
+def history(rt: Runtime, client: str, now: datetime | None = None) -> ClientHistory | None:
+    """Every touch of one client (by id, or else e-mail) with each change of status; the
+    client's zone and locale (and which were inferred from the country) and their tier as of
+    `now`, with the spend it counted."""
+    return _history(rt, client, now or datetime.now(UTC))
 
 
 def unsuppress(

@@ -19,6 +19,7 @@ from followup.domain import care, planner
 from followup.domain.decision import Rules
 from followup.domain.occasions import Calendar
 from followup.domain.outcomes import RetryPolicy
+from followup.domain.territories import TerritoryDefaults
 from followup.errors import DatabaseNotReady, RenderError
 from followup.logs import log_event
 from followup.messages.templates import Templates, stamp
@@ -103,12 +104,22 @@ class Runtime:
     @functools.cached_property
     def tier_rules(self) -> care.TierRules:
         t = self.settings.tiers
-        return care.TierRules(
-            vip_min_total_minor=t.vip_min_total * 100,
+        return care.TierRules.of(
+            t.currency,
+            t.vip_min_total,
+            t.vip_min_totals,
+            t.rates,
             vip_min_purchases=t.vip_min_purchases,
             new_within=timedelta(days=t.new_within_days),
             lapsed_after=timedelta(days=t.lapsed_after_days),
         )
+
+    @functools.cached_property
+    def territory_defaults(self) -> TerritoryDefaults:
+        """[defaults]: a client's zone and locale when the import file gives none."""
+        d = self.settings.defaults
+        locale = d.locale or self.settings.sender.default_locale
+        return TerritoryDefaults(d.timezones, d.locales, d.timezone, locale)
 
     @functools.cached_property
     def retry_policy(self) -> RetryPolicy:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated
 
 import typer
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from followup import api, logs
 from followup.cli.app import cli, clock, example, fail, log_level, now, out, settings, state
+from followup.domain.money import minor_digits
 from followup.runtime import Runtime
 from followup.service import daemon as daemon_service
 
@@ -117,13 +119,44 @@ def history(
 ) -> None:
     """Every touch of one client: campaign, occurrence, each change of status with its time,
     template, locale, variant, rep, Message-ID, SMTP reply and reason."""
-    found = api.history(Runtime.open(settings()), client)
+    found = api.history(Runtime.open(settings()), client, now())
     if found is None:
         fail(f"no client with id or e-mail {client!r}")
     if as_json:
         sys.stdout.write(json.dumps(found.to_json(), indent=2, ensure_ascii=False) + "\n")
         return
     _print_history(found)
+
+
+def _client_lines(found: api.ClientHistory) -> list[str]:
+    """The client's zone and locale, marked when inferred from the country, and the spend
+    their tier counts."""
+    marks = {
+        column: " (inferred from the country)" if column in found.inferred else ""
+        for column in ("timezone", "locale")
+    }
+    lines = [
+        f"  country {found.country}, timezone {found.timezone}{marks['timezone']}, "
+        f"locale {found.locale}{marks['locale']}"
+    ]
+    spending = found.spending
+    if spending is not None:
+        spent = ", ".join(_money(c, minor) for c, minor in spending.spent.items()) or "nothing"
+        lines.append(
+            f"  tier {spending.tier}; paid {spent}; counted toward vip: "
+            f"{_money(spending.currency, spending.counted)}"
+        )
+        if spending.not_counted:
+            lines.append(
+                f"  not counted (no [tiers.rates] or [tiers.vip_min_totals]): "
+                f"{', '.join(spending.not_counted)}"
+            )
+    return lines
+
+
+def _money(currency: str, minor: int) -> str:
+    """An amount stored in minor units, in major units: BRL 89,000.00, JPY 12,000."""
+    return f"{currency} {Decimal(minor).scaleb(-minor_digits(currency)):,}"
 
 
 def _print_history(found: api.ClientHistory) -> None:
@@ -134,6 +167,8 @@ def _print_history(found: api.ClientHistory) -> None:
         highlight=False,
         markup=False,
     )
+    for line in _client_lines(found):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
     for action in found.events:
         detail = f": {action.detail}" if action.detail else ""
         out.print(f"{_when(action.at)} {action.kind}{detail}", highlight=False, markup=False)

@@ -213,10 +213,14 @@ def import_command(
     if strict and report.errors:
         fail(f"{report.rejected_rows} row(s) rejected and --strict: nothing was imported")
     updated = report.imported - report.created
+    inferred = "".join(f", {column} inferred for {n}" for column, n in report.inferred.items())
     out.print(
         f"{file.name}: {report.imported} imported ({report.created} new, {updated} updated),"
-        f" {report.rejected_rows} rejected"
+        f" {report.rejected_rows} rejected{inferred}",
+        highlight=False,
     )
+    for warning in report.warnings:
+        err.print(f"warning: {warning}", highlight=False, markup=False)
     if report.errors:
         raise typer.Exit(1)
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from dateutil.rrule import rrulestr
 
-from followup.config.settings import YEAR_DAYS, Settings
+from followup.config.base import YEAR_DAYS
+from followup.config.settings import Settings
 from followup.config.values import line_of, parse_delay, parse_time, parse_weekdays, parse_window
 from followup.domain.care import EXCLUSIONS, check_rule
 from followup.domain.occasions import KINDS, Calendar, Campaign, Window

@@ -16,8 +16,15 @@ from datetime import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    field_validator,
+)
 
+from followup.config.base import DAY, HOUR, YEAR_DAYS
+from followup.config.base import Section as _Section
+from followup.config.clients import DefaultsSettings, TierSettings
 from followup.config.values import parse_delay, parse_time, parse_weekdays, parse_window
 from followup.domain.limits import Limits
 from followup.domain.occasions import Window
@@ -29,17 +36,6 @@ SECRETS: dict[tuple[str, str], str] = {
     ("http", "secret_key"): "FOLLOWUP_SECRET_KEY",
     ("sender", "secret_key"): "FOLLOWUP_SECRET_KEY",
 }
-
-
-#: Bounds of the numeric settings: an hour and a day in seconds, a (leap) year in days.
-HOUR, DAY = 3600, 86_400
-YEAR_DAYS = 366
-
-
-class _Section(BaseModel):
-    #: inf and nan are refused everywhere (TOML's `inf`, FOLLOWUP_SMTP_TIMEOUT=inf), and every
-    #: number has a lower and an upper bound (tests/unit/test_config.py checks it).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatabaseSettings(_Section):
@@ -246,20 +242,6 @@ class PolitenessSettings(_Section):
         return parse_window(self.quiet_hours) if self.quiet_hours else None
 
 
-class TierSettings(_Section):
-    """RFM tiers: from recency, frequency and monetary value of each client's paid purchases.
-    A tier given in the client's data (the clients.csv `tier` column) wins."""
-
-    #: vip: spent at least this much (in major units, summed over currencies) ...
-    vip_min_total: int = Field(default=50_000, ge=0, le=10**12)
-    #: ... or bought at least this many times.
-    vip_min_purchases: int = Field(default=4, ge=1, le=1_000_000)
-    #: new: first purchase within this many days.
-    new_within_days: int = Field(default=90, ge=0, le=100 * YEAR_DAYS)
-    #: lapsed: no purchase for this many days.
-    lapsed_after_days: int = Field(default=730, ge=1, le=100 * YEAR_DAYS)
-
-
 class CampaignSettings(_Section):
     """Operator overrides of one occasion of calendars/ ([campaigns.NAME] in config.toml)."""
 
@@ -317,6 +299,7 @@ class Settings(_Section):
     schedule: ScheduleSettings = ScheduleSettings()
     politeness: PolitenessSettings = PolitenessSettings()
     tiers: TierSettings = TierSettings()
+    defaults: DefaultsSettings = DefaultsSettings()
     templates: TemplateSettings = TemplateSettings()
     #: Overrides of calendars/ occasions by name.
     campaigns: dict[str, CampaignSettings] = Field(default_factory=dict)
@@ -368,6 +351,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "schedule": ScheduleSettings,
     "politeness": PolitenessSettings,
     "tiers": TierSettings,
+    "defaults": DefaultsSettings,
     "templates": TemplateSettings,
     "log": LogSettings,
 }

@@ -21,8 +21,10 @@ class ClientStats:
     """What the purchases say about one client."""
 
     purchases: int = 0
-    #: Sum of paid amounts in minor units (cents), whatever their currency.
-    total_spent_minor: int = 0
+    #: Sum of paid amounts per currency, in each currency's minor units (cents), by currency
+    #: code: (("BRL", 8_900_000), ("EUR", 125_000)). Never summed across currencies here:
+    #: care.counted_total converts what [tiers] says can be.
+    spent: tuple[tuple[str, int], ...] = ()
     first_purchase: datetime | None = None
     last_purchase: datetime | None = None
     has_unpaid: bool = False
@@ -84,3 +86,5 @@ class Recipient(NamedTuple):
     currency: str | None
     purchased_at: datetime | None
     birthday_year: int | None = None
+    #: The columns inferred from the country rather than given ("timezone,locale", or "").
+    inferred: str = ""

@@ -112,7 +112,7 @@ def decide(
         return Wait(later)
     tier = care.tier(stats, now, rules.tiers, recipient.tier)
     return Send(
-        client=care.client_context(stats, tier, _local_date(zone)),
+        client=care.client_context(stats, tier, _local_date(zone), rules.tiers),
         occasion=occasion_context(campaign, touch, recipient, stats),
         variant=touch.variant if touch.variant in designs else None,
         previous_variant=previous_variant(sent, touch.id),

@@ -36,6 +36,7 @@ def entry_json(entry: DryRunEntry) -> dict[str, Any]:
         "send_at_utc": entry.send_at.isoformat(),
         "send_at_local": local.isoformat(),
         "timezone": entry.timezone,
+        "inferred": entry.inferred,
         "subject": entry.subject,
         "file": entry.file,
     }

@@ -61,6 +61,8 @@ class DryRunEntry:
     #: A waiting touch: when it goes out.
     until: datetime | None = None
     message: compose.Composed | None = None
+    #: The client's columns inferred from the country rather than given (timezone, locale).
+    inferred: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -125,6 +127,7 @@ def _entry(candidate: Candidate, recipient: Recipient, at: datetime) -> DryRunEn
         template=touch.template,
         send_at=at,
         timezone=recipient.timezone,
+        inferred=[column for column in recipient.inferred.split(",") if column],
     )
 
 

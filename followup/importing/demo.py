@@ -162,8 +162,18 @@ PRODUCTS = (
 DOMAINS = ("example.com", "example.org", "example.net")
 
 
+#: The demo's client columns, in the order its rows give them (zone and locale given).
+_CLIENT_COLUMNS = (
+    *("id", "email", "first_name", "last_name", "locale", "timezone", "country"),
+    *("birthday", "rep", "tier", "tags", "status"),
+)
+
+
 def columns(kind: Kind) -> list[str]:
-    """Every column of a `kind` import file, required ones first."""
+    """Every column of a `kind` import file, required ones first (a client's zone and
+    locale before their country)."""
+    if kind is Kind.CLIENTS:
+        return list(_CLIENT_COLUMNS)
     return [*REQUIRED[kind], *OPTIONAL[kind]]
 
 

@@ -14,6 +14,7 @@ from babel import Locale, UnknownLocaleError
 from babel.numbers import is_currency
 
 from followup.domain.money import minor_digits
+from followup.domain.territories import countries
 
 
 class FieldError(ValueError):
@@ -83,20 +84,9 @@ def parse_locale(value: str, column: str = "locale") -> str:
     return tag
 
 
-@functools.cache
-def _countries() -> frozenset[str]:
-    # CLDR also names non-countries: ZZ (unknown region) and the pseudo-regions of RFC 5646.
-    pseudo = {"ZZ", "XA", "XB", "QO", "EU", "EZ", "UN"}
-    return frozenset(
-        str(code)
-        for code in Locale("en").territories
-        if re.fullmatch(r"[A-Z]{2}", str(code)) and str(code) not in pseudo
-    )
-
-
 def parse_country(value: str, column: str = "country") -> str:
     code = value.strip().upper()
-    if code not in _countries():
+    if code not in countries():
         raise FieldError(column, f"{value.strip()!r} is not an ISO 3166 alpha-2 country code")
     return code
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from followup.domain.territories import NO_DEFAULTS, Source, TerritoryDefaults
 from followup.importing.fields import FieldError
 from followup.importing.reader import (
     EncodingError,
@@ -53,10 +54,45 @@ class ImportReport:
     created: int = 0
     errors: list[RowError] = field(default_factory=list)
     written: bool = False
+    #: How many imported rows had each column inferred ({"timezone": 12, "locale": 30}).
+    inferred: dict[str, int] = field(default_factory=dict)
+    #: (column, country) -> [first line, rows]: values that are [defaults]' guess for a
+    #: country, not the country's own (a zone among several).
+    guessed: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
     @property
     def rejected_rows(self) -> int:
         return len({e.line for e in self.errors if e.line > 1})
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per guessed column and country, naming the setting that would decide."""
+        lines = []
+        for (column, country), (line, rows) in sorted(self.guessed.items()):
+            setting = "timezones" if column == "timezone" else "locales"
+            lines.append(
+                f"{self.file}:{line}: {column}: {rows} row(s) of {country} took [defaults] "
+                f"{column}, a guess ({country} has no single {column}); give the column or "
+                f'set [defaults.{setting}] {country} = "..." in config.toml'
+            )
+        return lines
+
+
+def _note(
+    report: ImportReport,
+    line: int,
+    record: dict[str, Any],
+    defaults: TerritoryDefaults,
+    now: datetime,
+) -> None:
+    """Counts a client's inferred columns, and the guesses among them."""
+    if not record["inferred"]:
+        return
+    country = record["country"]
+    for column in record["inferred"].split(","):
+        report.inferred[column] = report.inferred.get(column, 0) + 1
+        if defaults.infer(column, country, now).source is Source.DEFAULT:
+            report.guessed.setdefault((column, country), [line, 0])[1] += 1
 
 
 def import_csv(
@@ -69,11 +105,13 @@ def import_csv(
     progress: Callable[[int], None] | None = None,
     encoding: str | None = None,
     delimiter: str | None = None,
+    defaults: TerritoryDefaults = NO_DEFAULTS,
 ) -> ImportReport:
     """Validate every row of `path` and upsert the good ones in one transaction. The caller
     has checked that the database is at this version's schema. `encoding` (default: UTF-8)
     and `delimiter` (default: sniffed from the header) are checked first (ValueError); a byte
-    not in the encoding, at any line, raises EncodingError and writes nothing."""
+    not in the encoding, at any line, raises EncodingError and writes nothing. A client's zone
+    and locale that the file does not give are inferred from the country with `defaults`."""
     name = path.name
     report = ImportReport(file=name, kind=kind)
     if encoding is not None:
@@ -97,7 +135,9 @@ def import_csv(
         # The body generator has not started, so its own `finally` would not close the file.
         handle.close()
         raise
-    report = _import_rows(engine, kind, header, rows, report, now=now, strict=strict)
+    report = _import_rows(
+        engine, kind, header, rows, report, now=now, strict=strict, defaults=defaults
+    )
     # Rows the CSV rules could not read are reported as the reader meets them, ahead of the
     # rest of their batch: every error in the file's order.
     report.errors.sort(key=lambda error: error.line)
@@ -107,10 +147,12 @@ def import_csv(
 def _check_header(name: str, kind: Kind, header: list[str]) -> None:
     missing = [c for c in REQUIRED[kind] if c not in header]
     if missing:
+        inferred = "; locale and timezone, when absent, come from the country"
         raise HeaderError(
             f"{name}:1: missing required column(s) {', '.join(missing)} "
             f"(a {kind.value} file has {', '.join(REQUIRED[kind])} "
-            f"[, {', '.join(OPTIONAL[kind])}])" + delimiter_hint(header, REQUIRED[kind])
+            f"[, {', '.join(OPTIONAL[kind])}]{inferred if kind is Kind.CLIENTS else ''})"
+            + delimiter_hint(header, REQUIRED[kind])
         )
     duplicated = sorted({h for h in header if header.count(h) > 1})
     if duplicated:
@@ -126,6 +168,7 @@ def _import_rows(
     *,
     now: datetime,
     strict: bool,
+    defaults: TerritoryDefaults,
 ) -> ImportReport:
     name = report.file
     known = set(REQUIRED[kind]) | set(OPTIONAL[kind])
@@ -159,7 +202,7 @@ def _import_rows(
                     continue
                 row = {h: c for h, c in zip(header, cells, strict=True) if h in known}
                 try:
-                    record = lookup.record(kind, row)
+                    record = lookup.record(kind, row, defaults, now)
                 except ManyErrors as many:
                     report.errors.extend(
                         RowError(name, line, e.column, e.reason) for e in many.errors
@@ -181,11 +224,15 @@ def _import_rows(
                     continue
                 seen[external_id] = line
                 records.append((line, record))
+                if kind is Kind.CLIENTS:
+                    _note(report, line, record, defaults, now)
             report.created += _write(conn, kind, [r for _, r in records], lookup, now)
             report.imported += len(records)
         if strict and report.errors:
             conn.rollback()
             report.imported = report.created = 0
+            report.inferred.clear()
+            report.guessed.clear()
             return report
     report.written = report.imported > 0
     return report
@@ -216,11 +263,13 @@ class _Lookups:
                 lookups.client_zones[row.external_id] = row.timezone
         return lookups
 
-    def record(self, kind: Kind, row: dict[str, str]) -> dict[str, Any]:
+    def record(
+        self, kind: Kind, row: dict[str, str], defaults: TerritoryDefaults, now: datetime
+    ) -> dict[str, Any]:
         if kind is Kind.REPS:
             return rep_record(row)
         if kind is Kind.CLIENTS:
-            record = client_record(row)
+            record = client_record(row, defaults, now)
             rep = record.pop("rep")
             if rep and rep not in self.reps:
                 raise FieldError("rep", f"no rep with id {rep!r} (import reps first)")

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from followup.domain.statuses import ClientStatus, PurchaseStatus
+from followup.domain.territories import NO_DEFAULTS, NoValue, TerritoryDefaults
 from followup.importing.fields import (
     FieldError,
     parse_amount,
@@ -34,12 +36,13 @@ class Kind(enum.StrEnum):
 
 REQUIRED: dict[Kind, tuple[str, ...]] = {
     Kind.REPS: ("id", "name", "email"),
-    Kind.CLIENTS: ("id", "email", "first_name", "last_name", "locale", "timezone", "country"),
+    Kind.CLIENTS: ("id", "email", "first_name", "last_name", "country"),
     Kind.PURCHASES: ("id", "client", "purchased_at", "product", "amount", "currency"),
 }
 OPTIONAL: dict[Kind, tuple[str, ...]] = {
     Kind.REPS: ("signature", "active"),
-    Kind.CLIENTS: ("birthday", "rep", "tier", "tags", "status"),
+    #: locale and timezone: inferred from the country when absent or empty (territories).
+    Kind.CLIENTS: ("locale", "timezone", "birthday", "rep", "tier", "tags", "status"),
     Kind.PURCHASES: ("status",),
 }
 
@@ -79,8 +82,12 @@ def rep_record(row: Mapping[str, str]) -> dict[str, Any]:
     return fields.done()
 
 
-def client_record(row: Mapping[str, str]) -> dict[str, Any]:
-    """A validated client; `rep` stays an external id for the store to resolve."""
+def client_record(
+    row: Mapping[str, str], defaults: TerritoryDefaults = NO_DEFAULTS, now: datetime | None = None
+) -> dict[str, Any]:
+    """A validated client; `rep` stays an external id for the store to resolve. A zone or
+    locale the row does not give is inferred from the country (`defaults`, as of `now`), and
+    `inferred` names those columns ("timezone,locale"; "" when both were given)."""
     errors: list[FieldError] = []
     record: dict[str, Any] = {}
 
@@ -94,8 +101,12 @@ def client_record(row: Mapping[str, str]) -> dict[str, Any]:
     take("email", lambda: parse_email(row["email"]))
     take("first_name", lambda: parse_text(row["first_name"], "first_name", 256))
     take("last_name", lambda: parse_text(row["last_name"], "last_name", 256, required=False))
-    take("locale", lambda: parse_locale(row["locale"]))
-    take("timezone", lambda: parse_timezone(row["timezone"]))
+    try:
+        country: str | None = parse_country(row["country"])
+    except FieldError:
+        country = None  # reported below, after the zone and locale (the columns' order)
+    inferred = _zone_and_locale(row, country, record, errors, defaults, now or datetime.now(UTC))
+    record["inferred"] = ",".join(inferred)
     take("country", lambda: parse_country(row["country"]))
     birthday = row.get("birthday", "").strip()
     if birthday:
@@ -114,6 +125,38 @@ def client_record(row: Mapping[str, str]) -> dict[str, Any]:
     year, month, day = record.pop("birthday")
     record.update(birthday_year=year, birthday_month=month, birthday_day=day)
     return record
+
+
+def _zone_and_locale(
+    row: Mapping[str, str],
+    country: str | None,
+    record: dict[str, Any],
+    errors: list[FieldError],
+    defaults: TerritoryDefaults,
+    now: datetime,
+) -> list[str]:
+    """The row's locale and zone into `record`, each given or else inferred from `country`;
+    returns the columns inferred, in the order "timezone", "locale". Without a valid country
+    nothing is inferred (the country's error is the row's)."""
+    inferred: list[str] = []
+    for column, parse in (("locale", parse_locale), ("timezone", parse_timezone)):
+        given = row.get(column, "")
+        if given.strip():
+            try:
+                record[column] = parse(given)
+            except FieldError as exc:
+                errors.append(exc)
+            continue
+        if country is None:
+            continue
+        try:
+            found = defaults.infer(column, country, now)
+        except NoValue as exc:
+            errors.append(FieldError(column, str(exc)))
+            continue
+        record[column] = found.value
+        inferred.insert(0, column)
+    return inferred
 
 
 def purchase_record(row: Mapping[str, str], client_zone: str | None) -> dict[str, Any]:

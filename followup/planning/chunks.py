@@ -116,7 +116,10 @@ def _client(
             "status": status,
             "tags": care.tag_list(tags),
             **care.client_context(
-                stats, care.tier(stats, now, rt.tier_rules, tier), _local_date(zone)
+                stats,
+                care.tier(stats, now, rt.tier_rules, tier),
+                _local_date(zone),
+                rt.tier_rules,
             ),
         }
     return ClientFacts(

@@ -8,10 +8,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+from followup.domain import care
+from followup.domain.clients import ClientStats
 from followup.domain.statuses import TouchStatus
 from followup.runtime import Runtime
 from followup.storage import overview
 from followup.storage.engine import reader
+from followup.storage.queries import client_stats
 from followup.storage.schema import check_ready
 
 FAILED, UNCERTAIN, HELD = TouchStatus.FAILED, TouchStatus.UNCERTAIN, TouchStatus.HELD
@@ -133,6 +136,20 @@ class ClientEventLine:
 
 
 @dataclass
+class Spending:
+    """What the client's paid purchases count for their tier ([tiers], docs/clients.md)."""
+
+    tier: str
+    #: Paid spend per currency, in each currency's minor units.
+    spent: dict[str, int]
+    #: What counts toward vip_min_total, in minor units of `currency`.
+    counted: int
+    currency: str
+    #: Currencies of `spent` with neither a rate nor a threshold of their own.
+    not_counted: list[str]
+
+
+@dataclass
 class ClientHistory:
     client: str
     email: str
@@ -140,14 +157,21 @@ class ClientHistory:
     suppressed: str | None
     touches: list[TouchHistory]
     events: list[ClientEventLine] = field(default_factory=list)
+    timezone: str = ""
+    locale: str = ""
+    country: str = ""
+    #: The columns inferred from the country rather than given by the import file.
+    inferred: list[str] = field(default_factory=list)
+    spending: Spending | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = jsonable(asdict(self))
         return data
 
 
-def history(rt: Runtime, client: str) -> ClientHistory | None:
-    """Every touch of the client whose external id (or, failing that, e-mail) is `client`."""
+def history(rt: Runtime, client: str, now: datetime) -> ClientHistory | None:
+    """Every touch of the client whose external id (or, failing that, e-mail) is `client`,
+    with their zone and locale (and which were inferred) and their tier as of `now`."""
     check_ready(rt.engine)
     with reader(rt.engine) as conn:
         found = overview.client_by_id_or_email(conn, client)
@@ -184,4 +208,23 @@ def history(rt: Runtime, client: str) -> ClientHistory | None:
             suppressed=suppressed,
             touches=touches,
             events=[ClientEventLine(*e) for e in overview.client_events_of(conn, found.id)],
+            timezone=found.timezone,
+            locale=found.locale,
+            country=found.country,
+            inferred=[column for column in found.inferred.split(",") if column],
+            spending=_spending(rt, found.tier, client_stats(conn, 0, 0, [found.id]), found.id, now),
         )
+
+
+def _spending(
+    rt: Runtime, assigned: str, stats: dict[int, ClientStats], client_id: int, now: datetime
+) -> Spending:
+    facts = stats.get(client_id, ClientStats())
+    rules = rt.tier_rules
+    return Spending(
+        tier=care.tier(facts, now, rules, assigned),
+        spent=dict(facts.spent),
+        counted=care.counted_total(facts, rules),
+        currency=rules.currency,
+        not_counted=list(care.not_counted(facts, rules)),
+    )

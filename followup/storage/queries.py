@@ -234,24 +234,42 @@ def _ledger_around(
 def client_stats(
     conn: Connection, lo: int, hi: int, ids: Sequence[int] | None = None
 ) -> dict[int, ClientStats]:
-    """Purchase facts of the clients with ids in [lo, hi] (or in `ids`), in one GROUP BY; the
-    instants read with `_raw` and `_utc` (the planner reads a million of them)."""
+    """Purchase facts of the clients with ids in [lo, hi] (or in `ids`), in one GROUP BY of
+    client and currency (amounts of two currencies are never added); the instants read with
+    `_raw` and `_utc` (the planner reads a million of them)."""
     rows = ledger_for(conn).rows
     if ids is not None:
         found = rows(conn, _stats_query(True), ids=list(ids))
     else:
         found = rows(conn, _stats_query(False), lo=lo, hi=hi)
-    return {
-        client_id: ClientStats(
+    stats: dict[int, ClientStats] = {}
+    for client_id, currency, count, total, first, last, unpaid, disputed in found:
+        fact = ClientStats(
             purchases=int(count),
-            total_spent_minor=int(total),
+            spent=((currency, int(total)),) if count else (),
             first_purchase=None if first is None else _utc(first),
             last_purchase=None if last is None else _utc(last),
             has_unpaid=unpaid > 0,
             has_disputed=disputed > 0,
         )
-        for client_id, count, total, first, last, unpaid, disputed in found
-    }
+        before = stats.get(client_id)
+        # One row per client and currency: a client's second currency joins its first.
+        stats[client_id] = fact if before is None else _joined(before, fact)
+    return stats
+
+
+def _joined(a: ClientStats, b: ClientStats) -> ClientStats:
+    """One client's facts of two currencies as one."""
+    firsts = [i for i in (a.first_purchase, b.first_purchase) if i is not None]
+    lasts = [i for i in (a.last_purchase, b.last_purchase) if i is not None]
+    return ClientStats(
+        purchases=a.purchases + b.purchases,
+        spent=tuple(sorted(a.spent + b.spent)),
+        first_purchase=min(firsts, default=None),
+        last_purchase=max(lasts, default=None),
+        has_unpaid=a.has_unpaid or b.has_unpaid,
+        has_disputed=a.has_disputed or b.has_disputed,
+    )
 
 
 @functools.cache
@@ -267,6 +285,7 @@ def _stats_query(by_ids: bool) -> Select[Any]:
     return (
         select(
             p.c.client_id,
+            p.c.currency,
             func.count().filter(paid),
             func.coalesce(func.sum(p.c.amount_minor).filter(paid), 0),
             _raw(func.min(p.c.purchased_at).filter(paid)),
@@ -275,7 +294,7 @@ def _stats_query(by_ids: bool) -> Select[Any]:
             func.count().filter(p.c.status == "disputed"),
         )
         .where(which)
-        .group_by(p.c.client_id)
+        .group_by(p.c.client_id, p.c.currency)
     )
 
 
@@ -337,6 +356,7 @@ def recipient_query() -> Select[Any]:
             p.c.currency,
             p.c.purchased_at,
             c.c.birthday_year,
+            c.c.inferred,
         )
         .select_from(c)
         .outerjoin(r, (r.c.id == c.c.rep_id) & r.c.active.is_(True))

@@ -125,7 +125,7 @@ def import_clients(rt: Runtime, tmp_path: Path, *rows: dict[str, str]) -> None:
 
 
 def acceptance_file(tmp_path: Path) -> Path:
-    header = [*REQUIRED[Kind.CLIENTS], "birthday", "nickname"]
+    header = [*REQUIRED[Kind.CLIENTS], "locale", "timezone", "birthday", "nickname"]
     rows = [
         client("C1", first_name="Zoë", last_name="Ñúñez", locale="fr-FR", country="FR"),
         client("C2", email="not-an-email"),
@@ -313,7 +313,7 @@ def test_a_rejected_header_closes_the_file(
 def test_column_order_is_free_and_optional_columns_may_be_left_out(
     runtime: Runtime, tmp_path: Path
 ) -> None:
-    header = list(reversed(REQUIRED[Kind.CLIENTS]))
+    header = list(reversed([*REQUIRED[Kind.CLIENTS], "locale", "timezone"]))
     path = write_csv(tmp_path / "clients.csv", header, [client("C1", first_name="Ann")])
     report = import_csv(runtime.engine, Kind.CLIENTS, path, now=NOW)
 

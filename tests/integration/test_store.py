@@ -186,7 +186,7 @@ def test_the_planner_reads_purchase_facts_and_instants_as_sqlalchemy_does(
         stats = client_stats(conn, ann, cay)
         assert stats[ann] == ClientStats(
             purchases=2,
-            total_spent_minor=100,
+            spent=(("EUR", 100),),
             first_purchase=bought[0][1],
             last_purchase=bought[1][1],
             has_unpaid=True,

@@ -36,7 +36,7 @@ def stats(
 ) -> ClientStats:
     return ClientStats(
         purchases=purchases,
-        total_spent_minor=total,
+        spent=(("EUR", total),),
         first_purchase=NOW - timedelta(days=first_days),
         last_purchase=NOW - timedelta(days=last_days),
         **flags,
@@ -149,7 +149,7 @@ def _client(tier: str, **flags: bool) -> ClientFacts:
         "FR",
         "fr",
         stats=facts,
-        context=care.client_context(facts, tier, lambda at: at.date()),
+        context=care.client_context(facts, tier, lambda at: at.date(), RULES),
     )
 
 
