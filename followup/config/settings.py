@@ -260,6 +260,19 @@ class TierSettings(_Section):
     lapsed_after_days: int = Field(default=730, ge=1, le=100 * YEAR_DAYS)
 
 
+class ConsentSettings(_Section):
+    """[consent]: what a marketing occasion needs (docs/consent.md). Service occasions
+    (thank-you, survey, service reminder) never need consent; an unsubscribe stops all."""
+
+    #: "soft-opt-in": a client whose consent is unknown may get marketing (an existing
+    #: customer: GDPR/PECR's soft opt-in, CAN-SPAM's opt-out); "opt-in": only with consent
+    #: "yes", or within implied_months of a paid purchase (CASL).
+    marketing: Literal["soft-opt-in", "opt-in"] = "soft-opt-in"
+    #: Under opt-in: months after a paid purchase during which consent is implied (CASL: 24);
+    #: 0: never implied.
+    implied_months: int = Field(default=24, ge=0, le=1200)
+
+
 class CampaignSettings(_Section):
     """Operator overrides of one occasion of calendars/ ([campaigns.NAME] in config.toml)."""
 
@@ -271,6 +284,8 @@ class CampaignSettings(_Section):
     #: How late a missed touch may still go out, in hours after its due time.
     lateness_hours: int | None = Field(default=None, ge=0, le=YEAR_DAYS * 24)
     capped: bool | None = None
+    #: "service" or "marketing" (docs/consent.md).
+    purpose: Literal["service", "marketing"] | None = None
     #: After-purchase occasions: the delay ("2 days", "6 months").
     after: str | None = None
     audience: str | None = None
@@ -318,6 +333,7 @@ class Settings(_Section):
     politeness: PolitenessSettings = PolitenessSettings()
     tiers: TierSettings = TierSettings()
     templates: TemplateSettings = TemplateSettings()
+    consent: ConsentSettings = ConsentSettings()
     #: Overrides of calendars/ occasions by name.
     campaigns: dict[str, CampaignSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
@@ -369,6 +385,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "politeness": PolitenessSettings,
     "tiers": TierSettings,
     "templates": TemplateSettings,
+    "consent": ConsentSettings,
     "log": LogSettings,
 }
 

@@ -53,6 +53,8 @@ class ClientFacts:
     stats: ClientStats = field(default_factory=ClientStats)
     #: What audience rules see as `client` (tier, purchases, total_spent, ...).
     context: Mapping[str, Any] = field(default_factory=dict)
+    #: Marketing consent: yes, no or unknown (followup.domain.consent).
+    consent: str = "unknown"
 
 
 class Recipient(NamedTuple):
@@ -84,3 +86,5 @@ class Recipient(NamedTuple):
     currency: str | None
     purchased_at: datetime | None
     birthday_year: int | None = None
+    #: Marketing consent: yes, no or unknown (followup.domain.consent).
+    marketing_consent: str = "unknown"
