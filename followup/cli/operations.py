@@ -134,6 +134,11 @@ def _print_history(found: api.ClientHistory) -> None:
         highlight=False,
         markup=False,
     )
+    said = [f"from {found.consent_source}"] if found.consent_source else []
+    said += [f"on {_when(found.consent_at)}"] if found.consent_at else []
+    out.print(
+        f"marketing consent: {' '.join([found.consent, *said])}", highlight=False, markup=False
+    )
     for action in found.events:
         detail = f": {action.detail}" if action.detail else ""
         out.print(f"{_when(action.at)} {action.kind}{detail}", highlight=False, markup=False)

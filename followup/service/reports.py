@@ -125,7 +125,8 @@ class TouchHistory:
 
 @dataclass
 class ClientEventLine:
-    """An operator's action on the client: "unsuppressed" (with the reason given), "erased"."""
+    """An operator's action on the client: "unsuppressed" (with the reason given), "erased",
+    "consent" (before -> after, with its source and date)."""
 
     at: datetime
     kind: str
@@ -140,6 +141,10 @@ class ClientHistory:
     suppressed: str | None
     touches: list[TouchHistory]
     events: list[ClientEventLine] = field(default_factory=list)
+    #: Marketing consent (yes, no, unknown), who said so and when (docs/consent.md).
+    consent: str = "unknown"
+    consent_source: str | None = None
+    consent_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = jsonable(asdict(self))
@@ -184,4 +189,7 @@ def history(rt: Runtime, client: str) -> ClientHistory | None:
             suppressed=suppressed,
             touches=touches,
             events=[ClientEventLine(*e) for e in overview.client_events_of(conn, found.id)],
+            consent=found.marketing_consent,
+            consent_source=found.consent_source,
+            consent_at=found.consent_at,
         )

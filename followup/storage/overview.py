@@ -168,10 +168,12 @@ def latest_purchase_recipient(conn: Connection, external_id: str) -> Recipient |
 
 
 def client_by_id_or_email(conn: Connection, key: str) -> Any:
-    """The client (id, external_id, email, status) whose external id is `key`, else the first
-    whose address is `key`; None if none."""
+    """The client (id, external_id, email, status, marketing_consent, consent_source,
+    consent_at) whose external id is `key`, else the first whose address is `key`; None if
+    none."""
     c = clients
-    columns = (c.c.id, c.c.external_id, c.c.email, c.c.status)
+    columns = [c.c.id, c.c.external_id, c.c.email, c.c.status, c.c.marketing_consent]
+    columns += [c.c.consent_source, c.c.consent_at]
     found = conn.execute(select(*columns).where(c.c.external_id == key)).first()
     if found is None:
         found = conn.execute(
