@@ -395,6 +395,11 @@ def erase_client(engine: Engine, key: str, now: datetime) -> Erasure:
                 tier="",
                 tags="",
                 status=ClientStatus.ERASED.value,
+                # Who said so may name the client ("Ann Lee at the counter"), and when dates
+                # them; no marketing after an erasure.
+                marketing_consent=Consent.NO.value,
+                consent_source=None,
+                consent_at=None,
                 updated_at=now,
             )
         )
