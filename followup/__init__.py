@@ -1,8 +1,8 @@
 """followup: the after-sales follow-up engine.
 
 Its public Python API is below (followup.api; docs/api.md): open an installation, import,
-plan, send, dry-run, read the ledger, unsuppress and erase a client. Everything else in the
-package is private: its names may change in any release.
+plan, send, dry-run, read the ledger, set a client's consent, unsuppress and erase a client.
+Everything else in the package is private: its names may change in any release.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from followup.api import (
     Clock,
     ConfigCheck,
     ConfigWarning,
+    ConsentChange,
     DispatchReport,
     DispatchStopped,
     DryRun,
@@ -42,6 +43,7 @@ from followup.api import (
     plan,
     retry,
     send,
+    set_consent,
     status,
     unsuppress,
     upgrade,
@@ -61,6 +63,7 @@ __all__ = [
     "ConfigCheck",
     "ConfigError",
     "ConfigWarning",
+    "ConsentChange",
     "DatabaseNotReady",
     "DispatchReport",
     "DispatchStopped",
@@ -88,6 +91,7 @@ __all__ = [
     "plan",
     "retry",
     "send",
+    "set_consent",
     "status",
     "unsuppress",
     "upgrade",

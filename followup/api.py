@@ -27,8 +27,11 @@ from followup.config.settings import Settings, default_config_path, load_setting
 from followup.delivery.breaker import Breaker
 from followup.delivery.dispatcher import dispatch, dispatch_in_processes
 from followup.delivery.report import DispatchReport, DispatchStopped
+from followup.domain.statuses import Consent
 from followup.dryrun.run import DryRun, DryRunEntry
 from followup.dryrun.run import dry_run as _dry_run
+from followup.errors import FollowupError
+from followup.importing.fields import FieldError, parse_text
 from followup.importing.importer import ImportReport, Kind
 from followup.importing.importer import import_csv as _import_csv
 from followup.planning.plan import PlanReport
@@ -43,7 +46,7 @@ from followup.service.reports import status as _status
 from followup.service.retry import Retry
 from followup.service.retry import retry as _retry
 from followup.storage import people, schema
-from followup.storage.people import Unsuppression
+from followup.storage.people import ConsentChange, Unsuppression
 
 __all__ = [
     "Breaker",
@@ -51,6 +54,7 @@ __all__ = [
     "Clock",
     "ConfigCheck",
     "ConfigWarning",
+    "ConsentChange",
     "DispatchReport",
     "DispatchStopped",
     "DryRun",
@@ -73,6 +77,7 @@ __all__ = [
     "plan",
     "retry",
     "send",
+    "set_consent",
     "status",
     "unsuppress",
     "upgrade",
@@ -245,6 +250,34 @@ def unsuppress(
     """Take an address off the suppression list and put the clients it had bounced back to
     active, with `reason` in their history (an erased client's hash stays)."""
     return people.unsuppress(rt.engine, email, now or datetime.now(UTC), reason)
+
+
+def set_consent(
+    rt: Runtime,
+    client: str,
+    consent: Consent | str,
+    *,
+    source: str = "operator",
+    at: datetime | None = None,
+    now: datetime | None = None,
+) -> ConsentChange:
+    """Set one client's (by id, or else e-mail) marketing consent: yes, no or unknown, who
+    said so (`source`, up to 128 characters) and when (`at`, default `now`), recorded in the
+    client's history. Marketing touches already planned are decided with it when due
+    (docs/consent.md)."""
+    now = now or datetime.now(UTC)
+    at = at or now
+    try:
+        state = Consent(str(consent).strip().lower())
+    except ValueError:
+        raise FollowupError(f"consent {consent!r} is not yes, no or unknown") from None
+    try:
+        source = parse_text(source, "source", 128)
+    except FieldError as exc:
+        raise FollowupError(f"source {exc.reason}") from None
+    if at.tzinfo is None or at > now:
+        raise FollowupError(f"consent date {at.isoformat()} must be aware and not in the future")
+    return people.set_consent(rt.engine, client, state, source, at, now)
 
 
 def erase_client(

@@ -16,6 +16,7 @@ from followup import owners
 from followup.config.calendars import load_calendar
 from followup.config.settings import Settings
 from followup.domain import care, planner
+from followup.domain.consent import ConsentRule, Mode
 from followup.domain.decision import Rules
 from followup.domain.occasions import Calendar
 from followup.domain.outcomes import RetryPolicy
@@ -99,7 +100,13 @@ class Runtime:
     @functools.cached_property
     def rules(self) -> Rules:
         """What the send-time decision reads from the configuration."""
-        return Rules(self.calendar, self.politeness, self.tier_rules)
+        return Rules(self.calendar, self.politeness, self.tier_rules, self.consent_rule)
+
+    @functools.cached_property
+    def consent_rule(self) -> ConsentRule:
+        """[consent]: what a marketing occasion needs."""
+        c = self.settings.consent
+        return ConsentRule(Mode(c.marketing), c.implied_months)
 
     @functools.cached_property
     def tier_rules(self) -> care.TierRules:

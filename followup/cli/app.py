@@ -97,6 +97,17 @@ def parse_day(value: str, option: str) -> date:
         ) from None
 
 
+def parse_instant(value: str, option: str) -> datetime:
+    """An option's ISO 8601 date (midnight) or instant, UTC when it has no offset."""
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not an ISO 8601 date or date-time", param_hint=option
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def _parse_now(value: str | None) -> datetime | None:
     if value is None:
         return None

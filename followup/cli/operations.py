@@ -169,6 +169,11 @@ def _print_history(found: api.ClientHistory) -> None:
     )
     for line in _client_lines(found):
         out.print(line, highlight=False, markup=False, soft_wrap=True)
+    said = [f"from {found.consent_source}"] if found.consent_source else []
+    said += [f"on {_when(found.consent_at)}"] if found.consent_at else []
+    out.print(
+        f"marketing consent: {' '.join([found.consent, *said])}", highlight=False, markup=False
+    )
     for action in found.events:
         detail = f": {action.detail}" if action.detail else ""
         out.print(f"{_when(action.at)} {action.kind}{detail}", highlight=False, markup=False)

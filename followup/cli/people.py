@@ -1,5 +1,5 @@
-"""Clients and reps: `followup reassign`, `suppress`, `unsuppress` and `client export|erase`
-(data protection), over followup/storage/people.py and the API."""
+"""Clients and reps: `followup reassign`, `suppress`, `unsuppress`, `consent` and `client
+export|erase` (data protection), over followup/storage/people.py and the API."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from followup import api
-from followup.cli.app import cli, err, example, fail, now, out, settings
+from followup.cli.app import cli, err, example, fail, now, out, parse_instant, settings
 from followup.importing import fields, suppressions
 from followup.logs import log_event
 from followup.runtime import Runtime
@@ -114,6 +114,39 @@ def unsuppress(
     if done.reactivated:
         out.print(f"{done.reactivated} bounced client(s) with this address are active again")
     log_event("client.unsuppressed", listed=done.removed, reactivated=done.reactivated)
+
+
+@cli.command(
+    epilog=example(
+        "followup consent C0042 no",
+        'followup consent C0042 yes --source "signed form at the counter" --at 2026-11-03',
+        "followup consent ann@example.com unknown",
+    )
+)
+def consent(
+    client: Annotated[str, typer.Argument(help="The client's id or e-mail address.")],
+    state: Annotated[str, typer.Argument(metavar="yes|no|unknown", help="The consent.")],
+    source: Annotated[
+        str, typer.Option(help="Who said so (kept with the consent and in the history).")
+    ] = "operator",
+    at: Annotated[
+        str | None,
+        typer.Option(help="When it was given: a date or an ISO 8601 instant (UTC without offset)."),
+    ] = None,
+) -> None:
+    """Set a client's marketing consent: greetings and other marketing occasions need what
+    [consent] asks for (docs/consent.md); thank-yous and service messages never do."""
+    if state.strip().lower() not in ("yes", "no", "unknown"):
+        raise typer.BadParameter(f"{state!r} is not yes, no or unknown", param_hint="STATE")
+    given = None if at is None else parse_instant(at, "--at")
+    rt = Runtime.open(settings())
+    change = api.set_consent(rt, client, state, source=source, at=given, now=now())
+    out.print(
+        f"client {change.client}: marketing consent {change.before} -> {change.consent}",
+        highlight=False,
+        markup=False,
+    )
+    log_event("client.consent", consent=change.consent)
 
 
 @client_cli.command(

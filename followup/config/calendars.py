@@ -18,6 +18,7 @@ from followup.config.base import YEAR_DAYS
 from followup.config.settings import Settings
 from followup.config.values import line_of, parse_delay, parse_time, parse_weekdays, parse_window
 from followup.domain.care import EXCLUSIONS, check_rule
+from followup.domain.consent import Purpose
 from followup.domain.occasions import KINDS, Calendar, Campaign, Window
 from followup.errors import ConfigError
 
@@ -68,7 +69,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 _COMMON: tuple[str, ...] = ("kind", "template", "title", "names", "priority", "send_time")
 _COMMON += ("window", "weekdays", "lateness_hours", "capped", "enabled", "countries")
-_COMMON += ("audience", "exclude")
+_COMMON += ("audience", "exclude", "purpose")
 _BY_KIND: dict[str, tuple[str, ...]] = {
     "after_purchase": ("after", "products"),
     "yearly": ("date", "feb29"),
@@ -166,9 +167,20 @@ def _common(spec: _Spec, name: str, kind: str) -> dict[str, Any]:
             "exclude", f"unknown exclusion {unknown_exclusions[0]!r} (known: unpaid, disputed)"
         )
     campaign["exclude"] = tuple(exclude)
+    campaign["purpose"] = _purpose(spec)
     if not campaign["window"].contains(campaign["send_time"]):
         raise spec.fail("send_time", f"{campaign['send_time']:%H:%M} is outside the window")
     return campaign
+
+
+def _purpose(spec: _Spec) -> Purpose | None:
+    """service or marketing (docs/consent.md); None: the kind's default."""
+    purpose = spec.get("purpose", str, None)
+    if purpose is None:
+        return None
+    if purpose not in tuple(Purpose):
+        raise spec.fail("purpose", f"expected service or marketing, got {purpose!r}")
+    return Purpose(purpose)
 
 
 def _countries(spec: _Spec) -> frozenset[str] | None:

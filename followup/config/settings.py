@@ -242,6 +242,19 @@ class PolitenessSettings(_Section):
         return parse_window(self.quiet_hours) if self.quiet_hours else None
 
 
+class ConsentSettings(_Section):
+    """[consent]: what a marketing occasion needs (docs/consent.md). Service occasions
+    (thank-you, survey, service reminder) never need consent; an unsubscribe stops all."""
+
+    #: "soft-opt-in": a client whose consent is unknown may get marketing (an existing
+    #: customer: GDPR/PECR's soft opt-in, CAN-SPAM's opt-out); "opt-in": only with consent
+    #: "yes", or within implied_months of a paid purchase (CASL).
+    marketing: Literal["soft-opt-in", "opt-in"] = "soft-opt-in"
+    #: Under opt-in: months after a paid purchase during which consent is implied (CASL: 24);
+    #: 0: never implied.
+    implied_months: int = Field(default=24, ge=0, le=1200)
+
+
 class CampaignSettings(_Section):
     """Operator overrides of one occasion of calendars/ ([campaigns.NAME] in config.toml)."""
 
@@ -253,6 +266,8 @@ class CampaignSettings(_Section):
     #: How late a missed touch may still go out, in hours after its due time.
     lateness_hours: int | None = Field(default=None, ge=0, le=YEAR_DAYS * 24)
     capped: bool | None = None
+    #: "service" or "marketing" (docs/consent.md).
+    purpose: Literal["service", "marketing"] | None = None
     #: After-purchase occasions: the delay ("2 days", "6 months").
     after: str | None = None
     audience: str | None = None
@@ -301,6 +316,7 @@ class Settings(_Section):
     tiers: TierSettings = TierSettings()
     defaults: DefaultsSettings = DefaultsSettings()
     templates: TemplateSettings = TemplateSettings()
+    consent: ConsentSettings = ConsentSettings()
     #: Overrides of calendars/ occasions by name.
     campaigns: dict[str, CampaignSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
@@ -353,6 +369,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "tiers": TierSettings,
     "defaults": DefaultsSettings,
     "templates": TemplateSettings,
+    "consent": ConsentSettings,
     "log": LogSettings,
 }
 

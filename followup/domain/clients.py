@@ -55,6 +55,8 @@ class ClientFacts:
     stats: ClientStats = field(default_factory=ClientStats)
     #: What audience rules see as `client` (tier, purchases, total_spent, ...).
     context: Mapping[str, Any] = field(default_factory=dict)
+    #: Marketing consent: yes, no or unknown (followup.domain.consent).
+    consent: str = "unknown"
 
 
 class Recipient(NamedTuple):
@@ -88,3 +90,5 @@ class Recipient(NamedTuple):
     birthday_year: int | None = None
     #: The columns inferred from the country rather than given ("timezone,locale", or "").
     inferred: str = ""
+    #: Marketing consent: yes, no or unknown (followup.domain.consent).
+    marketing_consent: str = "unknown"

@@ -8,8 +8,8 @@ every touch of the day at the instant the dispatcher would: nothing else decides
 dry-run shows for a day is what goes out that day.
 
 Every rule applied at planning time is applied again here, against the facts as they are
-now: an unsubscribe, a bounce, a refund or an unpaid bill after planning still stops the
-message.
+now: an unsubscribe, a bounce, a refund, an unpaid bill or marketing consent withdrawn after
+planning still stops the message.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from followup.domain import care, occasions
 from followup.domain.clients import ClientStats, Recipient
+from followup.domain.consent import DEFAULT_RULE, ConsentRule, Purpose, refusal
 from followup.domain.occasions import Calendar, Campaign
 from followup.domain.planner import TOO_LATE, Politeness, allowed, next_allowed
 from followup.domain.statuses import ClientStatus
@@ -75,6 +76,7 @@ class Rules:
     calendar: Calendar
     politeness: Politeness
     tiers: care.TierRules
+    consent: ConsentRule = DEFAULT_RULE
 
 
 def decide(
@@ -104,6 +106,14 @@ def decide(
     )
     if excluded is not None:
         return Skip(excluded)
+    # Consent withdrawn after planning stops the message; a campaign gone from the calendar
+    # is taken for marketing, the side that never mails without consent.
+    purpose = campaign.effective_purpose if campaign is not None else Purpose.MARKETING
+    withheld = refusal(
+        purpose, recipient.marketing_consent, stats.last_purchase, rules.consent, now
+    )
+    if withheld is not None:
+        return Skip(withheld)
     zone = occasions.zone(recipient.timezone)
     if campaign is not None and not allowed(campaign, now, zone, rules.politeness.quiet):
         later = next_allowed(campaign, now, zone, rules.politeness.quiet, touch.not_after)

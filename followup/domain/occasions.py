@@ -33,6 +33,7 @@ from dateutil.rrule import rrulestr
 
 from followup.domain.care import EXCLUSIONS
 from followup.domain.clients import ClientFacts
+from followup.domain.consent import Purpose, default_purpose
 from followup.domain.locales import locale_chain
 
 Kind = Literal["after_purchase", "yearly", "holiday", "rrule", "ics"]
@@ -81,6 +82,8 @@ class Campaign:
     audience: str = ""
     #: Built-in exclusions this campaign applies ("unpaid", "disputed").
     exclude: tuple[str, ...] = EXCLUSIONS
+    #: service or marketing (followup.domain.consent); None: by kind (`default_purpose`).
+    purpose: Purpose | None = None
     # after_purchase
     after: relativedelta = field(default_factory=relativedelta)
     products: frozenset[str] | None = None
@@ -104,6 +107,11 @@ class Campaign:
 
     def applies_to(self, country: str) -> bool:
         return self.countries is None or country.upper() in self.countries
+
+    @property
+    def effective_purpose(self) -> Purpose:
+        """The purpose the consent rule reads: the calendar's, else its kind's default."""
+        return self.purpose if self.purpose is not None else default_purpose(self.kind)
 
 
 # ----------------------------------------------------------------------------- occurrences

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 
 from followup.domain import care, occasions
 from followup.domain.clients import ClientFacts
+from followup.domain.consent import DEFAULT_RULE, ConsentRule, refusal
 from followup.domain.occasions import Campaign, Occurrence, Window, occurrences
 from followup.domain.statuses import COUNTING, TouchStatus
 from followup.domain.touches import LedgerTouch, NewTouch
@@ -160,7 +161,8 @@ class _Candidate:
     campaign: Campaign
     occurrence: Occurrence
     nominal: datetime
-    #: Why this client must not get it (an exclusion), recorded as a skip.
+    #: Why this client must not get it (an exclusion, no marketing consent), recorded as a
+    #: skip.
     excluded: str | None = None
 
 
@@ -176,6 +178,13 @@ def screen(campaign: Campaign, client: ClientFacts) -> tuple[bool, str | None]:
         return care.in_audience(campaign.audience, client.context), None
     except care.AudienceError as exc:
         return True, f"audience rule failed: {exc}"
+
+
+def _no_consent(
+    campaign: Campaign, client: ClientFacts, rule: ConsentRule, at: datetime
+) -> str | None:
+    """NO_CONSENT when a marketing occasion must not go to the client at `at`."""
+    return refusal(campaign.effective_purpose, client.consent, client.stats.last_purchase, rule, at)
 
 
 #: Kinds whose occurrences depend on the client's own dates (purchases, birthday).
@@ -225,9 +234,12 @@ def plan_client(
     now: datetime,
     politeness: Politeness,
     capped: dict[str, bool] | None = None,
+    consent: ConsentRule = DEFAULT_RULE,
 ) -> list[NewTouch]:
     """The touches to add for one client: occasions due in [since, until] (`since` may differ
-    by campaign), arbitrated against the ledger and each other.
+    by campaign), arbitrated against the ledger and each other. A marketing occasion the
+    client has not consented to (`consent`, at its due time) is skipped "no marketing
+    consent", as an exclusion is.
 
     Occasions due up to `politeness.per` after `until` on the client's wall clock take part in
     the arbitration (so a higher-priority touch just past the horizon is not overtaken), but
@@ -276,7 +288,8 @@ def plan_client(
                 continue
             nominal = nominal_due(campaign, occurrence, zone)
             if start <= nominal <= ahead:
-                candidates.append(_Candidate(campaign, occurrence, nominal, excluded))
+                why = excluded or _no_consent(campaign, client, consent, max(nominal, now))
+                candidates.append(_Candidate(campaign, occurrence, nominal, why))
     candidates.sort(key=lambda c: (-c.campaign.priority, c.nominal, c.campaign.name))
 
     result: list[NewTouch] = []

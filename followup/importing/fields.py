@@ -128,6 +128,25 @@ def parse_bool(value: str, column: str) -> bool:
     raise FieldError(column, f"{value!r} is not true/false")
 
 
+#: The words of a marketing consent cell (any case): yes, no, unknown and their usual
+#: spellings in exports (true/false, 1/0, y/n).
+_CONSENT = {
+    **dict.fromkeys(("yes", "y", "true", "1"), "yes"),
+    **dict.fromkeys(("no", "n", "false", "0"), "no"),
+    "unknown": "unknown",
+}
+
+
+def parse_consent(value: str, column: str = "marketing_consent") -> str:
+    """A marketing consent cell -> yes, no or unknown."""
+    found = _CONSENT.get(value.strip().lower())
+    if found is None:
+        raise FieldError(
+            column, f"{value.strip()!r} is not yes, no or unknown (or true/false, 1/0, y/n)"
+        )
+    return found
+
+
 def parse_choice(value: str, column: str, choices: type[enum.StrEnum]) -> str:
     lowered = value.strip().lower()
     allowed = [c.value for c in choices]

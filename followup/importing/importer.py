@@ -31,9 +31,11 @@ from followup.importing.records import (
     REQUIRED,
     Kind,
     ManyErrors,
+    StoredConsent,
     client_record,
     purchase_record,
     rep_record,
+    settle_consent,
 )
 from followup.storage.dialects import ledger_for
 from followup.storage.engine import CHUNK, chunks
@@ -187,7 +189,7 @@ def _import_rows(
     with engine.begin() as conn:
         for batch in chunks(rows, CHUNK):
             records: list[tuple[int, dict[str, Any]]] = []
-            lookup = _Lookups.for_batch(conn, kind, header, batch)
+            lookup = _Lookups.for_batch(conn, kind, header, batch, origin=(name, now))
             for line, cells in batch:
                 report.rows += 1
                 if len(cells) != len(header):
@@ -245,16 +247,36 @@ class _Lookups:
     reps: dict[str, int] = field(default_factory=dict)
     client_ids: dict[str, int] = field(default_factory=dict)
     client_zones: dict[str, str] = field(default_factory=dict)
+    #: The stored marketing consent of the batch's clients, read when the file has the column.
+    consents: dict[str, StoredConsent] = field(default_factory=dict)
+    #: The file's name and the import's `now`: a consent's source and date when it has none.
+    origin: tuple[str, datetime] = ("", datetime.min)
 
     @classmethod
     def for_batch(
-        cls, conn: Connection, kind: Kind, header: list[str], batch: list[tuple[int, list[str]]]
+        cls,
+        conn: Connection,
+        kind: Kind,
+        header: list[str],
+        batch: list[tuple[int, list[str]]],
+        *,
+        origin: tuple[str, datetime],
     ) -> _Lookups:
-        lookups = cls()
+        lookups = cls(origin=origin)
         if kind is Kind.CLIENTS and "rep" in header:
             at = header.index("rep")
             wanted = {c[at].strip() for _, c in batch if len(c) > at and c[at].strip()}
             lookups.reps = ledger_for(conn).id_map(conn, reps, wanted)
+        if kind is Kind.CLIENTS and "marketing_consent" in header:
+            at = header.index("id")
+            wanted = {c[at].strip() for _, c in batch if len(c) > at}
+            found = ledger_for(conn).by_external_id(
+                conn, clients, wanted, "marketing_consent", "consent_source", "consent_at"
+            )
+            lookups.consents = {
+                row.external_id: (row.marketing_consent, row.consent_source, row.consent_at)
+                for row in found
+            }
         if kind is Kind.PURCHASES:
             at = header.index("client")
             wanted = {c[at].strip() for _, c in batch if len(c) > at}
@@ -274,10 +296,25 @@ class _Lookups:
             if rep and rep not in self.reps:
                 raise FieldError("rep", f"no rep with id {rep!r} (import reps first)")
             record["rep_id"] = self.reps.get(rep) if rep else None
+            if "consent" in record:
+                self._settle_consent(record)
             return record
         record = purchase_record(row, self.client_zones.get(row["client"].strip()))
         record["client_id"] = self.client_ids[record.pop("client")]
         return record
+
+    def _settle_consent(self, record: dict[str, Any]) -> None:
+        """The file's consent cells -> the client's consent columns (records.settle_consent).
+        Only a file with the consent column gives them: without it, the stored consent of
+        every client stays as it is (the upsert updates the columns its records have)."""
+        name, now = self.origin
+        state, source, at = settle_consent(
+            record.pop("consent"),
+            self.consents.get(record["external_id"]),
+            f"import:{name}"[:128],
+            now,
+        )
+        record.update(marketing_consent=state, consent_source=source, consent_at=at)
 
 
 def _write(

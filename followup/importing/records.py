@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from followup.domain.statuses import ClientStatus, PurchaseStatus
+from followup.domain.statuses import ClientStatus, Consent, PurchaseStatus
 from followup.domain.territories import NO_DEFAULTS, NoValue, TerritoryDefaults
 from followup.importing.fields import (
     FieldError,
@@ -17,6 +17,7 @@ from followup.importing.fields import (
     parse_birthday,
     parse_bool,
     parse_choice,
+    parse_consent,
     parse_country,
     parse_currency,
     parse_email,
@@ -42,7 +43,18 @@ REQUIRED: dict[Kind, tuple[str, ...]] = {
 OPTIONAL: dict[Kind, tuple[str, ...]] = {
     Kind.REPS: ("signature", "active"),
     #: locale and timezone: inferred from the country when absent or empty (territories).
-    Kind.CLIENTS: ("locale", "timezone", "birthday", "rep", "tier", "tags", "status"),
+    Kind.CLIENTS: (
+        "locale",
+        "timezone",
+        "birthday",
+        "rep",
+        "tier",
+        "tags",
+        "status",
+        "marketing_consent",
+        "consent_at",
+        "consent_source",
+    ),
     Kind.PURCHASES: ("status",),
 }
 
@@ -120,6 +132,9 @@ def client_record(
     record["status"] = ClientStatus.ACTIVE.value
     if status:
         take("status", lambda: parse_choice(status, "status", ClientStatus))
+    if "marketing_consent" in row:
+        zone = record.get("timezone", "UTC")
+        take("consent", lambda: consent_cells(row, zone))
     if errors:
         raise errors[0] if len(errors) == 1 else ManyErrors(errors)
     year, month, day = record.pop("birthday")
@@ -157,6 +172,45 @@ def _zone_and_locale(
         record[column] = found.value
         inferred.insert(0, column)
     return inferred
+
+
+#: A client's marketing consent as a file gives it: (state, source, date), each None when its
+#: cell is empty (or its column absent).
+GivenConsent = tuple[str | None, str | None, datetime | None]
+#: The consent stored for a client (marketing_consent, consent_source, consent_at).
+StoredConsent = tuple[str, str | None, datetime | None]
+
+
+def consent_cells(row: Mapping[str, str], zone: str) -> GivenConsent:
+    """The marketing_consent, consent_source and consent_at cells of a row (a date alone is
+    midnight, a time without offset local, in the client's `zone`). A source or a date
+    without a state is an error: it would say who consented to nothing."""
+    state = row.get("marketing_consent", "").strip()
+    source = parse_text(row.get("consent_source", ""), "consent_source", 128, required=False)
+    at_text = row.get("consent_at", "").strip()
+    at = parse_instant(at_text, zone, "consent_at") if at_text else None
+    if not state:
+        for column, given in (("consent_source", source), ("consent_at", at)):
+            if given:
+                raise FieldError(column, "is given without a marketing_consent value")
+        return None, None, None
+    return parse_consent(state), source or None, at
+
+
+def settle_consent(
+    given: GivenConsent, stored: StoredConsent | None, origin: str, now: datetime
+) -> StoredConsent:
+    """The consent to store for a client, from what the file gives and what is stored
+    (None: a new client). An empty state keeps what is stored (a new client's is unknown): a
+    blank cell never undoes a "no". A state without a source or a date takes them from the
+    import (`origin`, "import:clients.csv", and `now`), unless it is the stored state: then
+    the stored ones stay, so that importing the same file every night changes nothing."""
+    state, source, at = given
+    if state is None:
+        return stored if stored is not None else (Consent.UNKNOWN.value, None, None)
+    if stored is not None and stored[0] == state:
+        return state, source or stored[1], at or stored[2]
+    return state, source or origin, at or now
 
 
 def purchase_record(row: Mapping[str, str], client_zone: str | None) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def _client(
     """One client's facts for the planner, from its row and the chunk's reads."""
     # Unpacked once (a million clients): the row's columns in planning_rows' order.
     (client_id, external_id, timezone, country, locale, status, tier, tags) = row[:8]
-    birthday_month, birthday_day, birthday_year = row[8:11]
+    birthday_month, birthday_day, birthday_year, consent = row[8:12]
     zone = occasions.zone(timezone)
     birthday = None
     if birthday_month and birthday_day:
@@ -133,6 +133,7 @@ def _client(
         status=status,
         stats=stats,
         context=context,
+        consent=consent,
     )
 
 
@@ -150,6 +151,7 @@ def planned_touches(
     client, those with ids in (ids[0], ids[1]], or those listed in `only` (sorted)."""
     campaigns = rt.calendar.enabled
     politeness = rt.politeness
+    consent = rt.consent_rule
     capped = {c.name: c.capped for c in rt.calendar.campaigns}
     # The campaigns that can fire, by zone, country and language (a handful of groups).
     relevant: dict[tuple[str, str, str], list[Campaign]] = {}
@@ -179,6 +181,7 @@ def planned_touches(
                     now=window.now,
                     politeness=politeness,
                     capped=capped,
+                    consent=consent,
                 )
             )
         yield read, touches

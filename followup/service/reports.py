@@ -128,7 +128,8 @@ class TouchHistory:
 
 @dataclass
 class ClientEventLine:
-    """An operator's action on the client: "unsuppressed" (with the reason given), "erased"."""
+    """An operator's action on the client: "unsuppressed" (with the reason given), "erased",
+    "consent" (before -> after, with its source and date)."""
 
     at: datetime
     kind: str
@@ -163,6 +164,10 @@ class ClientHistory:
     #: The columns inferred from the country rather than given by the import file.
     inferred: list[str] = field(default_factory=list)
     spending: Spending | None = None
+    #: Marketing consent (yes, no, unknown), who said so and when (docs/consent.md).
+    consent: str = "unknown"
+    consent_source: str | None = None
+    consent_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = jsonable(asdict(self))
@@ -213,6 +218,9 @@ def history(rt: Runtime, client: str, now: datetime) -> ClientHistory | None:
             country=found.country,
             inferred=[column for column in found.inferred.split(",") if column],
             spending=_spending(rt, found.tier, client_stats(conn, 0, 0, [found.id]), found.id, now),
+            consent=found.marketing_consent,
+            consent_source=found.consent_source,
+            consent_at=found.consent_at,
         )
 
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Select, Table, bindparam, select, update
+from sqlalchemy import Connection, Insert, Select, Table, bindparam, or_, select, update
 
-from followup.domain.statuses import WAITING, ClientStatus, TouchStatus
+from followup.domain.statuses import WAITING, ClientStatus, Consent, TouchStatus
 from followup.domain.touches import DueTouch, NewTouch
 from followup.logs import log_event
 from followup.owners import gone
@@ -522,18 +522,30 @@ class Ledger(ABC):
         )
 
     def unsubscribe(self, conn: Connection, client_id: int, now: datetime) -> bool:
-        """One-click unsubscribe: suppress the client's address and mark an active client
-        unsubscribed (a bounced or do-not-contact client keeps that stronger status).
-        Idempotent; False when no such client exists."""
-        row = conn.execute(select(clients.c.email).where(clients.c.id == client_id)).first()
+        """One-click unsubscribe: suppress the client's address, mark an active client
+        unsubscribed (a bounced or do-not-contact client keeps that stronger status), and set
+        the client's marketing consent to no, its source "unsubscribe", at `now`.
+        Idempotent (a second unsubscribe keeps the first one's date); False when no such
+        client exists."""
+        c = clients
+        row = conn.execute(select(c.c.email).where(c.c.id == client_id)).first()
         if row is None:
             return False
         status = ClientStatus.UNSUBSCRIBED.value
         self.suppress(conn, str(row.email), status, now, detail="one-click")
         conn.execute(
-            update(clients)
-            .where(clients.c.id == client_id, clients.c.status == ClientStatus.ACTIVE.value)
+            update(c)
+            .where(c.c.id == client_id, c.c.status == ClientStatus.ACTIVE.value)
             .values(status=status, updated_at=now)
+        )
+        no, source = Consent.NO.value, UNSUBSCRIBE_SOURCE
+        conn.execute(
+            update(c)
+            .where(
+                c.c.id == client_id,
+                or_(c.c.marketing_consent != no, c.c.consent_source.is_distinct_from(source)),
+            )
+            .values(marketing_consent=no, consent_source=source, consent_at=now, updated_at=now)
         )
         return True
 
@@ -564,6 +576,10 @@ class Ledger(ABC):
             "detail": detail,
         }
         self.upsert(conn, runs, [row], key="kind")
+
+
+#: The consent source an unsubscribe records.
+UNSUBSCRIBE_SOURCE = "unsubscribe"
 
 
 @functools.cache

@@ -168,8 +168,9 @@ def latest_purchase_recipient(conn: Connection, external_id: str) -> Recipient |
 
 
 def client_by_id_or_email(conn: Connection, key: str) -> Any:
-    """The client (id, external_id, email, status, timezone, locale, country, inferred, tier)
-    whose external id is `key`, else the first whose address is `key`; None if none."""
+    """The client (id, external_id, email, status, timezone, locale, country, inferred, tier,
+    marketing_consent, consent_source, consent_at) whose external id is `key`, else the first
+    whose address is `key`; None if none."""
     c = clients
     columns = (
         c.c.id,
@@ -181,6 +182,9 @@ def client_by_id_or_email(conn: Connection, key: str) -> Any:
         c.c.country,
         c.c.inferred,
         c.c.tier,
+        c.c.marketing_consent,
+        c.c.consent_source,
+        c.c.consent_at,
     )
     found = conn.execute(select(*columns).where(c.c.external_id == key)).first()
     if found is None:

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from followup.domain.clients import Recipient
-from followup.domain.statuses import ClientStatus
+from followup.domain.statuses import ClientStatus, Consent
 from followup.errors import FollowupError
 from followup.storage import privacy
 from followup.storage.dialects import ledger_for
@@ -164,6 +164,52 @@ def unsuppress(engine: Engine, email: str, now: datetime, reason: str) -> Unsupp
 
 def _suppression_count(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(suppressions)).scalar_one())
+
+
+# ----------------------------------------------------------------------------- consent
+
+
+@dataclass
+class ConsentChange:
+    """A client's marketing consent set by the operator (`followup consent`)."""
+
+    client: str
+    before: str
+    consent: str
+    source: str
+    at: datetime
+
+
+def set_consent(
+    engine: Engine, key: str, consent: Consent, source: str, at: datetime, now: datetime
+) -> ConsentChange:
+    """Set the marketing consent of the client with this id (or, failing that, this only
+    address), who said so (`source`) and when (`at`), with a `client_events` row "consent"
+    for its history. The next plan reads it (the plan version rises), and touches already
+    planned are decided with it when they are due."""
+    check_ready(engine)
+    c = clients
+    with engine.begin() as conn:
+        found = _client(conn, key)
+        conn.execute(
+            update(c)
+            .where(c.c.id == found.id)
+            .values(
+                marketing_consent=consent.value,
+                consent_source=source,
+                consent_at=at,
+                updated_at=now,
+            )
+        )
+        detail = (
+            f"{found.marketing_consent} -> {consent.value} (source: {source}; at {at.isoformat()})"
+        )
+        conn.execute(
+            client_events.insert().values(client_id=found.id, at=now, kind="consent", detail=detail)
+        )
+    return ConsentChange(
+        str(found.external_id), str(found.marketing_consent), consent.value, source, at
+    )
 
 
 # ----------------------------------------------------------------------------- surveys
@@ -349,6 +395,11 @@ def erase_client(engine: Engine, key: str, now: datetime) -> Erasure:
                 tier="",
                 tags="",
                 status=ClientStatus.ERASED.value,
+                # Who said so may name the client ("Ann Lee at the counter"), and when dates
+                # them; no marketing after an erasure.
+                marketing_consent=Consent.NO.value,
+                consent_source=None,
+                consent_at=None,
                 updated_at=now,
             )
         )

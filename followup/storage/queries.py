@@ -127,7 +127,8 @@ class PlanningRows:
     """One chunk of clients as the planner reads them."""
 
     #: id, external_id, timezone, country, locale, status, tier, tags, birthday_month,
-    #: birthday_day, birthday_year, plan_version, planned_version (that a plan last read).
+    #: birthday_day, birthday_year, marketing_consent, plan_version, planned_version (that a
+    #: plan last read).
     clients: list[Any]
     purchases: dict[int, list[PurchaseFact]] = field(default_factory=dict)
     stats: dict[int, ClientStats] = field(default_factory=dict)
@@ -164,6 +165,7 @@ def planning_rows(
             c.c.birthday_month,
             c.c.birthday_day,
             c.c.birthday_year,
+            c.c.marketing_consent,
             plan_version().label("plan_version"),
             pc.c.plan_version.label("planned_version"),
         )
@@ -357,6 +359,7 @@ def recipient_query() -> Select[Any]:
             p.c.purchased_at,
             c.c.birthday_year,
             c.c.inferred,
+            c.c.marketing_consent,
         )
         .select_from(c)
         .outerjoin(r, (r.c.id == c.c.rep_id) & r.c.active.is_(True))

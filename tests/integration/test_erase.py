@@ -5,13 +5,13 @@ from a test (tests/e2e/test_erase.py scans SQLite's): here every row of every ta
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from alembic import command
 from sqlalchemy import insert, inspect, select, update
 
-from followup.domain.statuses import ClientStatus, TouchStatus
+from followup.domain.statuses import ClientStatus, Consent, TouchStatus
 from followup.planning.plan import plan
 from followup.runtime import Runtime
 from followup.service import privacy as service_privacy
@@ -60,15 +60,20 @@ def test_an_erased_client_leaves_no_row_naming_or_describing_them(
         ledger_for(conn).record_run(
             conn, "dispatch", "w1", NOW, NOW, "error", f"554 5.7.1 <{ADDRESS}>: Relay denied"
         )
+    # Her consent, given in words that name her, on a day of hers.
+    given = datetime(2026, 9, 30, tzinfo=UTC)
+    people.set_consent(runtime.engine, "c1", Consent.YES, f"{NAME} at the counter", given, NOW)
     plan(runtime, NOW, NOW + timedelta(days=400))
     before = every_row(runtime)
     assert ADDRESS in before and "2026-10-14" in before and "-08-23" in before
+    assert "2026-09-30" in before and f"{NAME} at the counter".lower() in before
 
     erased = people.erase_client(runtime.engine, "c1", NOW)
 
     after = every_row(runtime)
     for needle in (ADDRESS, NAME.lower(), "america/new_york", "2026-10-14", "2026-12-29", "-08-23"):
         assert needle not in after, needle
+    assert "2026-09-30" not in after, "the consent's date"
     assert erased.touches_kept > 0
     t = tables.touches
     with runtime.engine.connect() as conn:

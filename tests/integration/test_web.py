@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -83,6 +84,21 @@ def test_one_click_post_unsubscribes_once_and_a_second_post_is_harmless(rt: Runt
     assert client(rt, "c1")[2] == "unsubscribed"
     # The other clients are untouched.
     assert client(rt, "c2")[2] == "active"
+    # The unsubscribe is the client's "no" to marketing, with its source and time.
+    assert consent(rt, "c1") == ("no", "unsubscribe", NOW)
+    assert consent(rt, "c2") == ("unknown", None, None)
+
+
+def consent(rt: Runtime, external_id: str) -> tuple[Any, ...]:
+    c = tables.clients
+    with rt.engine.connect() as conn:
+        return tuple(
+            conn.execute(
+                select(c.c.marketing_consent, c.c.consent_source, c.c.consent_at).where(
+                    c.c.external_id == external_id
+                )
+            ).one()
+        )
 
 
 def test_get_shows_a_form_that_posts_and_changes_nothing(rt: Runtime) -> None:
