@@ -241,7 +241,7 @@ def history(rt: Runtime, client: str, now: datetime | None = None) -> ClientHist
     """Every touch of one client (by id, or else e-mail) with each change of status; the
     client's zone and locale (and which were inferred from the country) and their tier as of
     `now`, with the spend it counted."""
-    return _history(rt, client, now or datetime.now(UTC))
+    return _history(rt, client, now)
 
 
 def unsuppress(

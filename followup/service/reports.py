@@ -5,7 +5,7 @@ its history). Reads only."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from followup.domain import care
@@ -174,10 +174,12 @@ class ClientHistory:
         return data
 
 
-def history(rt: Runtime, client: str, now: datetime) -> ClientHistory | None:
+def history(rt: Runtime, client: str, now: datetime | None = None) -> ClientHistory | None:
     """Every touch of the client whose external id (or, failing that, e-mail) is `client`,
-    with their zone and locale (and which were inferred) and their tier as of `now`."""
+    with their zone and locale (and which were inferred) and their tier as of `now`
+    (default: the real time)."""
     check_ready(rt.engine)
+    now = now or datetime.now(UTC)
     with reader(rt.engine) as conn:
         found = overview.client_by_id_or_email(conn, client)
         if found is None:

@@ -152,7 +152,7 @@ Planned = tuple[TouchStatus, str | None]
 
 
 def _client(state: str, bought: datetime) -> ClientFacts:
-    stats = ClientStats(1, 100, bought, bought)
+    stats = ClientStats(1, (("EUR", 100),), bought, bought)
     return ClientFacts(
         client_id=7,
         timezone="America/New_York",
@@ -222,10 +222,11 @@ def _decide(state: str, campaign: Campaign, rule: ConsentRule = consent.DEFAULT_
     )
     recipient = Recipient(
         7, "c7", "ann@example.com", "Ann", "Lee", "en-US", "America/New_York", "US", "", "",
-        "active", None, None, None, None, None, None, None, None, None, None, None, state,
+        "active", None, None, None, None, None, None, None, None, None, None,
+        marketing_consent=state,
     )  # fmt: skip
     rules = Rules(Calendar((THANK_YOU, BIRTHDAY)), Politeness(), TierRules(), rule)
-    stats = ClientStats(1, 100, BOUGHT, BOUGHT)
+    stats = ClientStats(1, (("EUR", 100),), BOUGHT, BOUGHT)
     return decide(
         touch, recipient, suppression=None, stats=stats, sent=[], designs=(), rules=rules, now=at
     )
