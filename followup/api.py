@@ -31,6 +31,7 @@ from followup.dryrun.run import DryRun, DryRunEntry
 from followup.dryrun.run import dry_run as _dry_run
 from followup.importing.importer import ImportReport, Kind
 from followup.importing.importer import import_csv as _import_csv
+from followup.importing.presets import profile_for
 from followup.planning.plan import PlanReport
 from followup.planning.plan import plan as _plan
 from followup.processes import Interrupt
@@ -126,18 +127,31 @@ def import_csv(
     now: datetime | None = None,
     strict: bool = False,
     progress: Callable[[int], None] | None = None,
+    preset: str | None = None,
+    decimal: str | None = None,
+    explain: bool = False,
 ) -> ImportReport:
     """Import reps, clients or purchases from a CSV file: each row is upserted by its id or
     rejected with file, line, column and reason (in the report); with `strict`, one rejected
-    row means nothing is written. `progress` is told the bytes read."""
+    row means nothing is written. `progress` is told the bytes read.
+
+    `preset` names the file's layout: "shopify", "woocommerce", or "config" (the settings'
+    [import.KIND] mapping); None is followup's own columns. `decimal` is the file's decimal
+    mark ("." or ","). With `explain`, nothing is written: the report says what would be."""
     schema.check_ready(rt.engine)
+    kind = Kind(kind)
+    profile = None
+    if preset is not None or decimal is not None:
+        profile = profile_for(kind, preset, rt.settings.imports, decimal)
     return _import_csv(
         rt.engine,
-        Kind(kind),
+        kind,
         Path(path),
         now=now or datetime.now(UTC),
         strict=strict,
         progress=progress,
+        profile=profile,
+        explain=explain,
     )
 
 

@@ -7,7 +7,7 @@ means nothing is written. The file is streamed: memory does not grow with its le
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -16,10 +16,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from followup.importing.fields import FieldError
+from followup.importing.profiles import Bound, Profile, bind
 from followup.importing.reader import HeaderError, RowError, read_rows
 from followup.importing.records import (
     OPTIONAL,
     REQUIRED,
+    STAND_INS,
     Kind,
     ManyErrors,
     client_record,
@@ -28,6 +30,7 @@ from followup.importing.records import (
 )
 from followup.storage.dialects import ledger_for
 from followup.storage.engine import CHUNK, chunks
+from followup.storage.queries import clients_by_email
 from followup.storage.tables import clients, purchases, reps
 
 __all__ = ["HeaderError", "ImportReport", "Kind", "RowError", "import_csv"]
@@ -45,6 +48,10 @@ class ImportReport:
     created: int = 0
     errors: list[RowError] = field(default_factory=list)
     written: bool = False
+    #: The profile over the file's header (None: followup's own format), for --explain.
+    mapping: Bound | None = None
+    #: Columns the profile maps that this version of followup does not store.
+    not_stored: tuple[str, ...] = ()
 
     @property
     def rejected_rows(self) -> int:
@@ -59,9 +66,15 @@ def import_csv(
     now: datetime,
     strict: bool = False,
     progress: Callable[[int], None] | None = None,
+    profile: Profile | None = None,
+    explain: bool = False,
 ) -> ImportReport:
     """Validate every row of `path` and upsert the good ones in one transaction. The caller
-    has checked that the database is at this version's schema."""
+    has checked that the database is at this version's schema.
+
+    `profile` maps the file's columns to followup's (importing/profiles.py; None: the file is
+    in followup's own format). With `explain`, the import runs and is rolled back: the report
+    says what would be stored and rejected, and nothing stored changes."""
     name = path.name
     report = ImportReport(file=name, kind=kind)
     try:
@@ -69,16 +82,62 @@ def import_csv(
     except FileNotFoundError:
         raise HeaderError(f"{path}: no such file") from None
     try:
-        _check_header(name, kind, header)
+        if profile is None:
+            _check_header(name, kind, header)
+        else:
+            report.mapping = bind(profile, header, name)
     except HeaderError:
         # The body generator has not started, so its own `finally` would not close the file.
         handle.close()
         raise
-    return _import_rows(engine, kind, header, rows, report, now=now, strict=strict)
+    if report.mapping is not None:
+        header, rows = _mapped(report.mapping, rows, report)
+    report = _import_rows(
+        engine, kind, header, rows, report, now=now, strict=strict, explain=explain
+    )
+    if report.mapping is not None:
+        label = report.mapping.label
+        report.errors = [RowError(e.file, e.line, label(e.column), e.reason) for e in report.errors]
+    return report
+
+
+def _mapped(
+    bound: Bound, rows: Generator[tuple[int, list[str]], None, None], report: ImportReport
+) -> tuple[list[str], Generator[tuple[int, list[str]], None, None]]:
+    """The file's rows through the profile: followup's header and rows. A row the profile
+    cannot map is counted and its errors reported here."""
+    kind, name = report.kind, report.file
+    known = set(REQUIRED[kind]) | set(OPTIONAL[kind])
+    keep = [i for i, native in enumerate(bound.native_header) if native in known]
+    report.not_stored = tuple(n for n in bound.native_header if n not in known)
+    if bound.profile.report_unknown:
+        for column in bound.unmapped:
+            report.errors.append(RowError(name, 1, column, _unknown(kind)))
+
+    def rejected(line: int, errors: list[FieldError]) -> None:
+        report.rows += 1
+        report.errors.extend(RowError(name, line, e.column, e.reason) for e in errors)
+
+    def native() -> Generator[tuple[int, list[str]], None, None]:
+        mapped: Iterator[tuple[int, list[str]]] = bound.rows(rows, rejected)
+        try:
+            for line, cells in mapped:
+                yield line, [cells[i] for i in keep]
+        finally:
+            rows.close()
+
+    return [bound.native_header[i] for i in keep], native()
+
+
+def _unknown(kind: Kind) -> str:
+    return (
+        f"unknown column (a {kind.value} file has "
+        f"{', '.join(REQUIRED[kind] + OPTIONAL[kind])}); its cells are not imported"
+    )
 
 
 def _check_header(name: str, kind: Kind, header: list[str]) -> None:
-    missing = [c for c in REQUIRED[kind] if c not in header]
+    missing = [c for c in REQUIRED[kind] if c not in header and STAND_INS.get(c) not in header]
     if missing:
         raise HeaderError(
             f"{name}:1: missing required column(s) {', '.join(missing)} "
@@ -99,20 +158,13 @@ def _import_rows(
     *,
     now: datetime,
     strict: bool,
+    explain: bool = False,
 ) -> ImportReport:
     name = report.file
     known = set(REQUIRED[kind]) | set(OPTIONAL[kind])
     unknown = [h for h in header if h not in known]
     for column in unknown:
-        report.errors.append(
-            RowError(
-                name,
-                1,
-                column,
-                f"unknown column (a {kind.value} file has "
-                f"{', '.join(REQUIRED[kind] + OPTIONAL[kind])}); its cells are not imported",
-            )
-        )
+        report.errors.append(RowError(name, 1, column, _unknown(kind)))
     seen: dict[str, int] = {}
     with engine.begin() as conn:
         for batch in chunks(rows, CHUNK):
@@ -156,6 +208,9 @@ def _import_rows(
                 records.append((line, record))
             report.created += _write(conn, kind, [r for _, r in records], lookup, now)
             report.imported += len(records)
+        if explain:
+            conn.rollback()
+            return report
         if strict and report.errors:
             conn.rollback()
             report.imported = report.created = 0
@@ -171,6 +226,8 @@ class _Lookups:
     reps: dict[str, int] = field(default_factory=dict)
     client_ids: dict[str, int] = field(default_factory=dict)
     client_zones: dict[str, str] = field(default_factory=dict)
+    #: Lower-cased address -> its clients, for purchases that name their client by e-mail.
+    by_email: dict[str, list[Any]] = field(default_factory=dict)
 
     @classmethod
     def for_batch(
@@ -182,12 +239,38 @@ class _Lookups:
             wanted = {c[at].strip() for _, c in batch if len(c) > at and c[at].strip()}
             lookups.reps = ledger_for(conn).id_map(conn, reps, wanted)
         if kind is Kind.PURCHASES:
-            at = header.index("client")
-            wanted = {c[at].strip() for _, c in batch if len(c) > at}
+            wanted = _cells(header, batch, "client")
+            if "client_email" in header:
+                lookups.by_email = clients_by_email(conn, _cells(header, batch, "client_email"))
+            for found in lookups.by_email.values():
+                for row in found:
+                    lookups.client_ids[row.external_id] = row.id
+                    lookups.client_zones[row.external_id] = row.timezone
+            wanted -= set(lookups.client_ids)
             for row in ledger_for(conn).by_external_id(conn, clients, wanted, "timezone"):
                 lookups.client_ids[row.external_id] = row.id
                 lookups.client_zones[row.external_id] = row.timezone
         return lookups
+
+    def client_of(self, row: dict[str, str]) -> str:
+        """A purchase's client: its id, else the one client with its e-mail address."""
+        given = row.get("client", "").strip()
+        address = row.get("client_email", "").strip()
+        if given or not address:
+            return given
+        found = self.by_email.get(address.lower(), [])
+        if not found:
+            raise FieldError(
+                "client_email", f"no client with e-mail {address!r} (import clients first)"
+            )
+        if len(found) > 1:
+            ids = ", ".join(sorted(str(r.external_id) for r in found))
+            raise FieldError(
+                "client_email",
+                f"{len(found)} clients have the e-mail {address!r} ({ids}): "
+                "give the client's id in the client column",
+            )
+        return str(found[0].external_id)
 
     def record(self, kind: Kind, row: dict[str, str]) -> dict[str, Any]:
         if kind is Kind.REPS:
@@ -199,9 +282,18 @@ class _Lookups:
                 raise FieldError("rep", f"no rep with id {rep!r} (import reps first)")
             record["rep_id"] = self.reps.get(rep) if rep else None
             return record
-        record = purchase_record(row, self.client_zones.get(row["client"].strip()))
+        row = {**row, "client": self.client_of(row)}
+        record = purchase_record(row, self.client_zones.get(row["client"]))
         record["client_id"] = self.client_ids[record.pop("client")]
         return record
+
+
+def _cells(header: list[str], batch: list[tuple[int, list[str]]], column: str) -> set[str]:
+    """The stripped non-empty cells of `column` in a batch (none when it is not a column)."""
+    if column not in header:
+        return set()
+    at = header.index(column)
+    return {c[at].strip() for _, c in batch if len(c) > at and c[at].strip()}
 
 
 def _write(

@@ -40,8 +40,10 @@ REQUIRED: dict[Kind, tuple[str, ...]] = {
 OPTIONAL: dict[Kind, tuple[str, ...]] = {
     Kind.REPS: ("signature", "active"),
     Kind.CLIENTS: ("birthday", "rep", "tier", "tags", "status"),
-    Kind.PURCHASES: ("status",),
+    Kind.PURCHASES: ("status", "client_email"),
 }
+#: A purchase names its client by id or, when the id is not given, by e-mail.
+STAND_INS: dict[str, str] = {"client": "client_email"}
 
 
 def rep_record(row: Mapping[str, str]) -> dict[str, Any]:
