@@ -207,7 +207,8 @@ def _missing(profile: Profile, missing: list[str]) -> str:
         wanted.append(f"{name} ({sources or 'not mapped'})")
     return (
         f"missing required column(s) for the {profile.name} profile: {', '.join(wanted)}; "
-        "`followup import ... --explain` shows the mapping"
+        f"map them, or give a value for every row in [import.{kind.value}.defaults], in "
+        "config.toml (`--preset config`, docs/clients.md#your-own-export)"
     )
 
 
