@@ -6,6 +6,8 @@ rule (tests/integration/test_import_presets.py imports the same files into a dat
 from __future__ import annotations
 
 import csv
+import io
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -424,3 +426,27 @@ def test_a_value_never_reads_as_two_numbers(text: str) -> None:
             continue
         if plain.strip() and plain[0].isdigit():
             Decimal(plain)  # a plain decimal number, or left for parse_amount to judge
+
+
+# ----------------------------------------------------------------------------- the docs' samples
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_samples_of_each_preset_page_map_without_an_error(preset: str) -> None:
+    page = (DOCS / f"import-{preset}.md").read_text(encoding="utf-8")
+    samples = re.findall(r"```csv\n(.*?)```", page, re.S)
+    assert len(samples) == 2
+    rejected: list[object] = []
+    for sample in samples:
+        header, *rows = list(csv.reader(io.StringIO(sample)))
+        kind = (
+            Kind.CLIENTS if header[0].lower().replace(" ", "_") == "customer_id" else Kind.PURCHASES
+        )
+        profile = (
+            shop_clients(preset) if kind is Kind.CLIENTS else profile_for(kind, preset, NO_CONFIG)
+        )
+        bound = bind(profile, header, f"import-{preset}.md")
+        out = list(bound.rows(list(enumerate(rows, start=2)), lambda *e: rejected.append(e)))
+        assert rejected == [] and out, (kind, out)
