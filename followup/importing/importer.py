@@ -25,6 +25,7 @@ from followup.importing.records import (
     Kind,
     ManyErrors,
     client_record,
+    columns_of,
     purchase_record,
     rep_record,
 )
@@ -107,7 +108,7 @@ def _mapped(
     """The file's rows through the profile: followup's header and rows. A row the profile
     cannot map is counted and its errors reported here."""
     kind, name = report.kind, report.file
-    known = set(REQUIRED[kind]) | set(OPTIONAL[kind])
+    known = set(columns_of(kind))
     keep = [i for i, native in enumerate(bound.native_header) if native in known]
     report.not_stored = tuple(n for n in bound.native_header if n not in known)
     if bound.profile.report_unknown:
@@ -132,7 +133,7 @@ def _mapped(
 def _unknown(kind: Kind) -> str:
     return (
         f"unknown column (a {kind.value} file has "
-        f"{', '.join(REQUIRED[kind] + OPTIONAL[kind])}); its cells are not imported"
+        f"{', '.join(columns_of(kind))}); its cells are not imported"
     )
 
 
@@ -161,7 +162,7 @@ def _import_rows(
     explain: bool = False,
 ) -> ImportReport:
     name = report.file
-    known = set(REQUIRED[kind]) | set(OPTIONAL[kind])
+    known = set(columns_of(kind))
     unknown = [h for h in header if h not in known]
     for column in unknown:
         report.errors.append(RowError(name, 1, column, _unknown(kind)))

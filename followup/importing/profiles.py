@@ -15,7 +15,7 @@ from datetime import datetime
 
 from followup.importing.fields import FieldError, plain_number
 from followup.importing.reader import HeaderError
-from followup.importing.records import OPTIONAL, REQUIRED, STAND_INS, Kind
+from followup.importing.records import OPTIONAL, REQUIRED, STAND_INS, Kind, columns_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ class Profile:
 
 def native_profile(kind: Kind, decimal: str = ".") -> Profile:
     """followup's own format: each column read from the column of the same name."""
-    columns = tuple(Column(name, (name,)) for name in (*REQUIRED[kind], *OPTIONAL[kind]))
+    columns = tuple(Column(name, (name,)) for name in columns_of(kind))
     return Profile("native", kind, columns, decimal=decimal, report_unknown=True)
 
 

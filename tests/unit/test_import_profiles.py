@@ -23,7 +23,7 @@ from followup.importing.fields import FieldError, parse_amount, plain_number
 from followup.importing.presets import profile_for
 from followup.importing.profiles import Bound, Column, Profile, bind, describe
 from followup.importing.reader import HeaderError
-from followup.importing.records import OPTIONAL, REQUIRED, Kind
+from followup.importing.records import REQUIRED, Kind, columns_of
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "presets"
 NO_CONFIG = ImportSettings()
@@ -65,7 +65,7 @@ def test_the_settings_know_every_column_the_records_read() -> None:
     the consent columns (stored from migration 0009 on; parsed once they are imported)."""
     for kind in Kind:
         native = set(NATIVE_COLUMNS[kind.value])
-        read_by_records = set(REQUIRED[kind]) | set(OPTIONAL[kind])
+        read_by_records = set(columns_of(kind))
         assert read_by_records <= native
         assert native - read_by_records <= {"marketing_consent", "consent_source", "consent_at"}
 
