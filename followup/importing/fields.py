@@ -218,7 +218,11 @@ def plain_number(value: str, column: str = "amount", decimal: str = ".") -> str:
 
 def parse_amount(value: str, currency: str, column: str = "amount", decimal: str = ".") -> int:
     """A decimal amount -> minor units of `currency` (cents); the file's number format as
-    plain_number reads it."""
+    plain_number reads it.
+
+    With the default decimal point, one dot before exactly three digits ("14.450", "1.000") is
+    ambiguous for a currency of fewer decimals: 14.45, or 14450 from a file whose dots group
+    thousands? It is refused, naming the option, unless the currency has three decimals."""
     text = plain_number(value, column, decimal)
     try:
         amount = Decimal(text)
@@ -234,6 +238,13 @@ def parse_amount(value: str, currency: str, column: str = "amount", decimal: str
     quantized = amount.quantize(Decimal(1).scaleb(-precision), context=exact)
     if quantized != amount:
         raise FieldError(column, f"{text!r} has more than {precision} decimals for {currency}")
+    if decimal == "." and re.fullmatch(r"[0-9]{1,3}\.[0-9]{3}", text) and precision < 3:
+        raise FieldError(
+            column,
+            f"{text!r} is ambiguous for {currency} ({text.replace('.', '')} with a dot that "
+            f"groups thousands?): write it with {precision} decimals, or import "
+            f"with {DECIMAL_OPTION} if the file's decimal mark is the comma",
+        )
     minor = quantized.scaleb(precision, context=exact)
     if minor > 10**15:
         raise FieldError(column, f"{text!r} is too large")

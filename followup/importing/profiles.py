@@ -70,6 +70,8 @@ class Bound:
     positions: Mapping[str, tuple[int, ...]]
     #: The file's columns that map to nothing.
     unmapped: tuple[str, ...]
+    #: Each native column of native_header with the positions of its sources.
+    plan: tuple[tuple[Column, tuple[int, ...]], ...] = ()
 
     def label(self, native: str) -> str:
         """How an error names a native column: the file's column, and followup's."""
@@ -123,14 +125,12 @@ class Bound:
             )
             return []
         out = []
-        for native in self.native_header:
-            column = self.profile.column(native)
-            assert column is not None
-            value = next((cells[i].strip() for i in self.positions[native] if cells[i].strip()), "")
+        for column, at in self.plan:
+            value = next((cells[i].strip() for i in at if cells[i].strip()), "")
             try:
                 out.append(self._value(column, value) if value else "")
             except FieldError as exc:
-                errors.append(FieldError(self.label(native), exc.reason))
+                errors.append(FieldError(self.label(column.native), exc.reason))
                 out.append("")
         return out
 
@@ -170,11 +170,13 @@ def bind(profile: Profile, header: list[str], file: str) -> Bound:
         raise HeaderError(f"{file}:1: column(s) {', '.join(duplicated)} appear more than once")
     positions: dict[str, tuple[int, ...]] = {}
     native_header = []
+    plan = []
     for column in profile.columns:
         at = tuple(header.index(s) for s in column.sources if s in header)
         if at or column.default is not None:
             positions[column.native] = at
             native_header.append(column.native)
+            plan.append((column, at))
     missing = [
         name
         for name in REQUIRED[profile.kind]
@@ -189,7 +191,7 @@ def bind(profile: Profile, header: list[str], file: str) -> Bound:
         )
     used = {i for at in positions.values() for i in at}
     unmapped = tuple(h for i, h in enumerate(header) if i not in used)
-    return Bound(profile, tuple(header), tuple(native_header), positions, unmapped)
+    return Bound(profile, tuple(header), tuple(native_header), positions, unmapped, tuple(plan))
 
 
 def _missing(profile: Profile, missing: list[str]) -> str:

@@ -415,6 +415,17 @@ def test_a_comma_decimal_file_without_the_option_is_never_misread(
     assert read == truth
 
 
+@given(st.integers(min_value=0, max_value=10**12), st.sampled_from([".", " ", ""]))
+def test_a_dot_grouped_yen_amount_is_never_misread(units: int, sep: str) -> None:
+    """'1.000' JPY from a file whose dots group thousands: refused, or read as 1000."""
+    try:
+        read = parse_amount(grouped(units, sep), "JPY")
+    except FieldError as exc:
+        assert "--decimal ," in exc.reason or "decimals for JPY" in exc.reason
+        return
+    assert read == units
+
+
 @given(st.text(alphabet="0123456789.,  ", min_size=1, max_size=14))
 def test_a_value_never_reads_as_two_numbers(text: str) -> None:
     """Whatever plain_number returns is a plain decimal, equal under both marks when both
