@@ -194,7 +194,7 @@ def plain_number(value: str, column: str = "amount", decimal: str = ".") -> str:
         text,
     )
     if number is None:
-        if decimal == "." and "," in text:
+        if decimal == "." and ("," in text or text.count(".") > 1):
             raise FieldError(
                 column,
                 f"{text!r} is not a number with a decimal point; "
