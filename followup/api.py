@@ -141,7 +141,7 @@ def import_csv(
     schema.check_ready(rt.engine)
     kind = Kind(kind)
     profile = None
-    if preset is not None or decimal is not None:
+    if preset is not None or decimal is not None or explain:
         profile = profile_for(kind, preset, rt.settings.imports, decimal)
     return _import_csv(
         rt.engine,

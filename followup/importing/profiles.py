@@ -55,7 +55,7 @@ class Profile:
 def native_profile(kind: Kind, decimal: str = ".") -> Profile:
     """followup's own format: each column read from the column of the same name."""
     columns = tuple(Column(name, (name,)) for name in columns_of(kind))
-    return Profile("native", kind, columns, decimal=decimal, report_unknown=True)
+    return Profile("followup's own", kind, columns, decimal=decimal, report_unknown=True)
 
 
 @dataclass(frozen=True, slots=True)
