@@ -461,3 +461,33 @@ def test_the_samples_of_each_preset_page_map_without_an_error(preset: str) -> No
         bound = bind(profile, header, f"import-{preset}.md")
         out = list(bound.rows(list(enumerate(rows, start=2)), lambda *e: rejected.append(e)))
         assert rejected == [] and out, (kind, out)
+
+
+def test_a_bad_line_of_an_order_rejects_the_whole_order_on_its_line() -> None:
+    profile = profile_for(Kind.PURCHASES, "shopify", NO_CONFIG)
+    header, rows = read("shopify_orders.csv")
+    broken = [(line, cells if line != 6 else cells[:-1]) for line, cells in rows]
+    at = header.index("Paid at")
+    broken[2][1][at] = "20/11/2026"  # #1002's date, on line 4
+    bound = bind(profile, header, "orders.csv")
+    rejected: list[tuple[int, list[str]]] = []
+    kept = [
+        cells[0]
+        for _, cells in bound.rows(
+            broken, lambda line, errors: rejected.append((line, [str(e) for e in errors]))
+        )
+    ]
+    assert kept == ["#1001", "#1004"]
+    assert rejected == [
+        (4, ["Paid at | Created at (purchased_at): '20/11/2026' does not match the format "
+             "'%Y-%m-%d %H:%M:%S %z'"]),
+        (5, [": has 70 cells, the header has 71 columns"]),
+    ]  # fmt: skip
+
+
+def test_a_grouping_column_missing_from_the_file() -> None:
+    header, _ = read("shopify_orders.csv")
+    mapping = {"purchases": {"preset": "shopify", "id": "Id"}}
+    profile = profile_for(Kind.PURCHASES, "config", ImportSettings.model_validate(mapping))
+    with pytest.raises(HeaderError, match="missing column 'Name'"):
+        bind(profile, [h if h != "Name" else "Order" for h in header] + ["Name x"], "o.csv")
