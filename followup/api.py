@@ -34,6 +34,7 @@ from followup.errors import FollowupError
 from followup.importing.fields import FieldError, parse_text
 from followup.importing.importer import ImportReport, Kind
 from followup.importing.importer import import_csv as _import_csv
+from followup.importing.presets import profile_for
 from followup.planning.plan import PlanReport
 from followup.planning.plan import plan as _plan
 from followup.processes import Interrupt
@@ -133,6 +134,9 @@ def import_csv(
     progress: Callable[[int], None] | None = None,
     encoding: str | None = None,
     delimiter: str | None = None,
+    preset: str | None = None,
+    decimal: str | None = None,
+    explain: bool = False,
 ) -> ImportReport:
     """Import reps, clients or purchases from a CSV file: each row is upserted by its id or
     rejected with file, line, column and reason (in the report); with `strict`, one rejected
@@ -140,11 +144,19 @@ def import_csv(
     codec name (default UTF-8; a byte order mark decides by itself), `delimiter` one
     character (default: sniffed from the header); a wrong name is a ValueError, and a byte
     not in the encoding an error that writes nothing. A client's zone and locale that the file
-    leaves out are inferred from the country (`[defaults]`)."""
+    leaves out are inferred from the country (`[defaults]`).
+
+    `preset` names the file's layout: "shopify", "woocommerce", or "config" (the settings'
+    [import.KIND] mapping); None is followup's own columns. `decimal` is the file's decimal
+    mark ("." or ","). With `explain`, nothing is written: the report says what would be."""
     schema.check_ready(rt.engine)
+    kind = Kind(kind)
+    profile = None
+    if preset is not None or decimal is not None or explain:
+        profile = profile_for(kind, preset, rt.settings.imports, decimal)
     return _import_csv(
         rt.engine,
-        Kind(kind),
+        kind,
         Path(path),
         now=now or datetime.now(UTC),
         strict=strict,
@@ -152,6 +164,8 @@ def import_csv(
         encoding=encoding,
         delimiter=delimiter,
         defaults=rt.territory_defaults,
+        profile=profile,
+        explain=explain,
     )
 
 

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from followup import api
 from followup.cli.app import cli, err, example, fail, now, out, parse_day, settings
-from followup.importing import demo, importer, reader
+from followup.importing import demo, importer, profiles, reader
 from followup.runtime import Runtime
 from followup.service import privacy
 from followup.storage import schema
@@ -138,6 +138,9 @@ def _import_with_progress(
     strict: bool,
     encoding: str | None = None,
     delimiter: str | None = None,
+    preset: str | None = None,
+    decimal: str | None = None,
+    explain: bool = False,
 ) -> api.ImportReport:
     """Imports with a progress bar over the file's bytes on a terminal (large files)."""
     size = path.stat().st_size if path.exists() else 0
@@ -162,6 +165,9 @@ def _import_with_progress(
             progress=lambda n: progress.advance(task, n),
             encoding=encoding,
             delimiter=delimiter,
+            preset=preset,
+            decimal=decimal,
+            explain=explain,
         )
 
 
@@ -173,6 +179,9 @@ def _import_with_progress(
         "followup import purchases purchases.csv",
         "followup import clients clients-excel.csv --encoding cp1252",
         "followup import clients clients.csv --delimiter ';'",
+        "followup import clients customers_export.csv --preset shopify",
+        "followup import purchases orders_export.csv --preset shopify --explain",
+        "followup import purchases crm-sales.csv --preset config --decimal ,",
     ),
 )
 def import_command(
@@ -195,28 +204,59 @@ def import_command(
             callback=lambda value: _checked(reader.check_delimiter, value),
         ),
     ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="The file's layout: shopify, woocommerce, or config (config.toml's "
+            "[import.KIND] mapping). Default: followup's own columns."
+        ),
+    ] = None,
+    decimal: Annotated[
+        str | None,
+        typer.Option(help='The file\'s decimal mark in amounts: "." (default) or ",".'),
+    ] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            help="Show how each column maps and which rows would be rejected; write nothing."
+        ),
+    ] = False,
 ) -> None:
     """Import reps, clients or purchases from CSV; rows are upserted by their id.
 
     Every rejected row is reported with file, line, column and reason. Exit status is 1 when
     any row was rejected (the good rows are stored unless --strict).
     """
+    if decimal not in (None, ".", ","):
+        raise typer.BadParameter('the decimal mark is "." or ","', param_hint="--decimal")
     rt = Runtime.open(settings())
     try:
         report = _import_with_progress(
-            rt, kind, file, strict=strict, encoding=encoding, delimiter=delimiter
+            rt,
+            kind,
+            file,
+            strict=strict,
+            encoding=encoding,
+            delimiter=delimiter,
+            preset=preset,
+            decimal=decimal,
+            explain=explain,
         )
     except importer.HeaderError as exc:
         fail(str(exc))
+    if explain:
+        _explain(report)
     for error in report.errors:
         err.print(str(error), highlight=False, markup=False)
-    if strict and report.errors:
+    if strict and report.errors and not explain:
         fail(f"{report.rejected_rows} row(s) rejected and --strict: nothing was imported")
     updated = report.imported - report.created
     inferred = "".join(f", {column} inferred for {n}" for column, n in report.inferred.items())
+    would = "would be imported" if explain else "imported"
     out.print(
-        f"{file.name}: {report.imported} imported ({report.created} new, {updated} updated),"
-        f" {report.rejected_rows} rejected{inferred}",
+        f"{file.name}: {report.imported} {would} ({report.created} new, {updated} updated),"
+        f" {report.rejected_rows} rejected{inferred}"
+        + (" (--explain: nothing was written)" if explain else ""),
         highlight=False,
     )
     for warning in report.warnings:
@@ -233,3 +273,12 @@ def _checked(check: Callable[[str], str], value: str | None) -> str | None:
         return check(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def _explain(report: api.ImportReport) -> None:
+    """--explain: the mapping of the file's columns, before the rows' errors."""
+    if report.mapping is None:
+        out.print(f"profile: followup's own {report.kind.value} columns", highlight=False)
+        return
+    for line in profiles.describe(report.mapping, report.not_stored):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -25,6 +25,7 @@ from pydantic import (
 from followup.config.base import DAY, HOUR, YEAR_DAYS
 from followup.config.base import Section as _Section
 from followup.config.clients import DefaultsSettings, TierSettings
+from followup.config.imports import ImportSettings
 from followup.config.values import parse_delay, parse_time, parse_weekdays, parse_window
 from followup.domain.limits import Limits
 from followup.domain.occasions import Window
@@ -320,6 +321,9 @@ class Settings(_Section):
     #: Overrides of calendars/ occasions by name.
     campaigns: dict[str, CampaignSettings] = Field(default_factory=dict)
     log: LogSettings = LogSettings()
+    #: [import.reps], [import.clients], [import.purchases]: the user's column mappings
+    #: (config/imports.py; not overridden by the environment).
+    imports: ImportSettings = Field(default_factory=ImportSettings, alias="import")
 
     @field_validator("campaigns")
     @classmethod

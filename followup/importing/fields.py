@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import functools
 import re
+import unicodedata
 import zoneinfo
 from datetime import UTC, date, datetime, time
 from decimal import Context, Decimal, InvalidOperation
@@ -172,9 +173,66 @@ def parse_instant(value: str, zone: str, column: str = "purchased_at") -> dateti
     return naive.astimezone(UTC)
 
 
-def parse_amount(value: str, currency: str, column: str = "amount") -> int:
-    """A decimal amount -> minor units of `currency` (cents)."""
+#: The spaces that may group thousands: the space, the no-break space and the narrow one.
+_SPACES = " \u00a0\u202f"
+#: How to name the setting of a file's decimal mark in an error.
+DECIMAL_OPTION = '--decimal , (or decimal = "," in the import mapping)'
+
+
+def plain_number(value: str, column: str = "amount", decimal: str = ".") -> str:
+    """A number as the file writes it -> the same number with "." as decimal point and no
+    thousands separators (docs/clients.md#amounts).
+
+    `decimal` is the file's decimal mark, "." or ",". The other mark and spaces may group
+    thousands by three ("1,234.50", "1 234,50", "1.234.567,00"). With the default ".", one
+    comma before exactly three digits and nothing else ("1,234") is ambiguous: it is refused,
+    naming the option, rather than guessed. A currency symbol is refused (the currency is a
+    column of its own). A value that is not made of digits and marks is returned as it is,
+    for parse_amount to judge."""
     text = value.strip()
+    if any(unicodedata.category(c) == "Sc" for c in text):
+        raise FieldError(
+            column, f"{text!r}: remove the currency symbol (the currency has its own column)"
+        )
+    if not re.fullmatch(r"[0-9][0-9.,\u0020\u00a0\u202f]*", text):
+        return text
+    group = "," if decimal == "." else "."
+    number = re.fullmatch(
+        rf"([0-9]{{1,3}}([{re.escape(group)}{_SPACES}])[0-9]{{3}}(?:\2[0-9]{{3}})*|[0-9]+)"
+        rf"(?:{re.escape(decimal)}([0-9]+))?",
+        text,
+    )
+    if number is None:
+        if decimal == "." and ("," in text or text.count(".") > 1):
+            raise FieldError(
+                column,
+                f"{text!r} is not a number with a decimal point; "
+                f"for a decimal comma, import with {DECIMAL_OPTION}",
+            )
+        raise FieldError(
+            column,
+            f"{text!r} is not a number (decimal mark {decimal!r}, thousands grouped by three)",
+        )
+    whole, separator, fraction = number[1], number[2], number[3]
+    if decimal == "." and separator == "," and fraction is None and text.count(",") == 1:
+        raise FieldError(
+            column,
+            f"{text!r} is ambiguous (1234 or 1.234?): write it without the comma, or with "
+            f"its decimals ({text}.00), or import with {DECIMAL_OPTION} if the comma is the "
+            "decimal mark",
+        )
+    digits = re.sub(rf"[{re.escape(group)}{_SPACES}]", "", whole)
+    return digits if fraction is None else f"{digits}.{fraction}"
+
+
+def parse_amount(value: str, currency: str, column: str = "amount", decimal: str = ".") -> int:
+    """A decimal amount -> minor units of `currency` (cents); the file's number format as
+    plain_number reads it.
+
+    With the default decimal point, one dot before exactly three digits ("14.450", "1.000") is
+    ambiguous for a currency of fewer decimals: 14.45, or 14450 from a file whose dots group
+    thousands? It is refused, naming the option, unless the currency has three decimals."""
+    text = plain_number(value, column, decimal)
     try:
         amount = Decimal(text)
     except InvalidOperation:
@@ -189,6 +247,13 @@ def parse_amount(value: str, currency: str, column: str = "amount") -> int:
     quantized = amount.quantize(Decimal(1).scaleb(-precision), context=exact)
     if quantized != amount:
         raise FieldError(column, f"{text!r} has more than {precision} decimals for {currency}")
+    if decimal == "." and re.fullmatch(r"[0-9]{1,3}\.[0-9]{3}", text) and precision < 3:
+        raise FieldError(
+            column,
+            f"{text!r} is ambiguous for {currency} ({text.replace('.', '')} with a dot that "
+            f"groups thousands?): write it with {precision} decimals, or import "
+            f"with {DECIMAL_OPTION} if the file's decimal mark is the comma",
+        )
     minor = quantized.scaleb(precision, context=exact)
     if minor > 10**15:
         raise FieldError(column, f"{text!r} is too large")

@@ -7,7 +7,7 @@ means nothing is written. The file is streamed: memory does not grow with its le
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine
 
 from followup.domain.territories import NO_DEFAULTS, Source, TerritoryDefaults
 from followup.importing.fields import FieldError
+from followup.importing.profiles import Bound, Profile, bind
 from followup.importing.reader import (
     EncodingError,
     HeaderError,
@@ -29,16 +30,19 @@ from followup.importing.reader import (
 from followup.importing.records import (
     OPTIONAL,
     REQUIRED,
+    STAND_INS,
     Kind,
     ManyErrors,
     StoredConsent,
     client_record,
+    columns_of,
     purchase_record,
     rep_record,
     settle_consent,
 )
 from followup.storage.dialects import ledger_for
 from followup.storage.engine import CHUNK, chunks
+from followup.storage.queries import clients_by_email
 from followup.storage.tables import clients, purchases, reps
 
 __all__ = ["EncodingError", "HeaderError", "ImportReport", "Kind", "RowError", "import_csv"]
@@ -61,6 +65,10 @@ class ImportReport:
     #: (column, country) -> [first line, rows]: values that are [defaults]' guess for a
     #: country, not the country's own (a zone among several).
     guessed: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    #: The profile over the file's header (None: followup's own format), for --explain.
+    mapping: Bound | None = None
+    #: Columns the profile maps that this version of followup does not store.
+    not_stored: tuple[str, ...] = ()
 
     @property
     def rejected_rows(self) -> int:
@@ -108,12 +116,18 @@ def import_csv(
     encoding: str | None = None,
     delimiter: str | None = None,
     defaults: TerritoryDefaults = NO_DEFAULTS,
+    profile: Profile | None = None,
+    explain: bool = False,
 ) -> ImportReport:
     """Validate every row of `path` and upsert the good ones in one transaction. The caller
     has checked that the database is at this version's schema. `encoding` (default: UTF-8)
     and `delimiter` (default: sniffed from the header) are checked first (ValueError); a byte
     not in the encoding, at any line, raises EncodingError and writes nothing. A client's zone
-    and locale that the file does not give are inferred from the country with `defaults`."""
+    and locale that the file does not give are inferred from the country with `defaults`.
+
+    `profile` maps the file's columns to followup's (importing/profiles.py; None: the file is
+    in followup's own format). With `explain`, the import runs and is rolled back: the report
+    says what would be stored and rejected, and nothing stored changes."""
     name = path.name
     report = ImportReport(file=name, kind=kind)
     if encoding is not None:
@@ -132,22 +146,73 @@ def import_csv(
     except FileNotFoundError:
         raise HeaderError(f"{path}: no such file") from None
     try:
-        _check_header(name, kind, header)
+        if profile is None:
+            _check_header(name, kind, header)
+        else:
+            report.mapping = bind(profile, header, name)
     except HeaderError:
         # The body generator has not started, so its own `finally` would not close the file.
         handle.close()
         raise
+    if report.mapping is not None:
+        header, rows = _mapped(report.mapping, rows, report)
     report = _import_rows(
-        engine, kind, header, rows, report, now=now, strict=strict, defaults=defaults
+        engine,
+        kind,
+        header,
+        rows,
+        report,
+        now=now,
+        strict=strict,
+        defaults=defaults,
+        explain=explain,
     )
+    if report.mapping is not None:
+        label = report.mapping.label
+        report.errors = [RowError(e.file, e.line, label(e.column), e.reason) for e in report.errors]
     # Rows the CSV rules could not read are reported as the reader meets them, ahead of the
     # rest of their batch: every error in the file's order.
     report.errors.sort(key=lambda error: error.line)
     return report
 
 
+def _mapped(
+    bound: Bound, rows: Generator[tuple[int, list[str]], None, None], report: ImportReport
+) -> tuple[list[str], Generator[tuple[int, list[str]], None, None]]:
+    """The file's rows through the profile: followup's header and rows. A row the profile
+    cannot map is counted and its errors reported here."""
+    kind, name = report.kind, report.file
+    known = set(columns_of(kind))
+    keep = [i for i, native in enumerate(bound.native_header) if native in known]
+    report.not_stored = tuple(n for n in bound.native_header if n not in known)
+    if bound.profile.report_unknown:
+        for column in bound.unmapped:
+            report.errors.append(RowError(name, 1, column, _unknown(kind)))
+
+    def rejected(line: int, errors: list[FieldError]) -> None:
+        report.rows += 1
+        report.errors.extend(RowError(name, line, e.column, e.reason) for e in errors)
+
+    def native() -> Generator[tuple[int, list[str]], None, None]:
+        mapped: Iterator[tuple[int, list[str]]] = bound.rows(rows, rejected)
+        try:
+            for line, cells in mapped:
+                yield line, [cells[i] for i in keep]
+        finally:
+            rows.close()
+
+    return [bound.native_header[i] for i in keep], native()
+
+
+def _unknown(kind: Kind) -> str:
+    return (
+        f"unknown column (a {kind.value} file has "
+        f"{', '.join(columns_of(kind))}); its cells are not imported"
+    )
+
+
 def _check_header(name: str, kind: Kind, header: list[str]) -> None:
-    missing = [c for c in REQUIRED[kind] if c not in header]
+    missing = [c for c in REQUIRED[kind] if c not in header and STAND_INS.get(c) not in header]
     if missing:
         inferred = "; locale and timezone, when absent, come from the country"
         raise HeaderError(
@@ -171,20 +236,13 @@ def _import_rows(
     now: datetime,
     strict: bool,
     defaults: TerritoryDefaults,
+    explain: bool = False,
 ) -> ImportReport:
     name = report.file
-    known = set(REQUIRED[kind]) | set(OPTIONAL[kind])
+    known = set(columns_of(kind))
     unknown = [h for h in header if h not in known]
     for column in unknown:
-        report.errors.append(
-            RowError(
-                name,
-                1,
-                column,
-                f"unknown column (a {kind.value} file has "
-                f"{', '.join(REQUIRED[kind] + OPTIONAL[kind])}); its cells are not imported",
-            )
-        )
+        report.errors.append(RowError(name, 1, column, _unknown(kind)))
     seen: dict[str, int] = {}
     with engine.begin() as conn:
         for batch in chunks(rows, CHUNK):
@@ -230,6 +288,9 @@ def _import_rows(
                     _note(report, line, record, defaults, now)
             report.created += _write(conn, kind, [r for _, r in records], lookup, now)
             report.imported += len(records)
+        if explain:
+            conn.rollback()
+            return report
         if strict and report.errors:
             conn.rollback()
             report.imported = report.created = 0
@@ -251,6 +312,8 @@ class _Lookups:
     consents: dict[str, StoredConsent] = field(default_factory=dict)
     #: The file's name and the import's `now`: a consent's source and date when it has none.
     origin: tuple[str, datetime] = ("", datetime.min)
+    #: Lower-cased address -> its clients, for purchases that name their client by e-mail.
+    by_email: dict[str, list[Any]] = field(default_factory=dict)
 
     @classmethod
     def for_batch(
@@ -278,12 +341,38 @@ class _Lookups:
                 for row in found
             }
         if kind is Kind.PURCHASES:
-            at = header.index("client")
-            wanted = {c[at].strip() for _, c in batch if len(c) > at}
+            wanted = _cells(header, batch, "client")
+            if "client_email" in header:
+                lookups.by_email = clients_by_email(conn, _cells(header, batch, "client_email"))
+            for same in lookups.by_email.values():
+                for row in same:
+                    lookups.client_ids[row.external_id] = row.id
+                    lookups.client_zones[row.external_id] = row.timezone
+            wanted -= set(lookups.client_ids)
             for row in ledger_for(conn).by_external_id(conn, clients, wanted, "timezone"):
                 lookups.client_ids[row.external_id] = row.id
                 lookups.client_zones[row.external_id] = row.timezone
         return lookups
+
+    def client_of(self, row: dict[str, str]) -> str:
+        """A purchase's client: its id, else the one client with its e-mail address."""
+        given = row.get("client", "").strip()
+        address = row.get("client_email", "").strip()
+        if given or not address:
+            return given
+        found = self.by_email.get(address.lower(), [])
+        if not found:
+            raise FieldError(
+                "client_email", f"no client with e-mail {address!r} (import clients first)"
+            )
+        if len(found) > 1:
+            ids = ", ".join(sorted(str(r.external_id) for r in found))
+            raise FieldError(
+                "client_email",
+                f"{len(found)} clients have the e-mail {address!r} ({ids}): "
+                "give the client's id in the client column",
+            )
+        return str(found[0].external_id)
 
     def record(
         self, kind: Kind, row: dict[str, str], defaults: TerritoryDefaults, now: datetime
@@ -299,7 +388,8 @@ class _Lookups:
             if "consent" in record:
                 self._settle_consent(record)
             return record
-        record = purchase_record(row, self.client_zones.get(row["client"].strip()))
+        row = {**row, "client": self.client_of(row)}
+        record = purchase_record(row, self.client_zones.get(row["client"]))
         record["client_id"] = self.client_ids[record.pop("client")]
         return record
 
@@ -315,6 +405,14 @@ class _Lookups:
             now,
         )
         record.update(marketing_consent=state, consent_source=source, consent_at=at)
+
+
+def _cells(header: list[str], batch: list[tuple[int, list[str]]], column: str) -> set[str]:
+    """The stripped non-empty cells of `column` in a batch (none when it is not a column)."""
+    if column not in header:
+        return set()
+    at = header.index(column)
+    return {c[at].strip() for _, c in batch if len(c) > at and c[at].strip()}
 
 
 def _write(

@@ -57,6 +57,15 @@ OPTIONAL: dict[Kind, tuple[str, ...]] = {
     ),
     Kind.PURCHASES: ("status",),
 }
+#: A column that may stand in for a required one: a purchase names its client by id or, when
+#: the id is not given, by e-mail (the importer looks the address up).
+STAND_INS: dict[str, str] = {"client": "client_email"}
+
+
+def columns_of(kind: Kind) -> tuple[str, ...]:
+    """Every column a `kind` file may have: required, optional, then stand-ins."""
+    given = (*REQUIRED[kind], *OPTIONAL[kind])
+    return given + tuple(STAND_INS[c] for c in REQUIRED[kind] if c in STAND_INS)
 
 
 class _Fields:

@@ -10,7 +10,7 @@ SQLAlchemy's own processing was most of a chunk's read.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -505,4 +505,17 @@ def recipient_facts(conn: Connection, wanted: Sequence[tuple[int, int | None]]) 
         purchase = bought.get(purchase_id) if purchase_id is not None else None
         found.recipients[n] = client if purchase is None else client._replace(**purchase)
     _add_client_facts(conn, found)
+    return found
+
+
+def clients_by_email(conn: Connection, emails: Iterable[str]) -> dict[str, list[Any]]:
+    """Lower-cased address -> the clients with it (external_id, id, timezone), for purchases
+    that name their client by e-mail; CHUNK addresses a query."""
+    found: dict[str, list[Any]] = {}
+    c = clients
+    address = func.lower(c.c.email)
+    for batch in chunks(sorted({e.strip().lower() for e in emails if e.strip()})):
+        statement = select(address.label("address"), c.c.external_id, c.c.id, c.c.timezone)
+        for row in conn.execute(statement.where(address.in_(batch))):
+            found.setdefault(row.address, []).append(row)
     return found
