@@ -4,7 +4,8 @@ and the tz database in, a value or the reason there is none out.
 
 - The zone: the one configured for the country (`[defaults.timezones]`), else the country's
   only zone, else the zone all its zones agree with from now on (Germany's Europe/Berlin and
-  Europe/Busingen), else `[defaults] timezone` (a guess: the import warns), else none.
+  Europe/Busingen), else `[defaults] timezone` (a guess: the import warns), else the zone most
+  of the country's people live in (US: America/New_York; a guess too), else none.
 - The language: the one configured for the country (`[defaults.locales]`), else the country's
   most spoken official language with the country (BR -> pt-BR, CH -> de-CH, CA -> en-CA),
   else its most spoken language, else `[defaults] locale`.
@@ -24,13 +25,36 @@ from zoneinfo import ZoneInfo, available_timezones
 from babel import Locale, UnknownLocaleError
 from babel.core import get_global
 
-#: The name a set of zones with the same clocks goes by: the capital's where CLDR's golden
-#: zones (its Windows mapping's) do not name one, else the golden zone, else the first name.
-_CAPITALS = {
+#: The zone most of a country's people live in, for the countries of several zones (or of
+#: zones whose names CLDR's golden zones do not settle): a client of the country without a
+#: zone of their own takes it, with a warning, and a set of zones with the same clocks goes by
+#: it when it is among them (else by CLDR's golden zone, its Windows mapping's, else the
+#: first name: Spain's Europe/Madrid, not Africa/Ceuta).
+_MAIN = {
+    "AU": "Australia/Sydney",
     "BR": "America/Sao_Paulo",
+    "CA": "America/Toronto",
+    "CD": "Africa/Kinshasa",
+    "CL": "America/Santiago",
+    "CN": "Asia/Shanghai",
     "CY": "Asia/Nicosia",
+    "EC": "America/Guayaquil",
+    "ES": "Europe/Madrid",
+    "FM": "Pacific/Chuuk",
+    "GL": "America/Nuuk",
+    "ID": "Asia/Jakarta",
+    "KI": "Pacific/Tarawa",
     "KZ": "Asia/Almaty",
     "MH": "Pacific/Majuro",
+    "MN": "Asia/Ulaanbaatar",
+    "MX": "America/Mexico_City",
+    "NZ": "Pacific/Auckland",
+    "PF": "Pacific/Tahiti",
+    "PG": "Pacific/Port_Moresby",
+    "PT": "Europe/Lisbon",
+    "RU": "Europe/Moscow",
+    "UA": "Europe/Kyiv",
+    "US": "America/New_York",
     "UZ": "Asia/Tashkent",
 }
 #: How far ahead, and how finely, two zones are compared (their clocks from now on).
@@ -45,6 +69,7 @@ class Source(enum.StrEnum):
     CONFIGURED = "configured"  # [defaults.timezones] / [defaults.locales] for the country
     COUNTRY = "country"  # the country's data
     DEFAULT = "default"  # [defaults] timezone / locale: a guess for this country
+    MAIN = "main"  # the zone most of the country lives in: a guess for this client
 
 
 class NoValue(ValueError):
@@ -80,6 +105,9 @@ class TerritoryDefaults:
             return Inferred(zones[0], Source.COUNTRY)
         if self.timezone:
             return Inferred(self.timezone, Source.DEFAULT)
+        main = _MAIN.get(country)
+        if main is not None and main in _zones():
+            return Inferred(main, Source.MAIN)
         raise NoValue(_no_zone(country, zones))
 
     def language(self, country: str) -> Inferred:
@@ -142,9 +170,9 @@ def country_zones(country: str, year: int) -> tuple[str, ...]:
 
 
 def _name(country: str, group: list[str]) -> str:
-    capital = _CAPITALS.get(country)
-    if capital in group:
-        return capital
+    main = _MAIN.get(country)
+    if main in group:
+        return main
     golden = _golden_zones()
     return next((name for name in group if name in golden), group[0])
 

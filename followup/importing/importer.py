@@ -65,6 +65,8 @@ class ImportReport:
     #: (column, country) -> [first line, rows]: values that are [defaults]' guess for a
     #: country, not the country's own (a zone among several).
     guessed: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    #: country -> the zone most of it lives in, where that was the guess.
+    main_zones: dict[str, str] = field(default_factory=dict)
     #: The profile over the file's header (None: followup's own format), for --explain.
     mapping: Bound | None = None
     #: Columns the profile maps that this version of followup does not store.
@@ -80,9 +82,11 @@ class ImportReport:
         lines = []
         for (column, country), (line, rows) in sorted(self.guessed.items()):
             setting = "timezones" if column == "timezone" else "locales"
+            main = self.main_zones.get(country)
+            took = f"{main}, where most of {country} lives," if main else f"[defaults] {column},"
             lines.append(
-                f"{self.file}:{line}: {column}: {rows} row(s) of {country} took [defaults] "
-                f"{column}, a guess ({country} has no single {column}); give the column or "
+                f"{self.file}:{line}: {column}: {rows} row(s) of {country} took {took} "
+                f"a guess ({country} has no single {column}); give the column or "
                 f'set [defaults.{setting}] {country} = "..." in config.toml'
             )
         return lines
@@ -101,8 +105,11 @@ def _note(
     country = record["country"]
     for column in record["inferred"].split(","):
         report.inferred[column] = report.inferred.get(column, 0) + 1
-        if defaults.infer(column, country, now).source is Source.DEFAULT:
+        found = defaults.infer(column, country, now)
+        if found.source in (Source.DEFAULT, Source.MAIN):
             report.guessed.setdefault((column, country), [line, 0])[1] += 1
+        if found.source is Source.MAIN:
+            report.main_zones[country] = found.value
 
 
 def import_csv(

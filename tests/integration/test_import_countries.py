@@ -90,7 +90,7 @@ def test_a_file_with_only_a_country_gets_zones_and_locales_marked_inferred(
     assert stored(rt)["c2"] == ("Europe/Paris", "fr", "")
 
 
-def test_a_country_of_several_zones_without_a_default_is_a_row_error(
+def test_a_country_of_several_zones_takes_where_most_live_with_a_warning(
     tmp_path: Path, runtime: Runtime
 ) -> None:
     path = write(
@@ -99,13 +99,28 @@ def test_a_country_of_several_zones_without_a_default_is_a_row_error(
         ("c1", "ana@example.com", "Ana", "Souza", "BR", ""),
         ("c2", "ann@example.com", "Ann", "Lee", "US", "America/Chicago"),
         ("c3", "bob@example.com", "Bob", "Lee", "XX", ""),
+        ("c4", "eve@example.com", "Eve", "Lee", "US", ""),
+        ("c5", "sam@example.com", "Sam", "Lee", "AQ", ""),
     )
     report = api.import_csv(runtime, "clients", path, now=NOW)
 
-    assert [(e.line, e.column) for e in report.errors] == [(2, "timezone"), (4, "country")]
-    assert "BR has 4 time zones (America/Cuiaba" in report.errors[0].reason
-    assert '[defaults.timezones] BR = "..."' in report.errors[0].reason
-    assert stored(runtime) == {"c2": ("America/Chicago", "en-US", "locale")}
+    assert [(e.line, e.column) for e in report.errors] == [(4, "country"), (6, "timezone")]
+    # Antarctica's stations: no zone most of it lives in; refused, naming the setting.
+    assert "AQ has 7 time zones (Antarctica/Casey" in report.errors[1].reason
+    assert '[defaults.timezones] AQ = "..."' in report.errors[1].reason
+    assert report.warnings == [
+        "clients.csv:2: timezone: 1 row(s) of BR took America/Sao_Paulo, where most of BR "
+        "lives, a guess (BR has no single timezone); give the column or set "
+        '[defaults.timezones] BR = "..." in config.toml',
+        "clients.csv:5: timezone: 1 row(s) of US took America/New_York, where most of US "
+        "lives, a guess (US has no single timezone); give the column or set "
+        '[defaults.timezones] US = "..." in config.toml',
+    ]
+    assert stored(runtime) == {
+        "c1": ("America/Sao_Paulo", "pt-BR", "timezone,locale"),
+        "c2": ("America/Chicago", "en-US", "locale"),
+        "c4": ("America/New_York", "en-US", "timezone,locale"),
+    }
 
 
 # ----------------------------------------------------------------------------- tiers per currency

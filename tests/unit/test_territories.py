@@ -18,9 +18,11 @@ from followup.domain.clients import ClientStats
 from followup.domain.money import minor_digits
 from followup.domain.territories import (
     NO_DEFAULTS,
+    Inferred,
     NoValue,
     Source,
     TerritoryDefaults,
+    _territory_zones,
     countries,
     country_zones,
 )
@@ -44,16 +46,19 @@ def test_every_country_gets_a_valid_locale_and_a_zone_or_says_why_not(country: s
         assert f"[defaults.timezones] {country}" in str(refusal)
         assert len(country_zones(country, NOW.year)) != 1
     else:
-        assert zone.source is Source.COUNTRY
+        several = len(country_zones(country, NOW.year)) > 1
+        # A country of several zones gives the one most of its people live in, as a guess.
+        assert zone.source is (Source.MAIN if several else Source.COUNTRY)
         assert parse_timezone(zone.value) == zone.value
+        assert zone.value in _territory_zones()[country]
 
 
 @pytest.mark.parametrize(
     ("country", "locale", "zone"),
     [
-        ("BR", "pt-BR", None),
+        ("BR", "pt-BR", "America/Sao_Paulo"),  # the most people's of 4: a guess
         ("FR", "fr-FR", "Europe/Paris"),
-        ("CA", "en-CA", None),  # English is the most spoken official language
+        ("CA", "en-CA", "America/Toronto"),  # English is the most spoken official language
         ("CH", "de-CH", "Europe/Zurich"),
         ("BE", "nl-BE", "Europe/Brussels"),
         ("JP", "ja-JP", "Asia/Tokyo"),
@@ -72,6 +77,29 @@ def test_the_main_official_language_with_the_country_and_the_single_zone(
             NO_DEFAULTS.zone(country, NOW)
     else:
         assert NO_DEFAULTS.zone(country, NOW).value == zone
+
+
+@pytest.mark.parametrize(
+    ("country", "zone"),
+    [("US", "America/New_York"), ("RU", "Europe/Moscow"), ("MX", "America/Mexico_City")],
+)
+def test_a_country_of_several_zones_takes_the_one_most_of_it_lives_in_as_a_guess(
+    country: str, zone: str
+) -> None:
+    assert len(country_zones(country, NOW.year)) > 1
+    assert NO_DEFAULTS.zone(country, NOW) == Inferred(zone, Source.MAIN)
+    # [defaults] timezone, set by the shop, comes before the built-in guess.
+    shop = TerritoryDefaults(timezone="Europe/Paris")
+    assert shop.zone(country, NOW) == Inferred("Europe/Paris", Source.DEFAULT)
+    # Antarctica's stations have no such zone: refused, naming the setting.
+    with pytest.raises(NoValue, match=r"\[defaults.timezones\] AQ"):
+        NO_DEFAULTS.zone("AQ", NOW)
+
+
+def test_zones_with_the_same_clocks_go_by_the_name_people_use() -> None:
+    assert "Europe/Madrid" in country_zones("ES", NOW.year)
+    assert "Europe/Lisbon" in country_zones("PT", NOW.year)
+    assert "America/Toronto" in country_zones("CA", NOW.year)
 
 
 def test_a_configured_country_wins_then_the_global_default_is_a_guess() -> None:
