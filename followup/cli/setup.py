@@ -171,8 +171,11 @@ def import_command(
 ) -> None:
     """Import reps, clients or purchases from CSV; rows are upserted by their id.
 
-    Every rejected row is reported with file, line, column and reason. Exit status is 1 when
-    any row was rejected (the good rows are stored unless --strict).
+    Every rejected row is reported with file, line, column and reason. Rows identical to the
+    stored ones are counted unchanged and not written; a column the file does not have keeps
+    its stored value; a client's rep changes only when the file's rep does (a reassign stays),
+    never to a retired rep (a warning). Exit status is 1 when any row was rejected (the good
+    rows are stored unless --strict).
     """
     rt = Runtime.open(settings())
     try:
@@ -181,12 +184,13 @@ def import_command(
         fail(str(exc))
     for error in report.errors:
         err.print(str(error), highlight=False, markup=False)
+    for warning in report.warnings:
+        err.print(f"warning: {warning}", highlight=False, markup=False)
     if strict and report.errors:
         fail(f"{report.rejected_rows} row(s) rejected and --strict: nothing was imported")
-    updated = report.imported - report.created
     out.print(
-        f"{file.name}: {report.imported} imported ({report.created} new, {updated} updated),"
-        f" {report.rejected_rows} rejected"
+        f"{file.name}: {report.imported} imported ({report.created} new, {report.updated} "
+        f"updated, {report.unchanged} unchanged), {report.rejected_rows} rejected"
     )
     if report.errors:
         raise typer.Exit(1)
