@@ -22,13 +22,14 @@ The caller owns the transaction (one for the whole file) and has rejected duplic
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Date, DateTime, Table, TypeDecorator
 from sqlalchemy.dialects import postgresql
 
 from followup.storage.engine import driver
@@ -133,12 +134,36 @@ def _sqlite(conn: Connection, plan: _Plan, rows: list[dict[str, Any]], now: date
     at = value(now)
     tail = (*(value(v) for v in plan.defaults.values()), at, *(at for _ in plan.target.on_insert))
     (before,) = raw.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()  # noqa: S608
-    written = raw.executemany(
-        _sqlite_statement(plan),
-        [(*(value(row[c]) for c in plan.given), *tail) for row in rows],
-    ).rowcount
+    written = raw.executemany(_sqlite_statement(plan), _sqlite_rows(plan, rows, tail)).rowcount
     (new,) = raw.execute(f"SELECT count(*) FROM {table} WHERE id > ?", (before,)).fetchone()  # noqa: S608
     return Merged(new=new, updated=written - new, unchanged=len(rows) - written)
+
+
+def _sqlite_rows(
+    plan: _Plan, rows: list[dict[str, Any]], tail: tuple[Any, ...]
+) -> Iterator[tuple[Any, ...]]:
+    """Each row's values in the statement's order, in SQLite's stored form: only the date
+    and time columns need converting (`value`); the others go as they are."""
+    pick = operator.itemgetter(*plan.given)
+    timed = [n for n, c in enumerate(plan.given) if _is_timed(plan.target.table, c)]
+    if len(plan.given) == 1:
+        for row in rows:
+            yield (value(pick(row)), *tail)
+        return
+    for row in rows:
+        values = pick(row)
+        if timed:
+            values = list(values)
+            for n in timed:
+                values[n] = value(values[n])
+        yield (*values, *tail)
+
+
+def _is_timed(table: Table, column: str) -> bool:
+    """Whether the column holds dates or instants (sqlmodel's UTCDateTime decorates one)."""
+    kind = table.c[column].type
+    impl = kind.impl if isinstance(kind, TypeDecorator) else kind
+    return isinstance(impl, Date | DateTime)
 
 
 @functools.cache

@@ -23,7 +23,8 @@ from followup.importing.records import OPTIONAL, REQUIRED
 from followup.planning.plan import clients_to_replan, plan
 from followup.runtime import Runtime
 from followup.storage import people, tables
-from followup.storage.engine import reader
+from followup.storage.engine import driver, reader
+from followup.storage.sqlite import stamp
 from tests.support.settings import make_settings
 from tests.support.shop import CLIENTS, NOW, PURCHASES, REPS
 
@@ -368,6 +369,10 @@ def test_the_merge_stores_exactly_what_the_rows_say(
         snapshots.append((stored(rt, tables.clients), stored(rt, tables.purchases)))
 
     (clients_before, buys_before), (clients_after, buys_after) = snapshots
+    with reader(rt.engine) as conn:
+        texts = dict(
+            driver(conn).execute("SELECT external_id, purchased_at FROM purchases").fetchall()
+        )
     reps = {row["id"]: name for name, row in stored(rt, tables.reps).items()}
     for row in files[1][0]:
         got = clients_after[row["id"]]
@@ -381,6 +386,8 @@ def test_the_merge_stores_exactly_what_the_rows_say(
         got = buys_after[row["id"]]
         zone = clients_after[row["client"]]["timezone"]
         assert got["purchased_at"] == instant(row["purchased_at"], zone)
+        # In the text form every other writer of SQLite uses (queries compare it as text).
+        assert texts[row["id"]] == stamp(got["purchased_at"])
         assert got["client_id"] == clients_after[row["client"]]["id"]
         assert (got["product"], got["currency"], got["status"]) == (
             row["product"],
