@@ -127,9 +127,10 @@ def import_csv(
     strict: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
-    """Import reps, clients or purchases from a CSV file: each row is upserted by its id or
-    rejected with file, line, column and reason (in the report); with `strict`, one rejected
-    row means nothing is written. `progress` is told the bytes read."""
+    """Import reps, clients or purchases from a CSV file: each row is upserted by its id (the
+    report counts it new, updated or unchanged: an unchanged row is not written) or rejected
+    with file, line, column and reason; with `strict`, one rejected row means nothing is
+    written. `progress` is told the bytes read."""
     schema.check_ready(rt.engine)
     return _import_csv(
         rt.engine,

@@ -185,7 +185,7 @@ def import_command(
     for error in report.errors:
         err.print(str(error), highlight=False, markup=False)
     for warning in report.warnings:
-        err.print(f"warning: {warning}", highlight=False, markup=False)
+        err.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     if strict and report.errors:
         fail(f"{report.rejected_rows} row(s) rejected and --strict: nothing was imported")
     out.print(
