@@ -138,13 +138,14 @@ def import_csv(
     decimal: str | None = None,
     explain: bool = False,
 ) -> ImportReport:
-    """Import reps, clients or purchases from a CSV file: each row is upserted by its id or
-    rejected with file, line, column and reason (in the report); with `strict`, one rejected
-    row means nothing is written. `progress` is told the bytes read. `encoding` is a Python
-    codec name (default UTF-8; a byte order mark decides by itself), `delimiter` one
-    character (default: sniffed from the header); a wrong name is a ValueError, and a byte
-    not in the encoding an error that writes nothing. A client's zone and locale that the file
-    leaves out are inferred from the country (`[defaults]`).
+    """Import reps, clients or purchases from a CSV file: each row is upserted by its id (the
+    report counts it new, updated or unchanged: an unchanged row is not written) or rejected
+    with file, line, column and reason; with `strict`, one rejected row means nothing is
+    written. `progress` is told the bytes read. `encoding` is a Python codec name (default
+    UTF-8; a byte order mark decides by itself), `delimiter` one character (default: sniffed
+    from the header); a wrong name is a ValueError, and a byte not in the encoding an error
+    that writes nothing. A client's zone and locale that the file leaves out are inferred from
+    the country (`[defaults]`).
 
     `preset` names the file's layout: "shopify", "woocommerce", or "config" (the settings'
     [import.KIND] mapping); None is followup's own columns. `decimal` is the file's decimal

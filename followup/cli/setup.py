@@ -224,8 +224,11 @@ def import_command(
 ) -> None:
     """Import reps, clients or purchases from CSV; rows are upserted by their id.
 
-    Every rejected row is reported with file, line, column and reason. Exit status is 1 when
-    any row was rejected (the good rows are stored unless --strict).
+    Every rejected row is reported with file, line, column and reason. Rows identical to the
+    stored ones are counted unchanged and not written; a column the file does not have keeps
+    its stored value; a client's rep changes only when the file's rep does (a reassign stays),
+    never to a retired rep (a warning). Exit status is 1 when any row was rejected (the good
+    rows are stored unless --strict).
     """
     if decimal not in (None, ".", ","):
         raise typer.BadParameter('the decimal mark is "." or ","', param_hint="--decimal")
@@ -248,21 +251,23 @@ def import_command(
         _explain(report)
     for error in report.errors:
         err.print(str(error), highlight=False, markup=False)
+    for warning in report.warnings:
+        err.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     if strict and report.errors and not explain:
         fail(f"{report.rejected_rows} row(s) rejected and --strict: nothing was imported")
-    updated = report.imported - report.created
-    inferred = "".join(f", {column} inferred for {n}" for column, n in report.inferred.items())
-    would = "would be imported" if explain else "imported"
-    out.print(
-        f"{file.name}: {report.imported} {would} ({report.created} new, {updated} updated),"
-        f" {report.rejected_rows} rejected{inferred}"
-        + (" (--explain: nothing was written)" if explain else ""),
-        highlight=False,
-    )
-    for warning in report.warnings:
-        err.print(f"warning: {warning}", highlight=False, markup=False)
+    out.print(_summary(report, file, explain=explain), highlight=False)
     if report.errors:
         raise typer.Exit(1)
+
+
+def _summary(report: api.ImportReport, file: Path, *, explain: bool) -> str:
+    inferred = "".join(f", {column} inferred for {n}" for column, n in report.inferred.items())
+    would = "would be imported" if explain else "imported"
+    return (
+        f"{file.name}: {report.imported} {would} ({report.created} new, {report.updated} "
+        f"updated, {report.unchanged} unchanged), {report.rejected_rows} rejected{inferred}"
+        + (" (--explain: nothing was written)" if explain else "")
+    )
 
 
 def _checked(check: Callable[[str], str], value: str | None) -> str | None:

@@ -185,9 +185,11 @@ def write_bulk_shop(
     zones: Sequence[str] = ("Europe/London",),
     locales: Sequence[str] = ("en-GB",),
     country: str = "GB",
+    purchases: int = 1,
 ) -> dict[str, Path]:
-    """One rep and `clients` clients with one paid purchase each on `purchased_on`, the zones
-    and locales taken in turn: a shop where every client is due the same thank-you."""
+    """One rep and `clients` clients with `purchases` paid purchases each on `purchased_on`
+    (p0, p1, ...; with several, p0.0, p0.1, ...), the zones and locales taken in turn: a shop
+    where every client is due the same thank-you."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {kind.value: directory / f"{kind.value}.csv" for kind in Kind}
     with paths["reps"].open("w", encoding="utf-8", newline="") as handle:
@@ -217,10 +219,11 @@ def write_bulk_shop(
     with paths["purchases"].open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns(Kind.PURCHASES))
+        day = purchased_on.isoformat()
         for n in range(clients):
-            writer.writerow(
-                [f"p{n}", f"c{n}", purchased_on.isoformat(), "Roadster", "100.00", "EUR", "paid"]
-            )
+            for k in range(purchases):
+                name = f"p{n}" if purchases == 1 else f"p{n}.{k}"
+                writer.writerow([name, f"c{n}", day, "Roadster", f"{100 + k}.00", "EUR", "paid"])
     return paths
 
 

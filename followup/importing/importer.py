@@ -1,8 +1,11 @@
 """CSV import of reps, clients and purchases (docs/clients.md).
 
-Each row is either taken (upserted by its external id) or rejected with file, line, column and
-reason. All accepted rows of a file are written in one transaction; with `strict`, one bad row
-means nothing is written. The file is streamed: memory does not grow with its length.
+Each row is either taken (merged by its external id: new, updated, or unchanged and not written)
+or rejected with file, line, column and reason. All accepted rows of a file are written in one
+transaction; with `strict`, one bad row means nothing is written. A column the file does not
+have keeps its stored value. A client's rep changes only when the rep the file names changes
+(a `reassign` stays), and never to a retired rep (a warning). The file is streamed, a batch at
+a time: memory does not grow with its length.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, select
 
 from followup.domain.territories import NO_DEFAULTS, Source, TerritoryDefaults
 from followup.importing.fields import FieldError
@@ -41,11 +44,15 @@ from followup.importing.records import (
     settle_consent,
 )
 from followup.storage.dialects import ledger_for
-from followup.storage.engine import CHUNK, chunks
+from followup.storage.engine import chunks
+from followup.storage.imports import Merged, Target, merge
 from followup.storage.queries import clients_by_email
 from followup.storage.tables import clients, purchases, reps
 
 __all__ = ["EncodingError", "HeaderError", "ImportReport", "Kind", "RowError", "import_csv"]
+
+#: Rows read, checked and merged at a time: one merge statement each.
+BATCH = 5_000
 
 
 # ----------------------------------------------------------------------------- the file
@@ -53,12 +60,20 @@ __all__ = ["EncodingError", "HeaderError", "ImportReport", "Kind", "RowError", "
 
 @dataclass
 class ImportReport:
+    """What an import did: `imported` rows taken, of which `created` new, `updated` and
+    `unchanged` (not written at all); the rejected rows' errors; `warnings` for what a row
+    asked that was not applied (a retired rep) and the zones and locales guessed for a
+    country, each with file, line, column and reason."""
+
     file: str
     kind: Kind
     rows: int = 0
     imported: int = 0
     created: int = 0
+    updated: int = 0
+    unchanged: int = 0
     errors: list[RowError] = field(default_factory=list)
+    warnings: list[RowError] = field(default_factory=list)
     written: bool = False
     #: How many imported rows had each column inferred ({"timezone": 12, "locale": 30}).
     inferred: dict[str, int] = field(default_factory=dict)
@@ -76,20 +91,20 @@ class ImportReport:
     def rejected_rows(self) -> int:
         return len({e.line for e in self.errors if e.line > 1})
 
-    @property
-    def warnings(self) -> list[str]:
-        """One line per guessed column and country, naming the setting that would decide."""
-        lines = []
+    def guesses(self) -> list[RowError]:
+        """One warning per guessed column and country, naming the setting that would decide."""
+        found = []
         for (column, country), (line, rows) in sorted(self.guessed.items()):
             setting = "timezones" if column == "timezone" else "locales"
             main = self.main_zones.get(country)
             took = f"{main}, where most of {country} lives," if main else f"[defaults] {column},"
-            lines.append(
-                f"{self.file}:{line}: {column}: {rows} row(s) of {country} took {took} "
-                f"a guess ({country} has no single {column}); give the column or "
-                f'set [defaults.{setting}] {country} = "..." in config.toml'
+            reason = (
+                f"{rows} row(s) of {country} took {took} a guess ({country} has no single "
+                f'{column}); give the column or set [defaults.{setting}] {country} = "..." in '
+                "config.toml"
             )
-        return lines
+            found.append(RowError(self.file, line, column, reason))
+        return found
 
 
 def _note(
@@ -250,9 +265,11 @@ def _import_rows(
     unknown = [h for h in header if h not in known]
     for column in unknown:
         report.errors.append(RowError(name, 1, column, _unknown(kind)))
+    absent = _absent_keys(kind, header)
     seen: dict[str, int] = {}
+    merged = Merged()
     with engine.begin() as conn:
-        for batch in chunks(rows, CHUNK):
+        for batch in chunks(rows, BATCH):
             records: list[tuple[int, dict[str, Any]]] = []
             lookup = _Lookups.for_batch(conn, kind, header, batch, origin=(name, now))
             for line, cells in batch:
@@ -290,22 +307,56 @@ def _import_rows(
                     )
                     continue
                 seen[external_id] = line
+                for key in absent:
+                    record.pop(key, None)
                 records.append((line, record))
                 if kind is Kind.CLIENTS:
                     _note(report, line, record, defaults, now)
-            report.created += _write(conn, kind, [r for _, r in records], lookup, now)
-            report.imported += len(records)
+            report.warnings.extend(lookup.keep_retired_reps(conn, name, records))
+            merged.add(_write(conn, kind, [r for _, r in records], now))
         if explain:
             conn.rollback()
-            return report
+            return _count(report, merged, written=False)
         if strict and report.errors:
             conn.rollback()
-            report.imported = report.created = 0
             report.inferred.clear()
             report.guessed.clear()
             return report
-    report.written = report.imported > 0
+    return _count(report, merged, written=True)
+
+
+def _count(report: ImportReport, merged: Merged, *, written: bool) -> ImportReport:
+    """The merge's counts into the report, and the warnings in the file's order; `written`:
+    the transaction was committed (not an --explain)."""
+    report.created, report.updated, report.unchanged = merged.new, merged.updated, merged.unchanged
+    report.imported = merged.new + merged.updated + merged.unchanged
+    report.written = written and merged.new + merged.updated > 0
+    report.warnings.extend(report.guesses())
+    report.warnings.sort(key=lambda warning: warning.line)
     return report
+
+
+def _absent_keys(kind: Kind, header: list[str]) -> tuple[str, ...]:
+    """The record's keys of the optional columns the file does not have: they are not
+    written, so that the stored values stay (a new row takes the column's default)."""
+    keys: list[str] = []
+    for column in OPTIONAL[kind]:
+        if column not in header:
+            keys.extend(_RECORD_KEYS.get(column, (column,)))
+    return tuple(keys)
+
+
+#: An optional column -> the keys of the record it gives, where they are not its own name.
+_RECORD_KEYS: dict[str, tuple[str, ...]] = {
+    "birthday": ("birthday_year", "birthday_month", "birthday_day"),
+    "rep": ("rep_id", "file_rep"),
+    # Given or inferred from the country: always in the record.
+    "locale": (),
+    "timezone": (),
+    # With marketing_consent, settled from the file and the stored consent (records.py).
+    "consent_source": (),
+    "consent_at": (),
+}
 
 
 @dataclass
@@ -313,6 +364,8 @@ class _Lookups:
     """The rows a batch refers to (reps for clients, clients for purchases)."""
 
     reps: dict[str, int] = field(default_factory=dict)
+    #: The reps of the batch that are not active (`reassign --retire`).
+    retired: set[str] = field(default_factory=set)
     client_ids: dict[str, int] = field(default_factory=dict)
     client_zones: dict[str, str] = field(default_factory=dict)
     #: The stored marketing consent of the batch's clients, read when the file has the column.
@@ -336,7 +389,10 @@ class _Lookups:
         if kind is Kind.CLIENTS and "rep" in header:
             at = header.index("rep")
             wanted = {c[at].strip() for _, c in batch if len(c) > at and c[at].strip()}
-            lookups.reps = ledger_for(conn).id_map(conn, reps, wanted)
+            for row in ledger_for(conn).by_external_id(conn, reps, wanted, "active"):
+                lookups.reps[row.external_id] = row.id
+                if not row.active:
+                    lookups.retired.add(row.external_id)
         if kind is Kind.CLIENTS and "marketing_consent" in header:
             at = header.index("id")
             wanted = {c[at].strip() for _, c in batch if len(c) > at}
@@ -391,7 +447,9 @@ class _Lookups:
             rep = record.pop("rep")
             if rep and rep not in self.reps:
                 raise FieldError("rep", f"no rep with id {rep!r} (import reps first)")
+            # The rep moves only when the file's rep changes (storage/imports.py).
             record["rep_id"] = self.reps.get(rep) if rep else None
+            record["file_rep"] = rep or None
             if "consent" in record:
                 self._settle_consent(record)
             return record
@@ -413,6 +471,28 @@ class _Lookups:
         )
         record.update(marketing_consent=state, consent_source=source, consent_at=at)
 
+    def keep_retired_reps(
+        self, conn: Connection, name: str, records: list[tuple[int, dict[str, Any]]]
+    ) -> list[RowError]:
+        """A row naming a retired rep does not change its client's rep (nor the rep the file
+        named before): each is reported with the rep the client keeps."""
+        naming = [(n, r) for n, r in records if r.get("file_rep") in self.retired]
+        if not naming:
+            return []
+        current = _current_reps(conn, [r["external_id"] for _, r in naming])
+        warnings = []
+        for line, record in naming:
+            rep = record.pop("file_rep")
+            del record["rep_id"]
+            kept = current.get(record["external_id"])
+            keeps = f"keeps rep {kept!r}" if kept else "keeps no rep"
+            warnings.append(
+                RowError(
+                    name, line, "rep", f"rep {rep!r} is retired: not applied, the client {keeps}"
+                )
+            )
+        return warnings
+
 
 def _cells(header: list[str], batch: list[tuple[int, list[str]]], column: str) -> set[str]:
     """The stripped non-empty cells of `column` in a batch (none when it is not a column)."""
@@ -422,19 +502,28 @@ def _cells(header: list[str], batch: list[tuple[int, list[str]]], column: str) -
     return {c[at].strip() for _, c in batch if len(c) > at and c[at].strip()}
 
 
-def _write(
-    conn: Connection, kind: Kind, records: list[dict[str, Any]], lookups: _Lookups, now: datetime
-) -> int:
-    """Upsert one batch; returns how many rows were new."""
-    if not records:
-        return 0
-    table = {Kind.REPS: reps, Kind.CLIENTS: clients, Kind.PURCHASES: purchases}[kind]
-    ledger = ledger_for(conn)
-    existing = ledger.id_map(conn, table, (r["external_id"] for r in records))
-    rows = [{**r, "updated_at": now} for r in records]
-    keep: tuple[str, ...] = ()
-    if kind is Kind.CLIENTS:
-        rows = [{**r, "created_at": now} for r in rows]
-        keep = ("created_at",)
-    ledger.upsert(conn, table, rows, key="external_id", keep=keep)
-    return len(records) - len(existing)
+def _current_reps(conn: Connection, external_ids: list[str]) -> dict[str, str | None]:
+    """client external id -> the external id of its rep now (None: no rep), for the clients
+    that exist."""
+    found: dict[str, str | None] = {}
+    for batch in chunks(external_ids):
+        query = (
+            select(clients.c.external_id, reps.c.external_id.label("rep"))
+            .select_from(clients.outerjoin(reps, reps.c.id == clients.c.rep_id))
+            .where(clients.c.external_id.in_(batch))
+        )
+        found.update({row.external_id: row.rep for row in conn.execute(query)})
+    return found
+
+
+#: How each kind of file is merged (storage/imports.py).
+_TARGETS = {
+    Kind.REPS: Target(reps),
+    Kind.CLIENTS: Target(clients, on_insert=("created_at",), follows=(("rep_id", "file_rep"),)),
+    Kind.PURCHASES: Target(purchases),
+}
+
+
+def _write(conn: Connection, kind: Kind, records: list[dict[str, Any]], now: datetime) -> Merged:
+    """Merge one batch: new rows inserted, changed rows updated, the others left alone."""
+    return merge(conn, _TARGETS[kind], records, now)

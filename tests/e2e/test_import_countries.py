@@ -34,7 +34,7 @@ def test_history_and_the_dry_run_say_what_was_inferred_from_the_country(tmp_path
     )
 
     imported = followup(shop, "import", "clients", "clients.csv", env=guess)
-    assert "2 imported (2 new, 0 updated), 0 rejected" in imported.stdout
+    assert "2 imported (2 new, 0 updated, 0 unchanged), 0 rejected" in imported.stdout
     assert "timezone inferred for 2, locale inferred for 2" in imported.stdout
     assert "warning: clients.csv:2: timezone: 1 row(s) of BR took [defaults] timezone" in (
         imported.stderr

@@ -50,7 +50,7 @@ def test_windows_1252_and_semicolon_files(tmp_path: Path) -> None:
     semicolons = "\r\n".join(line.replace(",", ";") for line in lines[:3]) + "\r\n"
     (tmp_path / "europe.csv").write_text(semicolons.replace("Ann", "Zoë"), encoding="utf-8")
     result = followup(tmp_path, "import", "clients", "europe.csv")
-    assert "2 imported (0 new, 2 updated), 0 rejected" in result.stdout
+    assert "2 imported (0 new, 2 updated, 0 unchanged), 0 rejected" in result.stdout
     assert clients(tmp_path)["C1"] == "Zoë"
 
     usage = followup(tmp_path, "import", "clients", "europe.csv", "--encoding", "nope", check=False)

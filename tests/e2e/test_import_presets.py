@@ -41,7 +41,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = followup(
         folder, "import", "clients", str(DATA / "shopify_customers.csv"), "--preset", "config"
     )
-    assert "4 imported (4 new, 0 updated), 0 rejected" in result.stdout
+    assert "4 imported (4 new, 0 updated, 0 unchanged), 0 rejected" in result.stdout
     return folder
 
 
@@ -77,7 +77,7 @@ def test_explain_shows_the_mapping_and_writes_nothing(shop: Path) -> None:
     assert any("Financial Status" in line and "voided -> refunded" in line for line in lines)
     assert any(line.startswith("ignored: ") and "Lineitem price" in line for line in lines)
     assert lines[-1] == (
-        "orders_export.csv: 4 would be imported (4 new, 0 updated), 0 rejected "
+        "orders_export.csv: 4 would be imported (4 new, 0 updated, 0 unchanged), 0 rejected "
         "(--explain: nothing was written)"
     )
     assert dump(shop) == before
@@ -110,15 +110,16 @@ def test_explain_lists_the_rows_that_would_be_rejected(shop: Path) -> None:
     )
     assert "bad_orders.csv:2: Total (amount): '1,234.5x' is not a number" in result.stderr
     assert (
-        "2 would be imported (2 new, 0 updated), 2 rejected (--explain: nothing was written)"
-        in result.stdout
+        "2 would be imported (2 new, 0 updated, 0 unchanged), 2 rejected "
+        "(--explain: nothing was written)" in result.stdout
     )
     assert dump(shop) == before
 
 
 def test_then_the_import_itself(shop: Path) -> None:
     result = followup(shop, "import", "purchases", "orders_export.csv", "--preset", "shopify")
-    assert "orders_export.csv: 4 imported (4 new, 0 updated), 0 rejected" in result.stdout
+    summary = "orders_export.csv: 4 imported (4 new, 0 updated, 0 unchanged), 0 rejected"
+    assert summary in result.stdout
     with sqlite3.connect(shop / "var" / "followup.db") as conn:
         stored = sorted(conn.execute("SELECT external_id, amount_minor, status FROM purchases"))
     assert stored == [
