@@ -34,6 +34,9 @@ class Rep(SQLModel, table=True):
 
 class Client(SQLModel, table=True):
     __tablename__ = "clients"
+    #: Purchases naming their client by e-mail look clients up by lower-cased address
+    #: (migration 0010).
+    __table_args__ = (Index("ix_clients_email_lower", text("lower(email)")),)
 
     id: int | None = Field(default=None, primary_key=True)
     external_id: str = Field(max_length=128, unique=True)

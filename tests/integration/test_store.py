@@ -51,6 +51,19 @@ from followup.storage.tables import SENT_PREDICATE
 from tests.support.ledger import NOW, add_client, client_row, new_touch
 
 
+#: SQLite's reflection skips an index on an expression (ix_clients_email_lower, migration 0010)
+#: with this warning, and so does compare_metadata: the index is compared by
+#: _schema_beside_the_models (sqlite_master) and its use by tests/perf/test_query_plans.py.
+def _expression_index(test: Any) -> Any:
+    for message in (
+        "ignore:Skipped unsupported reflection of expression-based index",
+        "ignore:autogenerate skipping metadata-specified expression-based index",
+    ):
+        test = pytest.mark.filterwarnings(message)(test)
+    return test
+
+
+@_expression_index
 def test_migrated_schema_matches_the_models(runtime: Runtime) -> None:
     with runtime.engine.connect() as conn:
         diff = compare_metadata(
@@ -100,6 +113,7 @@ def _schema_beside_the_models(engine: Engine) -> list[tuple[Any, ...]]:
         return [tuple(row) for query in queries for row in conn.exec_driver_sql(query)]
 
 
+@_expression_index
 def test_upgrade_is_idempotent(runtime: Runtime) -> None:
     """A second upgrade at head changes nothing: the revision, the schema (the models', and
     the triggers and indexes beside them), the data already there."""

@@ -26,9 +26,7 @@ from followup.storage import tables
 from followup.storage.dialects import ledger_for
 from followup.storage.engine import chunks, reader
 from followup.storage.ledger import Change
-from followup.storage.queries import (
-    send_facts,
-)
+from followup.storage.queries import clients_by_email, send_facts
 from tests.support.ledger import NOW, add_client, client_row, new_touch
 from tests.support.settings import make_settings
 from tests.support.smtp import SmtpServer
@@ -258,3 +256,47 @@ def test_lookups_by_external_id_use_the_index_on_a_table_without_statistics(
         used = plan(statement, parameters)
     assert "Seq Scan on clients" not in used and "clients_external_id_key" in used, used
     assert len(found) == len(wanted) and found["c40"] != found["c80"]
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_purchases_by_e_mail_search_the_index_of_addresses(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest,
+    open_runtime: Callable[[Settings], Runtime],
+) -> None:  # fmt: skip
+    """An orders export names each purchase's client by e-mail: each batch's addresses are
+    looked up in ix_clients_email_lower, not by reading every client (migration 0010), on
+    PostgreSQL also for a table without statistics."""
+    if database == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'followup.db'}"
+    rt = open_runtime(make_settings(tmp_path, url))
+    statements: list[tuple[str, Any]] = []
+
+    def record(*args: Any) -> None:
+        statements.append((args[2], args[3]))
+
+    with rt.engine.begin() as conn:
+        for part in chunks(range(20_000), 2_000):
+            rows = [client_row(n) for n in part]
+            ledger_for(conn).upsert(conn, tables.clients, rows, key="external_id")
+        # As an export writes them: any case; looked up lower-cased.
+        wanted = [f"C{n}@Example.com" for n in range(0, 20_000, 40)]
+        event.listen(rt.engine, "before_cursor_execute", record)
+        found = clients_by_email(conn, wanted)
+        event.remove(rt.engine, "before_cursor_execute", record)
+        ((statement, parameters),) = statements
+        if database == "sqlite":
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            plan = " | ".join(
+                str(row[3]) for row in raw.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+            )
+            assert "USING INDEX ix_clients_email_lower" in plan, plan
+        else:
+            plan = " | ".join(
+                row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, parameters)
+            )
+            assert "Seq Scan on clients" not in plan and "ix_clients_email_lower" in plan, plan
+    assert len(found) == len(wanted)
+    assert [row.external_id for row in found["c40@example.com"]] == ["c40"]
