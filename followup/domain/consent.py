@@ -8,8 +8,9 @@ service reminder) follows a purchase and needs no marketing consent. A `marketin
 - the client said `no`: never;
 - the client said `yes`: always;
 - `unknown`: under `soft-opt-in` (the existing-customer exemption of PECR and the ePrivacy
-  directive, and CAN-SPAM's opt-out) the client bought from the shop, so yes; under `opt-in`
-  (CASL) only within the implied-consent period after the client's last paid purchase.
+  directive, and CAN-SPAM's opt-out) yes: every client is taken for the shop's customer
+  (docs/consent.md asks that leads be imported with a state); under `opt-in` (CASL) only
+  within the implied-consent period after the client's last paid purchase.
 
 An unsubscribe or a bounce stops every message, whatever its purpose (the client's status and
 the suppression list, followup.domain.care and followup.domain.decision).

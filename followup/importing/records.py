@@ -192,16 +192,17 @@ StoredConsent = tuple[str, str | None, datetime | None]
 
 def consent_cells(row: Mapping[str, str], zone: str) -> GivenConsent:
     """The marketing_consent, consent_source and consent_at cells of a row (a date alone is
-    midnight, a time without offset local, in the client's `zone`). A source or a date
-    without a state is an error: it would say who consented to nothing."""
+    midnight, a time without offset local, in the client's `zone`). A date without a state is
+    an error: it would date a consent to nothing. A source without a state says nothing and is
+    left aside (a preset names its platform as the source of every row, a blank state
+    included)."""
     state = row.get("marketing_consent", "").strip()
     source = parse_text(row.get("consent_source", ""), "consent_source", 128, required=False)
     at_text = row.get("consent_at", "").strip()
     at = parse_instant(at_text, zone, "consent_at") if at_text else None
     if not state:
-        for column, given in (("consent_source", source), ("consent_at", at)):
-            if given:
-                raise FieldError(column, "is given without a marketing_consent value")
+        if at is not None:
+            raise FieldError("consent_at", "is given without a marketing_consent value")
         return None, None, None
     return parse_consent(state), source or None, at
 
@@ -210,15 +211,20 @@ def settle_consent(
     given: GivenConsent, stored: StoredConsent | None, origin: str, now: datetime
 ) -> StoredConsent:
     """The consent to store for a client, from what the file gives and what is stored
-    (None: a new client). An empty state keeps what is stored (a new client's is unknown): a
-    blank cell never undoes a "no". A state without a source or a date takes them from the
-    import (`origin`, "import:clients.csv", and `now`), unless it is the stored state: then
-    the stored ones stay, so that importing the same file every night changes nothing."""
+    (None: a new client). An empty state keeps what is stored (a new client's is unknown).
+    The stored state itself keeps its source and date, so that importing the same file every
+    night changes nothing. A "no" stored (an unsubscribe, `followup consent`, an earlier file)
+    is lifted only by a file that dates its consent after it: a nightly export that still says
+    "yes" never undoes a client's "no". A file's "no" always applies. A state without a source
+    or a date takes them from the import (`origin`, "import:clients.csv", and `now`)."""
     state, source, at = given
     if state is None:
         return stored if stored is not None else (Consent.UNKNOWN.value, None, None)
     if stored is not None and stored[0] == state:
-        return state, source or stored[1], at or stored[2]
+        return stored
+    if stored is not None and stored[0] == Consent.NO.value:
+        if at is None or (stored[2] is not None and at <= stored[2]):
+            return stored
     return state, source or origin, at or now
 
 

@@ -45,7 +45,7 @@ def semicolons(source: Path, target: Path) -> None:
     target.write_text(out.getvalue(), encoding="utf-8", newline="")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("shop")
     followup(folder, "init", env={"FOLLOWUP_NOW": NOW})
@@ -128,11 +128,51 @@ def test_a_shops_exports_go_in_as_they_are_and_the_dry_run_shows_them(shop: Path
     assert [(m["client"], m["campaign"]) for m in today["messages"]] == [("31", "thank_you")]
     assert today["messages"][0]["subject"] == "Merci, Inès !"
 
-    # New Year: greeted with consent (yes, or unknown under the default soft opt-in); Jörg said
-    # no: skipped with the reason; Siobhán and Chloé have an unpaid order: excluded as before.
+    # New Year: greeted with consent (yes, or unknown under the default soft opt-in: every
+    # client imported is the shop's customer); Jörg said no: skipped with the reason; Siobhán
+    # and Chloé have an unpaid order: excluded as before.
     followup(shop, "run", "--dry-run", "--on", "2027-01-01", "--out", "new-year", env=env)
     new_year = json.loads((shop / "new-year" / "manifest.json").read_text(encoding="utf-8"))
     assert sorted(m["client"] for m in new_year["messages"]) == ["31", "32", "7001"]
     skipped = {s["client"]: s["reason"] for s in new_year["skipped"]}
     assert skipped["7002"] == "no marketing consent"
     assert skipped["7003"] == skipped["33"] == "excluded: unpaid purchase"
+
+    tonights_export_again_changes_nothing_and_never_undoes_a_no(shop)
+
+
+def tonights_export_again_changes_nothing_and_never_undoes_a_no(shop: Path) -> None:
+    """The same exports imported again, as a nightly sync does, after Amélie said no on the
+    phone."""
+    db = shop / "var" / "followup.db"
+    env = {"FOLLOWUP_NOW": "2026-12-07T02:00:00Z"}
+    followup(shop, "consent", "7001", "no", "--source", "phone call", env=env)
+    said = rows(db, "SELECT marketing_consent, consent_source, consent_at FROM clients"
+                    " WHERE external_id = '7001'")  # fmt: skip
+    before = rows(db, "SELECT * FROM clients ORDER BY id")
+
+    again = followup(
+        shop, "import", "clients", "customers_export.csv", "--preset", "shopify", env=env
+    )
+    assert "4 imported (0 new, 0 updated, 4 unchanged), 0 rejected" in again.stdout
+    for name in ("orders_export.csv", "woo_orders.csv"):
+        preset = "shopify" if name.startswith("orders") else "woocommerce"
+        result = followup(shop, "import", "purchases", name, "--preset", preset, env=env)
+        assert "0 new, 0 updated" in result.stdout and "0 rejected" in result.stdout
+    assert rows(db, "SELECT * FROM clients ORDER BY id") == before
+    assert said[0][:2] == ("no", "phone call")
+
+    # A customer whose consent cell is blank (Shopify writes nothing when never asked).
+    blank = shop / "blank_consent.csv"
+    lines = (shop / "customers_export.csv").read_text(encoding="utf-8").splitlines()
+    header = next(csv.reader([lines[0]]))
+    cells = dict.fromkeys(header, "")
+    cells.update({"Customer ID": "7005", "First Name": "Zed", "Email": "zed@example.com"})
+    cells["Default Address Country Code"] = "US"
+    out = io.StringIO()
+    csv.writer(out).writerows([header, [cells[h] for h in header]])
+    blank.write_text(out.getvalue(), encoding="utf-8")
+    followup(shop, "import", "clients", "blank_consent.csv", "--preset", "shopify", env=env)
+    assert rows(
+        db, "SELECT marketing_consent, timezone FROM clients WHERE external_id = '7005'"
+    ) == [("unknown", "America/New_York")]

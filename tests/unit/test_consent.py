@@ -296,18 +296,40 @@ def test_settling_an_imports_consent(
     stored: tuple[str, str | None, datetime | None] | None,
     now: datetime,
 ) -> None:
-    state, source, at = settle_consent(given_, stored, "import:clients.csv", now)
+    settled = settle_consent(given_, stored, "import:clients.csv", now)
     wanted, given_source, given_at = given_
     if wanted is None:
-        assert (state, source, at) == (stored or ("unknown", None, None)), "a blank keeps it"
-        return
-    assert state == wanted
-    if given_source is not None:
-        assert source == given_source
-    if given_at is not None:
-        assert at == given_at
-    if stored is not None and stored[0] == wanted:
-        # The same answer again (tonight's import of the same file) changes nothing given.
-        assert (source, at) == (given_source or stored[1], given_at or stored[2])
+        assert settled == (stored or ("unknown", None, None)), "a blank keeps it"
+    elif stored is not None and stored[0] == wanted:
+        # The same answer again (tonight's import of the same file) changes nothing.
+        assert settled == stored
+    elif (
+        stored is not None
+        and stored[0] == "no"
+        and (given_at is None or (stored[2] is not None and given_at <= stored[2]))
+    ):
+        assert settled == stored, "a 'no' is lifted only by a consent dated after it"
     else:
-        assert (source, at) == (given_source or "import:clients.csv", given_at or now)
+        assert settled == (wanted, given_source or "import:clients.csv", given_at or now)
+
+
+def test_a_nightly_export_that_still_says_yes_never_undoes_a_no() -> None:
+    said_no = datetime(2026, 12, 6, 9, tzinfo=UTC)
+    stored = ("no", "unsubscribe", said_no)
+    tonight = datetime(2026, 12, 7, 2, tzinfo=UTC)
+    assert settle_consent(("yes", "shopify", None), stored, "import:c.csv", tonight) == stored
+    older = ("yes", "shopify", said_no - timedelta(days=30))
+    assert settle_consent(older, stored, "import:c.csv", tonight) == stored
+    # The client said yes again, after: a file that dates it lifts the "no".
+    later = said_no + timedelta(hours=5)
+    assert settle_consent(("yes", "form", later), stored, "import:c.csv", tonight) == (
+        "yes",
+        "form",
+        later,
+    )
+    # A file's "no" always applies.
+    assert settle_consent(("no", None, None), ("yes", "form", later), "import:c.csv", tonight) == (
+        "no",
+        "import:c.csv",
+        tonight,
+    )
