@@ -374,6 +374,10 @@ class _Lookups:
     origin: tuple[str, datetime] = ("", datetime.min)
     #: Lower-cased address -> its clients, for purchases that name their client by e-mail.
     by_email: dict[str, list[Any]] = field(default_factory=dict)
+    #: A file without the timezone or locale column: those columns, and the stored
+    #: (timezone, locale, inferred) of the batch's clients.
+    unplaced: tuple[str, ...] = ()
+    places: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
     @classmethod
     def for_batch(
@@ -393,6 +397,14 @@ class _Lookups:
                 lookups.reps[row.external_id] = row.id
                 if not row.active:
                     lookups.retired.add(row.external_id)
+        lookups.unplaced = tuple(c for c in ("timezone", "locale") if c not in header)
+        if kind is Kind.CLIENTS and lookups.unplaced:
+            found_places = ledger_for(conn).by_external_id(
+                conn, clients, _cells(header, batch, "id"), "timezone", "locale", "inferred"
+            )
+            lookups.places = {
+                row.external_id: (row.timezone, row.locale, row.inferred) for row in found_places
+            }
         if kind is Kind.CLIENTS and "marketing_consent" in header:
             at = header.index("id")
             wanted = {c[at].strip() for _, c in batch if len(c) > at}
@@ -452,11 +464,27 @@ class _Lookups:
             record["file_rep"] = rep or None
             if "consent" in record:
                 self._settle_consent(record)
+            self._keep_given_places(record)
             return record
         row = {**row, "client": self.client_of(row)}
         record = purchase_record(row, self.client_zones.get(row["client"]))
         record["client_id"] = self.client_ids[record.pop("client")]
         return record
+
+    def _keep_given_places(self, record: dict[str, Any]) -> None:
+        """A file without the timezone (or locale) column: a stored client keeps the zone an
+        earlier file gave; only one whose zone was inferred has it inferred again (a column
+        the file does not have keeps its stored value, docs/clients.md)."""
+        stored = self.places.get(record["external_id"])
+        if stored is None:
+            return
+        marks = record["inferred"].split(",") if record["inferred"] else []
+        stored_marks = stored[2].split(",")
+        for column in self.unplaced:
+            if column not in stored_marks:
+                record[column] = stored[0] if column == "timezone" else stored[1]
+                marks = [mark for mark in marks if mark != column]
+        record["inferred"] = ",".join(marks)
 
     def _settle_consent(self, record: dict[str, Any]) -> None:
         """The file's consent cells -> the client's consent columns (records.settle_consent).

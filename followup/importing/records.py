@@ -222,9 +222,9 @@ def settle_consent(
         return stored if stored is not None else (Consent.UNKNOWN.value, None, None)
     if stored is not None and stored[0] == state:
         return stored
-    if stored is not None and stored[0] == Consent.NO.value:
-        if at is None or (stored[2] is not None and at <= stored[2]):
-            return stored
+    lifted = at is not None and (stored is None or stored[2] is None or at > stored[2])
+    if stored is not None and stored[0] == Consent.NO.value and not lifted:
+        return stored
     return state, source or origin, at or now
 
 

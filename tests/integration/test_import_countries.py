@@ -178,3 +178,31 @@ def test_with_a_rates_table_they_count_converted(
         "ne-NP",
         ["timezone", "locale"],
     )
+
+
+def test_a_file_without_the_zone_keeps_the_one_an_earlier_file_gave(
+    tmp_path: Path, runtime: Runtime
+) -> None:
+    """A column the file does not have keeps its stored value: a zone an earlier file gave
+    stays; one that was inferred is inferred again (docs/clients.md)."""
+    own = write(
+        tmp_path / "crm.csv",
+        (*SHOPIFY_LIKE, "timezone", "locale"),
+        ("c1", "ana@example.com", "Ana", "Souza", "BR", "America/Manaus", "en-US"),
+        ("c2", "joe@example.com", "Joe", "Lee", "FR", "", ""),
+    )
+    assert api.import_csv(runtime, "clients", own, now=NOW).errors == []
+    shop = write(
+        tmp_path / "shop.csv",
+        SHOPIFY_LIKE,
+        ("c1", "ana@example.com", "Ana", "Souza", "BR"),
+        ("c2", "joe@example.com", "Joe", "Lee", "FR"),
+    )
+    report = api.import_csv(runtime, "clients", shop, now=NOW)
+
+    assert report.errors == [] and report.warnings == []
+    assert (report.created, report.updated, report.unchanged) == (0, 0, 2)
+    assert stored(runtime) == {
+        "c1": ("America/Manaus", "en-US", ""),
+        "c2": ("Europe/Paris", "fr-FR", "timezone,locale"),
+    }
