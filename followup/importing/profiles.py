@@ -86,35 +86,43 @@ class Bound:
         rejected: Callable[[int, list[FieldError]], None],
     ) -> Iterator[tuple[int, list[str]]]:
         """The file's rows -> native rows (line of the record's first line, cells in the
-        order of native_header). A row that cannot be mapped goes to `rejected` instead."""
-        for line, lines in self._records(rows):
-            errors: list[FieldError] = []
-            mapped = [self._map(cells, errors) for cells in lines]
-            if errors:
-                rejected(line, errors)
+        order of native_header). A record that cannot be mapped goes to `rejected` instead,
+        with each of its lines' errors at that line (a grouped order's later lines too)."""
+        for first, lines in self._records(rows):
+            mapped: list[list[str]] = []
+            failed: list[tuple[int, list[FieldError]]] = []
+            for line, cells in lines:
+                errors: list[FieldError] = []
+                mapped.append(self._map(cells, errors))
+                if errors:
+                    failed.append((line, errors))
+            if failed:
+                for line, errors in failed:
+                    rejected(line, errors)
                 continue
-            yield line, self._merge(mapped)
+            yield first, self._merge(mapped)
 
     def _records(
         self, rows: Iterable[tuple[int, list[str]]]
-    ) -> Iterator[tuple[int, list[list[str]]]]:
-        """Each record's first line and its lines: one line each, or a group."""
+    ) -> Iterator[tuple[int, list[tuple[int, list[str]]]]]:
+        """Each record's first line and its lines (each with its line): one line each, or a
+        group."""
         key = self.profile.group_by
         if key is None:
             for line, cells in rows:
-                yield line, [cells]
+                yield line, [(line, cells)]
             return
         at = self.header.index(key)
-        group: list[list[str]] = []
+        group: list[tuple[int, list[str]]] = []
         first, value = 0, None
         for line, cells in rows:
             this = cells[at].strip() if at < len(cells) else ""
             if group and this == value and this:
-                group.append(cells)
+                group.append((line, cells))
                 continue
             if group:
                 yield first, group
-            group, first, value = [cells], line, this
+            group, first, value = [(line, cells)], line, this
         if group:
             yield first, group
 
