@@ -192,6 +192,9 @@ def import_csv(
     if report.mapping is not None:
         label = report.mapping.label
         report.errors = [RowError(e.file, e.line, label(e.column), e.reason) for e in report.errors]
+        report.warnings = [
+            RowError(w.file, w.line, label(w.column), w.reason) for w in report.warnings
+        ]
     # Rows the CSV rules could not read are reported as the reader meets them, ahead of the
     # rest of their batch: every error in the file's order.
     report.errors.sort(key=lambda error: error.line)
