@@ -268,6 +268,11 @@ def _import_rows(
     unknown = [h for h in header if h not in known]
     for column in unknown:
         report.errors.append(RowError(name, 1, column, _unknown(kind)))
+    if kind is Kind.CLIENTS and "marketing_consent" not in header:
+        for column in ("consent_at", "consent_source"):
+            if column in header:
+                reason = "without a marketing_consent column its cells are not imported"
+                report.errors.append(RowError(name, 1, column, reason))
     absent = _absent_keys(kind, header)
     seen: dict[str, int] = {}
     merged = Merged()

@@ -291,3 +291,18 @@ def test_the_operator_sets_consent_and_the_history_shows_it(
         with pytest.raises(FollowupError, match=message):
             api.set_consent(runtime, **arguments)
     assert consents(runtime)["k1"] == ("yes", "signed form", given), "nothing half-written"
+
+
+def test_a_consent_date_or_source_without_the_consent_column_is_reported(
+    tmp_path: Path, runtime: Runtime
+) -> None:
+    path = write(
+        tmp_path,
+        "crm.csv",
+        f"{HEADER},consent_at,consent_source\n{client_line('k1', '')},2026-11-02,form\n",
+    )
+    errors = load(runtime, path)
+
+    assert [(e.line, e.column) for e in errors] == [(1, "consent_at"), (1, "consent_source")]
+    assert "without a marketing_consent column" in errors[0].reason
+    assert consents(runtime) == {"k1": ("unknown", None, None)}  # the client itself is stored
