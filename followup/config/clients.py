@@ -95,7 +95,8 @@ class DefaultsSettings(Section):
     every country (docs/clients.md, "Zone and language from the country")."""
 
     #: The zone of a client of a country with several zones and none configured below: a
-    #: guess, which the import report warns about ("" for none: such a row is rejected).
+    #: guess, which the import report warns about ("" for none: the zone most of the
+    #: country lives in, also a guess; a country without one, such as Antarctica, is rejected).
     timezone: str = ""
     #: The locale of a client of a country without language data ("": [sender]
     #: default_locale).
