@@ -10,6 +10,7 @@ a time: memory does not grow with its length.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -266,6 +267,10 @@ def _import_rows(
     for column in unknown:
         report.errors.append(RowError(name, 1, column, _unknown(kind)))
     absent = _absent_keys(kind, header)
+    # A row's cells of the known columns, by position (one C call a row).
+    names = [h for h in header if h in known]
+    at = [n for n, h in enumerate(header) if h in known]
+    pick = _picker(at)
     seen: dict[str, int] = {}
     merged = Merged()
     with engine.begin() as conn:
@@ -284,7 +289,7 @@ def _import_rows(
                         )
                     )
                     continue
-                row = {h: c for h, c in zip(header, cells, strict=True) if h in known}
+                row = dict(zip(names, pick(cells), strict=True)) if pick else {}
                 try:
                     record = lookup.record(kind, row, defaults, now)
                 except ManyErrors as many:
@@ -323,6 +328,17 @@ def _import_rows(
             report.guessed.clear()
             return report
     return _count(report, merged, written=True)
+
+
+def _picker(at: list[int]) -> Callable[[list[str]], tuple[str, ...]] | None:
+    """A function of a row's cells -> the cells at `at`, in order (None: no position)."""
+    if not at:
+        return None
+    if len(at) == 1:
+        (only,) = at
+        return lambda cells: (cells[only],)
+    getter: Callable[[list[str]], tuple[str, ...]] = operator.itemgetter(*at)
+    return getter
 
 
 def _count(report: ImportReport, merged: Merged, *, written: bool) -> ImportReport:
@@ -453,8 +469,10 @@ class _Lookups:
             if "consent" in record:
                 self._settle_consent(record)
             return record
-        row = {**row, "client": self.client_of(row)}
-        record = purchase_record(row, self.client_zones.get(row["client"]))
+        client = self.client_of(row)
+        if client != row.get("client"):
+            row = {**row, "client": client}
+        record = purchase_record(row, self.client_zones.get(client))
         record["client_id"] = self.client_ids[record.pop("client")]
         return record
 
