@@ -10,16 +10,17 @@ a time: memory does not grow with its length.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
 from followup.domain.territories import NO_DEFAULTS, Source, TerritoryDefaults
+from followup.importing import valid
 from followup.importing.fields import FieldError
 from followup.importing.profiles import Bound, Profile, bind
 from followup.importing.reader import (
@@ -267,19 +268,17 @@ def _import_rows(
     for column in unknown:
         report.errors.append(RowError(name, 1, column, _unknown(kind)))
     absent = _absent_keys(kind, header)
-    # A row's cells of the known columns, by position (one C call a row).
-    names = [h for h in header if h in known]
-    at = [n for n, h in enumerate(header) if h in known]
-    pick = _picker(at)
+    make = valid.maker(kind, header, known, defaults, now)
+    width = len(header)
     seen: dict[str, int] = {}
     merged = Merged()
     with engine.begin() as conn:
-        for batch in chunks(rows, BATCH):
+        while batch := list(islice(rows, BATCH)):
             records: list[tuple[int, dict[str, Any]]] = []
             lookup = _Lookups.for_batch(conn, kind, header, batch, origin=(name, now))
+            report.rows += len(batch)
             for line, cells in batch:
-                report.rows += 1
-                if len(cells) != len(header):
+                if len(cells) != width:
                     report.errors.append(
                         RowError(
                             name,
@@ -289,9 +288,8 @@ def _import_rows(
                         )
                     )
                     continue
-                row = dict(zip(names, pick(cells), strict=True)) if pick else {}
                 try:
-                    record = lookup.record(kind, row, defaults, now)
+                    record = make(lookup, cells)
                 except ManyErrors as many:
                     report.errors.extend(
                         RowError(name, line, e.column, e.reason) for e in many.errors
@@ -328,17 +326,6 @@ def _import_rows(
             report.guessed.clear()
             return report
     return _count(report, merged, written=True)
-
-
-def _picker(at: list[int]) -> Callable[[list[str]], tuple[str, ...]] | None:
-    """A function of a row's cells -> the cells at `at`, in order (None: no position)."""
-    if not at:
-        return None
-    if len(at) == 1:
-        (only,) = at
-        return lambda cells: (cells[only],)
-    getter: Callable[[list[str]], tuple[str, ...]] = operator.itemgetter(*at)
-    return getter
 
 
 def _count(report: ImportReport, merged: Merged, *, written: bool) -> ImportReport:
@@ -459,21 +446,24 @@ class _Lookups:
         if kind is Kind.REPS:
             return rep_record(row)
         if kind is Kind.CLIENTS:
-            record = client_record(row, defaults, now)
-            rep = record.pop("rep")
-            if rep and rep not in self.reps:
-                raise FieldError("rep", f"no rep with id {rep!r} (import reps first)")
-            # The rep moves only when the file's rep changes (storage/imports.py).
-            record["rep_id"] = self.reps.get(rep) if rep else None
-            record["file_rep"] = rep or None
-            if "consent" in record:
-                self._settle_consent(record)
-            return record
+            return self.client(client_record(row, defaults, now))
         client = self.client_of(row)
         if client != row.get("client"):
             row = {**row, "client": client}
         record = purchase_record(row, self.client_zones.get(client))
         record["client_id"] = self.client_ids[record.pop("client")]
+        return record
+
+    def client(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A client's record with its rep and consent resolved (FieldError: no such rep)."""
+        rep = record.pop("rep")
+        if rep and rep not in self.reps:
+            raise FieldError("rep", f"no rep with id {rep!r} (import reps first)")
+        # The rep moves only when the file's rep changes (storage/imports.py).
+        record["rep_id"] = self.reps.get(rep) if rep else None
+        record["file_rep"] = rep or None
+        if "consent" in record:
+            self._settle_consent(record)
         return record
 
     def _settle_consent(self, record: dict[str, Any]) -> None:

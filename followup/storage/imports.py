@@ -197,12 +197,20 @@ def _postgres(conn: Connection, plan: _Plan, rows: list[dict[str, Any]], now: da
     assert isinstance(raw, psycopg.Connection)
     create, copy, merge_rows, drop = _postgres_statements(plan)
     for name in plan.given:
-        _check_aware(plan, name, rows)
+        if _is_timed(plan.target.table, name):
+            _check_aware(plan, name, rows)
     with raw.cursor() as cursor:
         cursor.execute(create)
         with cursor.copy(copy) as sink:
-            for row in rows:
-                sink.write_row(tuple(row[c] for c in plan.given))
+            write = sink.write_row
+            if len(plan.given) == 1:
+                (only,) = plan.given
+                for row in rows:
+                    write((row[only],))
+            else:
+                pick = operator.itemgetter(*plan.given)
+                for row in rows:
+                    write(pick(row))
         cursor.execute(merge_rows, (*plan.defaults.values(), now))
         found = cursor.fetchone()
         cursor.execute(drop)
