@@ -208,6 +208,12 @@ def plain_number(value: str, column: str = "amount", decimal: str = ".") -> str:
     if decimal == "." and _PLAIN.fullmatch(text):
         # Digits with at most a decimal point: the same number (the common case, fast).
         return text
+    return number_rules(text, column, decimal)
+
+
+def number_rules(text: str, column: str, decimal: str) -> str:
+    """plain_number of a stripped `text`, by every rule (plain_number skips them for plain
+    digits with a decimal point, which they return as they are)."""
     if any(unicodedata.category(c) == "Sc" for c in text):
         raise FieldError(
             column, f"{text!r}: remove the currency symbol (the currency has its own column)"
