@@ -10,7 +10,9 @@ a time: memory does not grow with its length.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
@@ -47,7 +49,7 @@ from followup.importing.records import (
 )
 from followup.storage.dialects import ledger_for
 from followup.storage.engine import chunks
-from followup.storage.imports import Merged, Target, merge
+from followup.storage.imports import Merged, Target, client_zones, merge
 from followup.storage.queries import clients_by_email
 from followup.storage.tables import clients, purchases, reps
 
@@ -180,17 +182,18 @@ def import_csv(
         raise
     if report.mapping is not None:
         header, rows = _mapped(report.mapping, rows, report)
-    report = _import_rows(
-        engine,
-        kind,
-        header,
-        rows,
-        report,
-        now=now,
-        strict=strict,
-        defaults=defaults,
-        explain=explain,
-    )
+    with _few_collections():
+        report = _import_rows(
+            engine,
+            kind,
+            header,
+            rows,
+            report,
+            now=now,
+            strict=strict,
+            defaults=defaults,
+            explain=explain,
+        )
     if report.mapping is not None:
         label = report.mapping.label
         report.errors = [RowError(e.file, e.line, label(e.column), e.reason) for e in report.errors]
@@ -198,6 +201,22 @@ def import_csv(
     # rest of their batch: every error in the file's order.
     report.errors.sort(key=lambda error: error.line)
     return report
+
+
+@contextmanager
+def _few_collections() -> Iterator[None]:
+    """Python's cycle collector ran every 700 new objects, and, as each batch's rows died old,
+    over the whole heap: a quarter of an import (bench/importing.py). During the import the
+    objects from before it are left out (gc.freeze) and the youngest generation is collected
+    every 50,000 new objects: cycles are still collected, memory stays bounded."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 def _mapped(
@@ -415,9 +434,9 @@ class _Lookups:
                     lookups.client_ids[row.external_id] = row.id
                     lookups.client_zones[row.external_id] = row.timezone
             wanted -= set(lookups.client_ids)
-            for row in ledger_for(conn).by_external_id(conn, clients, wanted, "timezone"):
-                lookups.client_ids[row.external_id] = row.id
-                lookups.client_zones[row.external_id] = row.timezone
+            for external_id, client_id, zone in client_zones(conn, wanted):
+                lookups.client_ids[external_id] = client_id
+                lookups.client_zones[external_id] = zone
         return lookups
 
     def client_of(self, row: dict[str, str]) -> str:

@@ -151,22 +151,30 @@ def purchases(
         return None
     i_id, _, i_at, i_product, i_amount, i_currency = (at[c] for c in REQUIRED[Kind.PURCHASES])
     i_status = at.get("status")
+    #: A status cell -> its value (a file repeats a few).
+    statuses: dict[str, str] = {}
 
     def record(cells: Sequence[str], client: str, zone: str) -> dict[str, Any]:
         if _CONTROL.search("".join(cells)):
             raise Slow
-        external_id = _text(cells[i_id], 128)
-        if len(client) > 128 or not client:
+        external_id = cells[i_id].strip()
+        product = cells[i_product].strip()
+        if not (external_id and client and product):
+            raise Slow
+        if len(external_id) > 128 or len(client) > 128 or len(product) > 512:
             raise Slow
         currency = parse_currency(cells[i_currency])
-        status = cells[i_status].strip() if i_status is not None else ""
+        status = cells[i_status] if i_status is not None else ""
+        paid = statuses.get(status)
+        if paid is None:
+            paid = statuses[status] = _status(status)
         return {
             "external_id": external_id,
             "purchased_at": parse_instant(cells[i_at], zone),
-            "product": _text(cells[i_product], 512),
+            "product": product,
             "currency": currency,
             "amount_minor": parse_amount(cells[i_amount], currency),
-            "status": parse_choice(status, "status", PurchaseStatus) if status else _PAID,
+            "status": paid,
         }
 
     return record
@@ -225,3 +233,8 @@ def _picker(at: list[int]) -> Callable[[list[str]], tuple[str, ...]] | None:
         return lambda cells: (cells[only],)
     getter: Callable[[list[str]], tuple[str, ...]] = operator.itemgetter(*at)
     return getter
+
+
+def _status(cell: str) -> str:
+    status = cell.strip()
+    return parse_choice(status, "status", PurchaseStatus) if status else _PAID
