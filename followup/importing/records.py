@@ -109,59 +109,6 @@ def client_record(
     """A validated client; `rep` stays an external id for the store to resolve. A zone or
     locale the row does not give is inferred from the country (`defaults`, as of `now`), and
     `inferred` names those columns ("timezone,locale"; "" when both were given)."""
-    now = now or datetime.now(UTC)
-    try:
-        return _valid_client(row, defaults, now)
-    except (FieldError, NoValue):
-        return _checked_client(row, defaults, now)
-
-
-def _valid_client(
-    row: Mapping[str, str], defaults: TerritoryDefaults, now: datetime
-) -> dict[str, Any]:
-    """client_record of a valid row, the same record, with no error collected: the first
-    error raises, and _checked_client then finds them all."""
-    record: dict[str, Any] = {
-        "external_id": parse_text(row["id"], "id", 128),
-        "email": parse_email(row["email"]),
-        "first_name": parse_text(row["first_name"], "first_name", 256),
-        "last_name": parse_text(row["last_name"], "last_name", 256, required=False),
-    }
-    country = parse_country(row["country"])
-    inferred = ""
-    given = row.get("locale", "")
-    if given.strip():
-        record["locale"] = parse_locale(given)
-    else:
-        record["locale"] = defaults.infer("locale", country, now).value
-        inferred = "locale"
-    given = row.get("timezone", "")
-    if given.strip():
-        zone = record["timezone"] = parse_timezone(given)
-    else:
-        zone = record["timezone"] = defaults.infer("timezone", country, now).value
-        inferred = "timezone," + inferred if inferred else "timezone"
-    record["inferred"] = inferred
-    record["country"] = country
-    birthday = row.get("birthday", "").strip()
-    year, month, day = parse_birthday(birthday) if birthday else (None, None, None)
-    record["rep"] = parse_text(row.get("rep", ""), "rep", 128, required=False)
-    record["tier"] = parse_text(row.get("tier", ""), "tier", 64, required=False).lower()
-    record["tags"] = parse_text(row.get("tags", ""), "tags", 1024, required=False)
-    status = row.get("status", "").strip()
-    record["status"] = (
-        parse_choice(status, "status", ClientStatus) if status else ClientStatus.ACTIVE.value
-    )
-    if "marketing_consent" in row:
-        record["consent"] = consent_cells(row, zone)
-    record.update(birthday_year=year, birthday_month=month, birthday_day=day)
-    return record
-
-
-def _checked_client(
-    row: Mapping[str, str], defaults: TerritoryDefaults, now: datetime
-) -> dict[str, Any]:
-    """client_record, every error of the row collected (ManyErrors for several)."""
     errors: list[FieldError] = []
     record: dict[str, Any] = {}
 
@@ -179,7 +126,7 @@ def _checked_client(
         country: str | None = parse_country(row["country"])
     except FieldError:
         country = None  # reported below, after the zone and locale (the columns' order)
-    inferred = _zone_and_locale(row, country, record, errors, defaults, now)
+    inferred = _zone_and_locale(row, country, record, errors, defaults, now or datetime.now(UTC))
     record["inferred"] = ",".join(inferred)
     take("country", lambda: parse_country(row["country"]))
     birthday = row.get("birthday", "").strip()
@@ -280,34 +227,6 @@ def purchase_record(row: Mapping[str, str], client_zone: str | None) -> dict[str
     client is unknown, which is an error of the row; its date is then still checked (read in
     UTC), so that every error of the row is reported. An amount is checked against its
     currency's decimals, so only when the currency is valid."""
-    if client_zone is not None:
-        try:
-            return _valid_purchase(row, client_zone)
-        except FieldError:
-            pass
-    return _checked_purchase(row, client_zone)
-
-
-def _valid_purchase(row: Mapping[str, str], zone: str) -> dict[str, Any]:
-    """purchase_record of a valid row of a known client, the same record; the first error
-    raises, and _checked_purchase then finds them all."""
-    currency = parse_currency(row["currency"])
-    status = row.get("status", "").strip()
-    return {
-        "external_id": parse_text(row["id"], "id", 128),
-        "client": parse_text(row["client"], "client", 128),
-        "purchased_at": parse_instant(row["purchased_at"], zone or "UTC"),
-        "product": parse_text(row["product"], "product", 512),
-        "currency": currency,
-        "amount_minor": parse_amount(row["amount"], currency),
-        "status": (
-            parse_choice(status, "status", PurchaseStatus) if status else PurchaseStatus.PAID.value
-        ),
-    }
-
-
-def _checked_purchase(row: Mapping[str, str], client_zone: str | None) -> dict[str, Any]:
-    """purchase_record, every error of the row collected (ManyErrors for several)."""
     fields = _Fields()
     fields.take("external_id", lambda: parse_text(row["id"], "id", 128))
     client = fields.take("client", lambda: parse_text(row["client"], "client", 128))

@@ -31,7 +31,7 @@ from followup.importing.fields import (
     parse_locale,
     parse_timezone,
 )
-from followup.importing.records import REQUIRED, Kind, consent_cells
+from followup.importing.records import REQUIRED, STAND_INS, Kind, consent_cells
 
 #: What fields.parse_text refuses anywhere in a cell (control characters, other line breaks).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
@@ -52,6 +52,8 @@ class Lookups(Protocol):
 
     def client(self, record: dict[str, Any]) -> dict[str, Any]: ...
 
+    def client_of(self, row: dict[str, str]) -> str: ...
+
 
 class Slow(Exception):
     """The row is not for the fast path."""
@@ -69,9 +71,9 @@ def _positions(kind: Kind, header: Sequence[str]) -> dict[str, int] | None:
     """Each column's position, or None when the header lacks a required column or has one
     twice (the checked path then handles every row). Other columns are not read."""
     at = {name: n for n, name in enumerate(header)}
-    if any(c not in at for c in REQUIRED[kind]) or len(at) != len(header):
+    if any(c not in at and STAND_INS.get(c) not in at for c in REQUIRED[kind]):
         return None
-    return at
+    return at if len(at) == len(header) else None
 
 
 def clients(
@@ -143,13 +145,16 @@ def clients(
 def purchases(
     header: Sequence[str],
 ) -> Callable[[Sequence[str], str, str], dict[str, Any]] | None:
-    """A function of a row's cells, its client's external id (as the importer found it) and
-    zone -> records.purchase_record of the row, without its "client", or None when the
-    header is not for this path (a file that names its clients by e-mail alone included)."""
+    """A function of a row's cells, its client's external id (as the importer found it: the
+    client cell, or the one client with the row's e-mail address) and zone ->
+    records.purchase_record of the row, without its "client", or None when the header is
+    not for this path."""
     at = _positions(Kind.PURCHASES, header)
-    if at is None or "client_email" in at:
+    if at is None:
         return None
-    i_id, _, i_at, i_product, i_amount, i_currency = (at[c] for c in REQUIRED[Kind.PURCHASES])
+    i_id, i_at, i_product, i_amount, i_currency = (
+        at[c] for c in ("id", "purchased_at", "product", "amount", "currency")
+    )
     i_status = at.get("status")
     #: A status cell -> its value (a file repeats a few).
     statuses: dict[str, str] = {}
@@ -206,10 +211,19 @@ def maker(
 
         return client
     if fast_purchase is not None:
-        make_purchase, at = fast_purchase, header.index("client")
+        make_purchase = fast_purchase
+        i_client = header.index("client") if "client" in header else None
+        i_email = header.index("client_email") if "client_email" in header else None
 
         def purchase(lookup: Lookups, cells: list[str]) -> dict[str, Any]:
-            client = cells[at].strip()
+            client = cells[i_client].strip() if i_client is not None else ""
+            if not client and i_email is not None:
+                try:
+                    client = lookup.client_of({"client_email": cells[i_email]})
+                except FieldError:
+                    return checked(lookup, cells)
+                if _CONTROL.search(client):
+                    return checked(lookup, cells)
             zone = lookup.client_zones.get(client)
             if not zone:
                 return checked(lookup, cells)

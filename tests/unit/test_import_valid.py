@@ -140,8 +140,10 @@ def test_the_fast_path_takes_the_valid_rows() -> None:
 def test_headers_the_fast_path_leaves_to_records() -> None:
     assert valid.clients(["id", "email", "first_name", "last_name"], NO_DEFAULTS, NOW) is None
     assert valid.clients([*REQUIRED[Kind.CLIENTS], "id"], NO_DEFAULTS, NOW) is None
-    # A file naming its clients by e-mail: the importer resolves them row by row.
-    assert valid.purchases([*REQUIRED[Kind.PURCHASES], "client_email"]) is None
+    assert valid.purchases(["id", "purchased_at", "product", "amount", "currency"]) is None
+    # A file naming its clients by e-mail (client_email standing in for client) is taken.
+    by_email = ["id", "client_email", "purchased_at", "product", "amount", "currency"]
+    assert valid.purchases(by_email) is not None
 
 
 @pytest.mark.parametrize(
