@@ -87,6 +87,7 @@ def parse_locale(value: str, column: str = "locale") -> str:
     return tag
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_country(value: str, column: str = "country") -> str:
     code = value.strip().upper()
     if code not in countries():
@@ -163,11 +164,16 @@ def parse_choice(value: str, column: str, choices: type[enum.StrEnum]) -> str:
     return lowered
 
 
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@functools.lru_cache(maxsize=4096)
 def parse_instant(value: str, zone: str, column: str = "purchased_at") -> datetime:
-    """ISO 8601; a date alone is midnight, and a time without offset is local, in `zone`."""
+    """ISO 8601; a date alone is midnight, and a time without offset is local, in `zone`.
+    Kept for the dates a file repeats (a day's orders)."""
     value = value.strip()
     try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        if _DATE.fullmatch(value):
             naive = datetime.combine(date.fromisoformat(value), time())
         else:
             naive = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -182,6 +188,8 @@ def parse_instant(value: str, zone: str, column: str = "purchased_at") -> dateti
 
 #: The spaces that may group thousands: the space, the no-break space and the narrow one.
 _SPACES = " \u00a0\u202f"
+#: A number plain_number returns as it is with the decimal point ".".
+_PLAIN = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 #: How to name the setting of a file's decimal mark in an error.
 DECIMAL_OPTION = '--decimal , (or decimal = "," in the import mapping)'
 
@@ -197,6 +205,15 @@ def plain_number(value: str, column: str = "amount", decimal: str = ".") -> str:
     column of its own). A value that is not made of digits and marks is returned as it is,
     for parse_amount to judge."""
     text = value.strip()
+    if decimal == "." and _PLAIN.fullmatch(text):
+        # Digits with at most a decimal point: the same number (the common case, fast).
+        return text
+    return number_rules(text, column, decimal)
+
+
+def number_rules(text: str, column: str, decimal: str) -> str:
+    """plain_number of a stripped `text`, by every rule (plain_number skips them for plain
+    digits with a decimal point, which they return as they are)."""
     if any(unicodedata.category(c) == "Sc" for c in text):
         raise FieldError(
             column, f"{text!r}: remove the currency symbol (the currency has its own column)"
@@ -232,13 +249,15 @@ def plain_number(value: str, column: str = "amount", decimal: str = ".") -> str:
     return digits if fraction is None else f"{digits}.{fraction}"
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_amount(value: str, currency: str, column: str = "amount", decimal: str = ".") -> int:
     """A decimal amount -> minor units of `currency` (cents); the file's number format as
     plain_number reads it.
 
     With the default decimal point, one dot before exactly three digits ("14.450", "1.000") is
     ambiguous for a currency of fewer decimals: 14.45, or 14450 from a file whose dots group
-    thousands? It is refused, naming the option, unless the currency has three decimals."""
+    thousands? It is refused, naming the option, unless the currency has three decimals. Kept
+    for the prices a file repeats."""
     text = plain_number(value, column, decimal)
     try:
         amount = Decimal(text)

@@ -10,15 +10,19 @@ a time: memory does not grow with its length.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
 from followup.domain.territories import NO_DEFAULTS, Source, TerritoryDefaults
+from followup.importing import valid
 from followup.importing.fields import FieldError
 from followup.importing.profiles import Bound, Profile, bind
 from followup.importing.reader import (
@@ -45,7 +49,7 @@ from followup.importing.records import (
 )
 from followup.storage.dialects import ledger_for
 from followup.storage.engine import chunks
-from followup.storage.imports import Merged, Target, merge
+from followup.storage.imports import Merged, Target, client_zones, merge
 from followup.storage.queries import clients_by_email
 from followup.storage.tables import clients, purchases, reps
 
@@ -178,17 +182,18 @@ def import_csv(
         raise
     if report.mapping is not None:
         header, rows = _mapped(report.mapping, rows, report)
-    report = _import_rows(
-        engine,
-        kind,
-        header,
-        rows,
-        report,
-        now=now,
-        strict=strict,
-        defaults=defaults,
-        explain=explain,
-    )
+    with _few_collections():
+        report = _import_rows(
+            engine,
+            kind,
+            header,
+            rows,
+            report,
+            now=now,
+            strict=strict,
+            defaults=defaults,
+            explain=explain,
+        )
     if report.mapping is not None:
         label = report.mapping.label
         report.errors = [RowError(e.file, e.line, label(e.column), e.reason) for e in report.errors]
@@ -199,6 +204,22 @@ def import_csv(
     # rest of their batch: every error in the file's order.
     report.errors.sort(key=lambda error: error.line)
     return report
+
+
+@contextmanager
+def _few_collections() -> Iterator[None]:
+    """Python's cycle collector ran every 700 new objects, and, as each batch's rows died old,
+    over the whole heap: a quarter of an import (bench/importing.py). During the import the
+    objects from before it are left out (gc.freeze) and the youngest generation is collected
+    every 50,000 new objects: cycles are still collected, memory stays bounded."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 def _mapped(
@@ -268,21 +289,19 @@ def _import_rows(
     unknown = [h for h in header if h not in known]
     for column in unknown:
         report.errors.append(RowError(name, 1, column, _unknown(kind)))
-    if kind is Kind.CLIENTS and "marketing_consent" not in header:
-        for column in ("consent_at", "consent_source"):
-            if column in header:
-                reason = "without a marketing_consent column its cells are not imported"
-                report.errors.append(RowError(name, 1, column, reason))
+    report.errors.extend(_consent_without_state(name, kind, header))
     absent = _absent_keys(kind, header)
+    make = valid.maker(kind, header, known, defaults, now)
+    width = len(header)
     seen: dict[str, int] = {}
     merged = Merged()
     with engine.begin() as conn:
-        for batch in chunks(rows, BATCH):
+        while batch := list(islice(rows, BATCH)):
             records: list[tuple[int, dict[str, Any]]] = []
             lookup = _Lookups.for_batch(conn, kind, header, batch, origin=(name, now))
+            report.rows += len(batch)
             for line, cells in batch:
-                report.rows += 1
-                if len(cells) != len(header):
+                if len(cells) != width:
                     report.errors.append(
                         RowError(
                             name,
@@ -292,9 +311,8 @@ def _import_rows(
                         )
                     )
                     continue
-                row = {h: c for h, c in zip(header, cells, strict=True) if h in known}
                 try:
-                    record = lookup.record(kind, row, defaults, now)
+                    record = make(lookup, cells)
                 except ManyErrors as many:
                     report.errors.extend(
                         RowError(name, line, e.column, e.reason) for e in many.errors
@@ -342,6 +360,14 @@ def _count(report: ImportReport, merged: Merged, *, written: bool) -> ImportRepo
     report.warnings.extend(report.guesses())
     report.warnings.sort(key=lambda warning: warning.line)
     return report
+
+
+def _consent_without_state(name: str, kind: Kind, header: list[str]) -> list[RowError]:
+    """A consent's date or source in a file without the consent itself: reported, not read."""
+    if kind is not Kind.CLIENTS or "marketing_consent" in header:
+        return []
+    reason = "without a marketing_consent column its cells are not imported"
+    return [RowError(name, 1, c, reason) for c in ("consent_at", "consent_source") if c in header]
 
 
 def _absent_keys(kind: Kind, header: list[str]) -> tuple[str, ...]:
@@ -432,9 +458,9 @@ class _Lookups:
                     lookups.client_ids[row.external_id] = row.id
                     lookups.client_zones[row.external_id] = row.timezone
             wanted -= set(lookups.client_ids)
-            for row in ledger_for(conn).by_external_id(conn, clients, wanted, "timezone"):
-                lookups.client_ids[row.external_id] = row.id
-                lookups.client_zones[row.external_id] = row.timezone
+            for external_id, client_id, zone in client_zones(conn, wanted):
+                lookups.client_ids[external_id] = client_id
+                lookups.client_zones[external_id] = zone
         return lookups
 
     def client_of(self, row: dict[str, str]) -> str:
@@ -463,20 +489,25 @@ class _Lookups:
         if kind is Kind.REPS:
             return rep_record(row)
         if kind is Kind.CLIENTS:
-            record = client_record(row, defaults, now)
-            rep = record.pop("rep")
-            if rep and rep not in self.reps:
-                raise FieldError("rep", f"no rep with id {rep!r} (import reps first)")
-            # The rep moves only when the file's rep changes (storage/imports.py).
-            record["rep_id"] = self.reps.get(rep) if rep else None
-            record["file_rep"] = rep or None
-            if "consent" in record:
-                self._settle_consent(record)
-            self._keep_given_places(record)
-            return record
-        row = {**row, "client": self.client_of(row)}
-        record = purchase_record(row, self.client_zones.get(row["client"]))
+            return self.client(client_record(row, defaults, now))
+        client = self.client_of(row)
+        if client != row.get("client"):
+            row = {**row, "client": client}
+        record = purchase_record(row, self.client_zones.get(client))
         record["client_id"] = self.client_ids[record.pop("client")]
+        return record
+
+    def client(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A client's record with its rep and consent resolved (FieldError: no such rep)."""
+        rep = record.pop("rep")
+        if rep and rep not in self.reps:
+            raise FieldError("rep", f"no rep with id {rep!r} (import reps first)")
+        # The rep moves only when the file's rep changes (storage/imports.py).
+        record["rep_id"] = self.reps.get(rep) if rep else None
+        record["file_rep"] = rep or None
+        if "consent" in record:
+            self._settle_consent(record)
+        self._keep_given_places(record)
         return record
 
     def _keep_given_places(self, record: dict[str, Any]) -> None:

@@ -161,8 +161,8 @@ def read_rows(
                     for cells in reader:
                         start = previous + 1
                         previous = reader.line_num
-                        if not any(c.strip() for c in cells):
-                            continue
+                        if not "".join(cells).strip():
+                            continue  # blank: no cell holds anything but spaces
                         yield start, cells
                     return
                 except csv.Error as exc:
