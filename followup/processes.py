@@ -47,6 +47,40 @@ def freeze_startup_heap() -> None:
         gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
 
 
+#: Imports under few_collections: (how many run now, the threshold to restore, whether the
+#: first of them froze the heap). Several threads may import at once (the library's users).
+_collections_lock = threading.Lock()
+_collections: list[Any] = [0, None, False]
+
+
+@contextlib.contextmanager
+def few_collections() -> Iterator[None]:
+    """During a bulk import: Python's cycle collector ran every 700 new objects and, as each
+    batch's rows died old, over the whole heap: a quarter of an import (bench/RESULTS.md).
+    The objects from before it leave the generations (gc.freeze, unless the process froze its
+    heap already: freeze_startup_heap's stays) and the youngest generation is collected every
+    50,000 new objects: cycles are still collected, memory stays bounded. Nested or
+    concurrent imports share one such period: the first in sets it, the last out restores."""
+    with _collections_lock:
+        if _collections[0] == 0:
+            threshold = gc.get_threshold()
+            froze = gc.get_freeze_count() == 0
+            if froze:
+                gc.freeze()
+            _collections[1:] = [threshold, froze]
+            gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
+        _collections[0] += 1
+    try:
+        yield
+    finally:
+        with _collections_lock:
+            _collections[0] -= 1
+            if _collections[0] == 0:
+                gc.set_threshold(*_collections[1])
+                if _collections[2]:
+                    gc.unfreeze()
+
+
 @contextlib.contextmanager
 def process_pool(
     engine: Engine,

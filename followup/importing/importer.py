@@ -10,9 +10,7 @@ a time: memory does not grow with its length.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
@@ -47,6 +45,7 @@ from followup.importing.records import (
     rep_record,
     settle_consent,
 )
+from followup.processes import few_collections
 from followup.storage.dialects import ledger_for
 from followup.storage.engine import chunks
 from followup.storage.imports import Merged, Target, client_zones, merge
@@ -182,7 +181,7 @@ def import_csv(
         raise
     if report.mapping is not None:
         header, rows = _mapped(report.mapping, rows, report)
-    with _few_collections():
+    with few_collections():
         report = _import_rows(
             engine,
             kind,
@@ -204,22 +203,6 @@ def import_csv(
     # rest of their batch: every error in the file's order.
     report.errors.sort(key=lambda error: error.line)
     return report
-
-
-@contextmanager
-def _few_collections() -> Iterator[None]:
-    """Python's cycle collector ran every 700 new objects, and, as each batch's rows died old,
-    over the whole heap: a quarter of an import (bench/importing.py). During the import the
-    objects from before it are left out (gc.freeze) and the youngest generation is collected
-    every 50,000 new objects: cycles are still collected, memory stays bounded."""
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
 
 
 def _mapped(

@@ -135,7 +135,8 @@ def client_record(
     else:
         record["birthday"] = (None, None, None)
     take("rep", lambda: parse_text(row.get("rep", ""), "rep", 128, required=False))
-    take("tier", lambda: parse_text(row.get("tier", ""), "tier", 64, required=False).lower())
+    # Lower-cased before its length is checked: a lower-cased letter may be longer (İ).
+    take("tier", lambda: parse_text(row.get("tier", "").lower(), "tier", 64, required=False))
     take("tags", lambda: parse_text(row.get("tags", ""), "tags", 1024, required=False))
     status = row.get("status", "").strip()
     record["status"] = ClientStatus.ACTIVE.value

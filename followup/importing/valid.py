@@ -127,7 +127,7 @@ def clients(
         year, month, day = parse_birthday(birthday) if birthday else (None, None, None)
         made["rep"] = _text(cells[i_rep], 128, required=False) if i_rep is not None else ""
         made["tier"] = (
-            _text(cells[i_tier], 64, required=False).lower() if i_tier is not None else ""
+            _text(cells[i_tier].lower(), 64, required=False) if i_tier is not None else ""
         )
         made["tags"] = _text(cells[i_tags], 1024, required=False) if i_tags is not None else ""
         status = cells[i_status].strip() if i_status is not None else ""

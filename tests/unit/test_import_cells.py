@@ -21,6 +21,7 @@ from followup.importing.fields import (
     parse_locale,
     parse_timezone,
 )
+from followup.importing.records import ManyErrors, client_record
 
 # ----------------------------------------------------------------------------- parse_email
 
@@ -334,3 +335,14 @@ def test_parse_instant_round_trips_iso_8601(
 def test_parse_instant_out_of_range_is_a_field_error(value: str, zone: str) -> None:
     with pytest.raises(FieldError):
         parse_instant(value, zone)
+
+
+def test_a_tier_is_lower_cased_before_its_length_is_checked() -> None:
+    row = {
+        "id": "c1", "email": "a@example.com", "first_name": "A", "last_name": "B",
+        "locale": "tr", "timezone": "Europe/Istanbul", "country": "TR", "tier": "İ" * 40,
+    }  # fmt: skip
+    # 40 characters as written, 80 once lower-cased ("i" and a combining dot each).
+    with pytest.raises((FieldError, ManyErrors), match="tier: is longer than 64 characters"):
+        client_record(row)
+    assert client_record({**row, "tier": "İ" * 32})["tier"] == "i̇" * 32
