@@ -26,39 +26,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-#: followup's columns a mapping may name, by kind of file. importing/records.py reads them
-#: (tests/unit/test_import_profiles.py checks that the two agree); the consent columns are
-#: listed here so that a mapping may name them.
-NATIVE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "reps": ("id", "name", "email", "signature", "active"),
-    "clients": (
-        "id",
-        "email",
-        "first_name",
-        "last_name",
-        "locale",
-        "timezone",
-        "country",
-        "birthday",
-        "rep",
-        "tier",
-        "tags",
-        "status",
-        "marketing_consent",
-        "consent_source",
-        "consent_at",
-    ),
-    "purchases": (
-        "id",
-        "client",
-        "client_email",
-        "purchased_at",
-        "product",
-        "amount",
-        "currency",
-        "status",
-    ),
-}
+from followup.domain.columns import Kind, columns_of
+
+#: followup's columns a mapping may name, by kind of file: those the importer reads.
+NATIVE_COLUMNS: dict[str, tuple[str, ...]] = {kind.value: columns_of(kind) for kind in Kind}
 
 #: The shipped presets (importing/presets/NAME.toml) and the name of the config's mapping.
 PRESETS = ("shopify", "woocommerce")

@@ -16,7 +16,7 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from followup.importing.records import OPTIONAL, REQUIRED, Kind
+from followup.domain.columns import OPTIONAL, REQUIRED, Kind
 
 REPS = [
     ("rep-joe", "Joe Girard", "joe.girard@example.com", "Joe Girard\nYour salesman, for life"),

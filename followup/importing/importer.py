@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
+from followup.domain.columns import OPTIONAL, REQUIRED, STAND_INS, Kind, columns_of
 from followup.domain.territories import NO_DEFAULTS, Source, TerritoryDefaults
 from followup.importing import valid
 from followup.importing.fields import FieldError
@@ -33,14 +34,9 @@ from followup.importing.reader import (
     read_rows,
 )
 from followup.importing.records import (
-    OPTIONAL,
-    REQUIRED,
-    STAND_INS,
-    Kind,
     ManyErrors,
     StoredConsent,
     client_record,
-    columns_of,
     purchase_record,
     rep_record,
     settle_consent,

@@ -11,9 +11,9 @@ from importlib import resources
 from pydantic import ValidationError
 
 from followup.config.imports import CONFIG, NATIVE_COLUMNS, PRESETS, ColumnMapping, ImportSettings
+from followup.domain.columns import Kind
 from followup.errors import ConfigError
 from followup.importing.profiles import Column, Profile, native_profile
-from followup.importing.records import Kind
 
 __all__ = ["CONFIG", "PRESETS", "profile_for"]
 

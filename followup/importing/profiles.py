@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from followup.domain.columns import OPTIONAL, REQUIRED, STAND_INS, Kind, columns_of
 from followup.importing.fields import FieldError, plain_number
 from followup.importing.reader import HeaderError
-from followup.importing.records import OPTIONAL, REQUIRED, STAND_INS, Kind, columns_of
 
 
 @dataclass(frozen=True, slots=True)

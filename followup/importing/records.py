@@ -4,7 +4,6 @@ column a kind of file has, and the record each row becomes. Pure: references to 
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -27,45 +26,6 @@ from followup.importing.fields import (
     parse_text,
     parse_timezone,
 )
-
-
-class Kind(enum.StrEnum):
-    REPS = "reps"
-    CLIENTS = "clients"
-    PURCHASES = "purchases"
-
-
-REQUIRED: dict[Kind, tuple[str, ...]] = {
-    Kind.REPS: ("id", "name", "email"),
-    Kind.CLIENTS: ("id", "email", "first_name", "last_name", "country"),
-    Kind.PURCHASES: ("id", "client", "purchased_at", "product", "amount", "currency"),
-}
-OPTIONAL: dict[Kind, tuple[str, ...]] = {
-    Kind.REPS: ("signature", "active"),
-    #: locale and timezone: inferred from the country when absent or empty (territories).
-    Kind.CLIENTS: (
-        "locale",
-        "timezone",
-        "birthday",
-        "rep",
-        "tier",
-        "tags",
-        "status",
-        "marketing_consent",
-        "consent_at",
-        "consent_source",
-    ),
-    Kind.PURCHASES: ("status",),
-}
-#: A column that may stand in for a required one: a purchase names its client by id or, when
-#: the id is not given, by e-mail (the importer looks the address up).
-STAND_INS: dict[str, str] = {"client": "client_email"}
-
-
-def columns_of(kind: Kind) -> tuple[str, ...]:
-    """Every column a `kind` file may have: required, optional, then stand-ins."""
-    given = (*REQUIRED[kind], *OPTIONAL[kind])
-    return given + tuple(STAND_INS[c] for c in REQUIRED[kind] if c in STAND_INS)
 
 
 class _Fields:

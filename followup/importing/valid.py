@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+from followup.domain.columns import REQUIRED, STAND_INS, Kind
 from followup.domain.statuses import ClientStatus, PurchaseStatus
 from followup.domain.territories import NoValue, TerritoryDefaults
 from followup.importing.fields import (
@@ -31,7 +32,7 @@ from followup.importing.fields import (
     parse_locale,
     parse_timezone,
 )
-from followup.importing.records import REQUIRED, STAND_INS, Kind, consent_cells
+from followup.importing.records import consent_cells
 
 #: What fields.parse_text refuses anywhere in a cell (control characters, other line breaks).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")

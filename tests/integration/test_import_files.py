@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import Table, select
 
 from followup import api
+from followup.domain.columns import REQUIRED
 from followup.importing.importer import EncodingError, HeaderError, Kind, import_csv
-from followup.importing.records import REQUIRED
 from followup.runtime import Runtime
 from followup.storage import tables
 from followup.storage.engine import CHUNK, reader

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Table, delete, select, update
 
 from followup.config import Settings
+from followup.domain.columns import OPTIONAL, REQUIRED
 from followup.importing.importer import ImportReport, Kind, import_csv
-from followup.importing.records import OPTIONAL, REQUIRED
 from followup.planning.plan import clients_to_replan, plan
 from followup.runtime import Runtime
 from followup.storage import people, tables

@@ -20,10 +20,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy import Table, delete, func, select
 
+from followup.domain.columns import OPTIONAL, REQUIRED
 from followup.domain.statuses import ClientStatus, Consent
 from followup.importing.fields import parse_email
 from followup.importing.importer import HeaderError, ImportReport, Kind, RowError, import_csv
-from followup.importing.records import OPTIONAL, REQUIRED
 from followup.runtime import Runtime
 from followup.storage import tables
 from followup.storage.engine import reader

@@ -15,15 +15,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from followup.config.imports import NATIVE_COLUMNS, PRESETS, ImportSettings
+from followup.config.imports import PRESETS, ImportSettings
 from followup.config.settings import load_settings
+from followup.domain.columns import REQUIRED, Kind
 from followup.domain.statuses import PurchaseStatus
 from followup.errors import ConfigError
 from followup.importing.fields import FieldError, parse_amount, plain_number
 from followup.importing.presets import profile_for
 from followup.importing.profiles import Bound, Column, Profile, bind, describe
 from followup.importing.reader import HeaderError
-from followup.importing.records import REQUIRED, Kind, columns_of
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "presets"
 NO_CONFIG = ImportSettings()
@@ -58,16 +58,6 @@ def mapped(
 
 
 # ----------------------------------------------------------------------------- the columns
-
-
-def test_the_settings_know_every_column_the_records_read() -> None:
-    """A mapping may name every native column; the only ones records.py does not read yet are
-    the consent columns (stored from migration 0009 on; parsed once they are imported)."""
-    for kind in Kind:
-        native = set(NATIVE_COLUMNS[kind.value])
-        read_by_records = set(columns_of(kind))
-        assert read_by_records <= native
-        assert native - read_by_records <= {"marketing_consent", "consent_source", "consent_at"}
 
 
 @pytest.mark.parametrize("preset", PRESETS)

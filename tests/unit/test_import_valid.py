@@ -12,13 +12,11 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from followup.domain.columns import OPTIONAL, REQUIRED, Kind
 from followup.domain.territories import NO_DEFAULTS, NoValue, TerritoryDefaults
 from followup.importing import valid
 from followup.importing.fields import FieldError, number_rules, plain_number
 from followup.importing.records import (
-    OPTIONAL,
-    REQUIRED,
-    Kind,
     ManyErrors,
     client_record,
     purchase_record,
