@@ -2,14 +2,12 @@
 once, and the bulk writes of imports and plans.
 
 The rules are written once, in `Ledger`; each database has one implementation of the
-statements that differ (followup.storage.sqlite, followup.storage.postgres), readable top to
-bottom for that database. `followup.storage.dialects.ledger_for(engine or connection)` gives
-the one to use.
+statements that differ (storage.sqlite, storage.postgres), readable top to bottom for that
+database; `storage.dialects.ledger_for(engine or connection)` gives the one to use.
 
 Every method runs in the caller's transaction (`engine.begin()`, or `writing(engine)` in a
 coroutine) and commits nothing: a crash at any line leaves the transaction undone, never half
-written. Each state change is guarded by the status it expects, and written with its history
-row in `touch_events`.
+written. Each state change is guarded by the status it expects, with its `touch_events` row.
 """
 
 from __future__ import annotations
@@ -145,12 +143,18 @@ class Ledger(ABC):
         """Insert rows (each with the same columns); rows whose `key` exists are updated,
         except the columns in `keep`."""
 
-    @abstractmethod
     def by_external_id(
         self, conn: Connection, table: Table, external_ids: Iterable[str], *columns: str
     ) -> Iterator[Any]:
-        """The rows of `table` whose external_id is one of `external_ids`: their external_id,
-        id and `columns`, CHUNK ids a query."""
+        """The external_id, id and `columns` of `table`'s rows with these external ids."""
+        selected = (table.c.external_id, table.c.id, *(table.c[name] for name in columns))
+        return self.by_key(conn, table.c.external_id, external_ids, selected, most=1)
+
+    @abstractmethod
+    def by_key(
+        self, conn: Connection, key: Any, values: Iterable[str], selected: Any, most: int
+    ) -> Iterator[Any]:
+        """`selected` of the rows whose `key` (column or indexed expression) is in `values`."""
 
     @abstractmethod
     def rows(self, conn: Connection, statement: Select[Any], **values: Any) -> list[Any]:

@@ -217,29 +217,22 @@ class PostgresLedger(Ledger):
                 raise ValueError(f"a naive datetime cannot be stored in {table.name}")
         conn.execute(_upsert(table, names, key, updated), arrays)
 
-    def by_external_id(
-        self, conn: Connection, table: Table, external_ids: Iterable[str], *columns: str
+    def by_key(
+        self, conn: Connection, key: Any, values: Iterable[str], selected: Any, most: int
     ) -> Iterator[Any]:
-        """Each id of the unnested array looks up its row (a LATERAL join, one index search
+        """Each value of the unnested array looks up its rows (a LATERAL join, one index search
         each), not an IN list: without statistics (a table just imported, in the import's
         transaction or with autovacuum off), PostgreSQL expected an IN list of 500 to match
         every row and read the whole table for each batch; a plain join with the array became
-        a hash join that still read the whole table."""
-        selected = [table.c.external_id, table.c.id, *(table.c[name] for name in columns)]
-        for batch in chunks(sorted(set(external_ids))):
+        a hash join that still read the whole table. The LIMIT (`most` rows a value: 1 for a
+        unique key) keeps PostgreSQL from flattening the subquery into that hash join."""
+        for batch in chunks(sorted(set(values))):
             wanted = (
-                func.unnest(bindparam("ids", batch, type_=postgresql.ARRAY(String)))
-                .table_valued("external_id")
+                func.unnest(bindparam("keys", batch, type_=postgresql.ARRAY(String)))
+                .table_valued("value")
                 .render_derived(name="wanted")
             )
-            # LIMIT 1 (external_id is unique) keeps PostgreSQL from flattening the subquery
-            # into that hash join.
-            found = (
-                select(*selected)
-                .where(table.c.external_id == wanted.c.external_id)
-                .limit(1)
-                .lateral()
-            )
+            found = select(*selected).where(key == wanted.c.value).limit(most).lateral()
             yield from conn.execute(select(*found.c).select_from(wanted).join(found, true()))
 
     def rows(self, conn: Connection, statement: Select[Any], **values: Any) -> list[Any]:

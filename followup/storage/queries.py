@@ -25,10 +25,8 @@ from sqlalchemy import (
     func,
     literal,
     select,
-    true,
     type_coerce,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
 from followup.domain.clients import ClientStats, PurchaseFact, Recipient
@@ -512,34 +510,13 @@ def recipient_facts(conn: Connection, wanted: Sequence[tuple[int, int | None]]) 
 
 def clients_by_email(conn: Connection, emails: Iterable[str]) -> dict[str, list[Any]]:
     """Lower-cased address -> the clients with it (external_id, id, timezone), for purchases
-    that name their client by e-mail; CHUNK addresses a query."""
+    that name their client by e-mail: searched in ix_clients_email_lower (migration 0010), up
+    to 100 clients an address (two are already an error the importer reports)."""
     found: dict[str, list[Any]] = {}
     c = clients
     address = func.lower(c.c.email)
     selected = (address.label("address"), c.c.external_id, c.c.id, c.c.timezone)
-    postgres = conn.dialect.name == "postgresql"
-    for batch in chunks(sorted({e.strip().lower() for e in emails if e.strip()})):
-        if postgres:
-            statement = _by_address_postgres(selected, address, batch)
-        else:
-            statement = select(*selected).where(address.in_(batch))
-        for row in conn.execute(statement):
-            found.setdefault(row.address, []).append(row)
+    wanted = {e.strip().lower() for e in emails if e.strip()}
+    for row in ledger_for(conn).by_key(conn, address, wanted, selected, most=100):
+        found.setdefault(row.address, []).append(row)
     return found
-
-
-def _by_address_postgres(
-    selected: tuple[ColumnElement[Any], ...], address: ColumnElement[str], batch: list[str]
-) -> Select[Any]:
-    """Each address of the unnested array searches ix_clients_email_lower (a LATERAL join):
-    as for the look-ups by external id (postgres.PostgresLedger.by_external_id), PostgreSQL
-    planned an IN list of 500 over a table without statistics as a read of the whole table.
-    The LIMIT keeps the subquery from being flattened into a hash join; two clients of one
-    address are an error the importer reports, with up to that many ids."""
-    wanted = (
-        func.unnest(bindparam("addresses", batch, type_=postgresql.ARRAY(String)))
-        .table_valued("address")
-        .render_derived(name="wanted")
-    )
-    found = select(*selected).where(address == wanted.c.address).limit(100).lateral()
-    return select(*found.c).select_from(wanted).join(found, true())

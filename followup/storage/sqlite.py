@@ -177,12 +177,14 @@ class SqliteLedger(Ledger):
             updated = tuple(c for c in rows[0] if c != key and c not in keep)
             conn.execute(_upsert(table, key, updated), list(rows))
 
-    def by_external_id(
-        self, conn: Connection, table: Table, external_ids: Iterable[str], *columns: str
+    def by_key(
+        self, conn: Connection, key: Any, values: Iterable[str], selected: Any, most: int
     ) -> Iterator[Any]:
-        selected = [table.c.external_id, table.c.id, *(table.c[name] for name in columns)]
-        for batch in chunks(sorted(set(external_ids))):
-            yield from conn.execute(select(*selected).where(table.c.external_id.in_(batch)))
+        """An IN list, searched through the key's index (SQLite has no statistics to mislead
+        it); `most` needs no limit here: the callers' keys match at most that many rows or
+        want them all."""
+        for batch in chunks(sorted(set(values))):
+            yield from conn.execute(select(*selected).where(key.in_(batch)))
 
     def rows(self, conn: Connection, statement: Select[Any], **values: Any) -> list[Any]:
         """Through the driver: the statement (the cache key) is compiled once, its expanding IN
