@@ -30,9 +30,10 @@ def dump(folder: Path) -> list[str]:
         return list(conn.iterdump())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder after `followup init`, with the Shopify customers imported through config."""
+    """A folder after `followup init`, with the Shopify customers imported through config: one
+    for each test, which may import into it (xdist runs a module's tests in any order)."""
     folder = tmp_path_factory.mktemp("shop")
     followup(folder, "init")
     with (folder / "config.toml").open("a", encoding="utf-8") as config:
